@@ -1,0 +1,235 @@
+"""Fault models: which stored bits go wrong, and how.
+
+A fault model samples *sites* (tensor, word, bit) in the stored bit space of the selected
+tensors and applies them to integer words. Sampling never builds a dense per-bit mask: for a
+bit error rate the number of flips is drawn from a binomial and then that many distinct
+positions are drawn, so the cost grows with the number of flips, not with the number of bits
+(Qin et al. 2017 model storage errors as i.i.d. bit flips at a given BER).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .formats import BitSelection
+
+__all__ = ["Sites", "Fault", "BitErrorRate", "BitFlips", "SingleBitFlip", "StuckAt", "sample_distinct",
+           "fault_words"]
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Sampled fault sites: for each, the tensor it hits, the word (flat element index) and the bit."""
+
+    tensor: Tensor  # int64, index into the list of tensors
+    word: Tensor  # int64, flat element index inside that tensor
+    bit: Tensor  # int64, bit position inside the stored word
+
+    def __len__(self) -> int:
+        return int(self.word.numel())
+
+    def of(self, i: int) -> tuple[Tensor, Tensor]:
+        """The (word, bit) pairs that hit tensor ``i``."""
+        m = self.tensor == i
+        return self.word[m], self.bit[m]
+
+
+def _empty_sites() -> Sites:
+    e = torch.empty(0, dtype=torch.int64)
+    return Sites(e, e, e)
+
+
+def sample_distinct(total: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """``k`` distinct integers drawn uniformly from ``[0, total)``, in O(k) time and memory
+    (rejection of repeats), falling back to a permutation when ``k`` is a large share of ``total``."""
+    if k < 0 or k > total:
+        raise ValueError(f"k: cannot draw {k} distinct positions from {total}; allowed 0..{total}")
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    if 4 * k > total or total <= 1 << 16:
+        return torch.randperm(total, generator=generator)[:k]
+    picked = torch.empty(0, dtype=torch.int64)
+    while picked.numel() < k:
+        need = k - picked.numel()
+        draw = torch.randint(0, total, (need + need // 8 + 16,), generator=generator)
+        picked = torch.unique(torch.cat([picked, draw]))
+    # unique() sorts; a random subset of a uniform distinct set is still uniform
+    return picked[torch.randperm(picked.numel(), generator=generator)[:k]]
+
+
+def _locate(flat: Tensor, sizes: Sequence[int], bits: tuple[int, ...]) -> Sites:
+    """Map positions in the concatenated (tensor, word, selected bit) space to sites."""
+    nb = len(bits)
+    bounds = torch.tensor([0] + list(sizes), dtype=torch.int64).cumsum(0) * nb
+    t = torch.searchsorted(bounds, flat, right=True) - 1
+    local = flat - bounds[t]
+    bit_table = torch.tensor(bits, dtype=torch.int64)
+    return Sites(t, local // nb, bit_table[local % nb])
+
+
+def _sizes(shapes: Sequence[Sequence[int]]) -> list[int]:
+    out = []
+    for s in shapes:
+        n = 1
+        for d in s:
+            n *= int(d)
+        out.append(n)
+    return out
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= int(d)
+    return strides[::-1]
+
+
+def _check_rate(p: float, name: str = "p") -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(p).__name__}")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name}: {p} is not a probability; allowed values are in [0, 1]")
+    return float(p)
+
+
+class Fault:
+    """Base class: ``sample`` sites, then ``apply`` them to words (XOR by default)."""
+
+    bits: BitSelection = None
+    #: "flip" (XOR) or "stuck0"/"stuck1"
+    mode: str = "flip"
+
+    def sample(self, names: Sequence[str], shapes: Sequence[torch.Size], bits: tuple[int, ...],
+               generator: torch.Generator | None = None) -> Sites:
+        """Sites in the tensors ``names`` of ``shapes``, among the stored bit positions ``bits``."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class BitErrorRate(Fault):
+    """Every stored bit flips independently with probability ``p`` (i.i.d. storage errors).
+
+    ``bits`` restricts the faults to some bit positions (a field name, indices); the rate then
+    applies to those bits only. The count is ``Binomial(n_bits, p)``, positions are distinct.
+    """
+
+    p: float
+    bits: BitSelection = None
+
+    def __post_init__(self) -> None:
+        _check_rate(self.p)
+
+    def sample(self, names, shapes, bits, generator=None):
+        sizes = _sizes(shapes)
+        total = int(sum(sizes)) * len(bits)
+        if total == 0 or self.p == 0.0:
+            return _empty_sites()
+        k = int(torch.binomial(torch.tensor(float(total), dtype=torch.float64),
+                               torch.tensor(self.p, dtype=torch.float64), generator=generator).item())
+        return _locate(sample_distinct(total, min(k, total), generator), sizes, bits)
+
+    def label(self) -> str:
+        return f"BER={self.p:g}"
+
+
+@dataclass(frozen=True)
+class BitFlips(Fault):
+    """Exactly ``k`` distinct stored bits flip, uniformly at random."""
+
+    k: int
+    bits: BitSelection = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int):
+            raise TypeError(f"k: expected an int >= 0, got {type(self.k).__name__}")
+        if self.k < 0:
+            raise ValueError(f"k: {self.k} flips; allowed values are ints >= 0")
+
+    def sample(self, names, shapes, bits, generator=None):
+        sizes = _sizes(shapes)
+        total = int(sum(sizes)) * len(bits)
+        if self.k > total:
+            raise ValueError(f"k: {self.k} flips requested but the selection holds only {total} bits")
+        return _locate(sample_distinct(total, self.k, generator), sizes, bits)
+
+    def label(self) -> str:
+        return f"{self.k} flips"
+
+
+@dataclass(frozen=True)
+class SingleBitFlip(Fault):
+    """Flip one given bit of one given element: ``param`` (a selected tensor's name), ``index``
+    (flat int or a multi-index tuple) and ``bit`` (position in the stored word, 0 = LSB)."""
+
+    param: str
+    index: int | tuple[int, ...]
+    bit: int
+
+    def sample(self, names, shapes, bits, generator=None):
+        if self.param not in names:
+            raise ValueError(f"param: {self.param!r} is not among the selected tensors; allowed: "
+                             f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+        i = list(names).index(self.param)
+        shape = tuple(shapes[i])
+        index = self.index
+        if isinstance(index, tuple):
+            if len(index) != len(shape) or not all(0 <= j < d for j, d in zip(index, shape)):
+                raise ValueError(f"index: {index!r} is outside {self.param!r} of shape {shape}")
+            index = sum(j * s for j, s in zip(index, _strides(shape)))
+        n = _sizes([shape])[0]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"index: {index!r} is outside {self.param!r}; allowed 0..{n - 1} or a "
+                             f"multi-index within shape {shape}")
+        if isinstance(self.bit, bool) or not isinstance(self.bit, int) or self.bit not in bits:
+            raise ValueError(f"bit: {self.bit!r} is not a stored bit; allowed {bits[0]}..{bits[-1]}")
+        one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+        return Sites(one(i), one(index), one(self.bit))
+
+    def label(self) -> str:
+        return f"{self.param}[{self.index}] bit {self.bit}"
+
+
+@dataclass(frozen=True)
+class StuckAt(Fault):
+    """Each stored bit is stuck at ``value`` (0 or 1) with probability ``p``; a stuck bit that
+    already holds ``value`` changes nothing (so about half of the stuck bits are visible)."""
+
+    p: float
+    value: int
+    bits: BitSelection = None
+
+    def __post_init__(self) -> None:
+        _check_rate(self.p)
+        if self.value not in (0, 1) or isinstance(self.value, bool):
+            raise ValueError(f"value: {self.value!r}; allowed values are 0 and 1")
+
+    @property
+    def mode(self) -> str:  # type: ignore[override]
+        return f"stuck{self.value}"
+
+    def sample(self, names, shapes, bits, generator=None):
+        return BitErrorRate(self.p).sample(names, shapes, bits, generator)
+
+    def label(self) -> str:
+        return f"stuck-at-{self.value} p={self.p:g}"
+
+
+def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "flip") -> Tensor:
+    """Faulty copies of ``words`` (one per unique word) given the sites: ``word_of_site[j]``
+    indexes into ``words`` and ``bits[j]`` is the bit hit. Distinct sites in one word combine."""
+    masks = torch.zeros_like(words).index_add_(0, word_of_site,
+                                                torch.ones_like(bits).bitwise_left_shift(bits))
+    if mode == "flip":
+        return words ^ masks
+    if mode == "stuck1":
+        return words | masks
+    if mode == "stuck0":
+        return words & ~masks
+    raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")

@@ -1,0 +1,268 @@
+"""Number formats: how a weight is stored as an integer word, and back.
+
+Every format turns a float tensor into unsigned integer words held in an ``int64``
+tensor (values in ``[0, 2**width)``, bit 0 is the least significant) and decodes them
+again. Formats name their bit fields so that a notebook can say ``bits="exponent"``.
+
+* :data:`FP32`, :data:`FP16`, :data:`BF16`: IEEE-754 style floats. FP32 is bit exact;
+  FP16/BF16 round to nearest even, FP16 overflows to +-inf as the hardware would.
+* :class:`Q`: two's complement fixed point ``Qm.n`` (sign + m integer + n fraction bits),
+  as used by Fuengfusin 2024 (Q2.5). Rounds half to even, saturates at the range ends.
+* :class:`Int`: symmetric integer quantization ``x = q * scale`` (8-bit, 4-bit, ...),
+  per tensor or per output channel.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+
+BitSelection = Union[str, int, Sequence[int], None]
+
+__all__ = ["Format", "FloatFormat", "Q", "Int", "FP32", "FP16", "BF16", "FORMATS", "resolve_bits", "to_unsigned",
+           "to_signed"]
+
+
+def to_unsigned(q: Tensor, width: int) -> Tensor:
+    """Two's complement: signed integers -> unsigned words of ``width`` bits (int64)."""
+    return q.to(torch.int64) & ((1 << width) - 1)
+
+
+def to_signed(words: Tensor, width: int) -> Tensor:
+    """Unsigned words of ``width`` bits -> signed integers (int64), two's complement."""
+    w = words.to(torch.int64) & ((1 << width) - 1)
+    return torch.where(w >= (1 << (width - 1)), w - (1 << width), w)
+
+
+def resolve_bits(sel: BitSelection, width: int, fields: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Turn a bit selection into sorted bit positions.
+
+    ``sel`` is ``None``/``"all"`` (every bit), a field name (``"sign"``, ``"exponent"``...),
+    a bit index, or a list of bit indices and/or field names.
+    """
+    if sel is None or (isinstance(sel, str) and sel == "all"):
+        return tuple(range(width))
+    if isinstance(sel, str):
+        if sel not in fields:
+            raise ValueError(f"bits: unknown field {sel!r}; allowed: 'all', "
+                             f"{', '.join(repr(k) for k in fields)} or bit indices 0..{width - 1}")
+        return tuple(fields[sel])
+    if isinstance(sel, bool) or not isinstance(sel, (int, Iterable)):
+        raise TypeError(f"bits: expected a field name, a bit index or a list of them, got {type(sel).__name__}")
+    items = [sel] if isinstance(sel, int) else list(sel)
+    out: set[int] = set()
+    for b in items:
+        if isinstance(b, str):
+            out.update(resolve_bits(b, width, fields))
+            continue
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"bits: bit indices must be ints, got {b!r}")
+        if not 0 <= b < width:
+            raise ValueError(f"bits: bit index {b} is outside the format's width; allowed 0..{width - 1}")
+        out.add(int(b))
+    if not out:
+        raise ValueError("bits: the selection is empty; give at least one bit or field")
+    return tuple(sorted(out))
+
+
+class Format(ABC):
+    """A number format: ``encode`` floats to unsigned integer words, ``decode`` them back."""
+
+    name: str
+    width: int
+    fields: Mapping[str, tuple[int, ...]]
+    #: ``decode(encode(x)) == x`` bit for bit for every float32 ``x``.
+    lossless: bool = False
+    #: the format needs a scale factor (see :meth:`calibrate`).
+    needs_scale: bool = False
+
+    def bits(self, sel: BitSelection = "all") -> tuple[int, ...]:
+        """Bit positions of a selection: ``"all"``, a field name, an index or a list."""
+        return resolve_bits(sel, self.width, self.fields)
+
+    def calibrate(self, x: Tensor) -> Tensor | None:
+        """The scale factor this format would use for ``x`` (``None`` if it needs none)."""
+        return None
+
+    @abstractmethod
+    def encode(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        """Float tensor -> unsigned integer words (int64) of ``width`` bits."""
+
+    @abstractmethod
+    def decode(self, words: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        """Unsigned integer words -> float32 tensor."""
+
+    def roundtrip(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        """What a weight reads back as after a fault-free store: ``decode(encode(x))``."""
+        if self.needs_scale and scale is None:
+            scale = self.calibrate(x)
+        return self.decode(self.encode(x, scale), scale)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, repr=False)
+class FloatFormat(Format):
+    """IEEE-754 binary floating point stored by reinterpreting the bits (sign | exponent | mantissa)."""
+
+    name: str
+    width: int
+    exponent_bits: int
+    dtype: torch.dtype
+    int_dtype: torch.dtype
+    fields: Mapping[str, tuple[int, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        m = self.width - 1 - self.exponent_bits
+        fields = {
+            "sign": (self.width - 1,),
+            "exponent": tuple(range(m, self.width - 1)),
+            "mantissa": tuple(range(m)),
+            "exponent_msb": (self.width - 2,),
+            "msb": (self.width - 1,),
+        }
+        object.__setattr__(self, "fields", fields)
+
+    @property
+    def lossless(self) -> bool:  # type: ignore[override]
+        return self.dtype == torch.float32
+
+    def encode(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        v = x.detach().to(self.dtype).contiguous()
+        return to_unsigned(v.view(self.int_dtype), self.width)
+
+    def decode(self, words: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        signed = to_signed(words, self.width).to(self.int_dtype)
+        return signed.view(self.dtype).to(torch.float32)
+
+
+#: IEEE-754 single precision: 1 sign, 8 exponent, 23 mantissa bits. Bit exact and free.
+FP32 = FloatFormat("FP32", 32, 8, torch.float32, torch.int32)
+#: IEEE-754 half precision: 1 sign, 5 exponent, 10 mantissa bits.
+FP16 = FloatFormat("FP16", 16, 5, torch.float16, torch.int16)
+#: bfloat16: 1 sign, 8 exponent, 7 mantissa bits.
+BF16 = FloatFormat("BF16", 16, 8, torch.bfloat16, torch.int16)
+
+
+def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < lo or (hi is not None and value > hi):
+        allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: {value} is out of range; allowed {allowed}")
+    return value
+
+
+class Q(Format):
+    """Two's complement fixed point ``Qm.n``: 1 sign bit, ``m`` integer bits, ``n`` fraction bits.
+
+    Represents ``k * 2**-n`` for integers ``k`` in ``[-2**(m+n), 2**(m+n) - 1]``, i.e. the range
+    ``[-2**m, 2**m - 2**-n]``. Encoding rounds half to even, saturates outside the range and maps
+    NaN to 0. Fuengfusin 2024 stores weights as Q2.5 (8 bits). Width is at most 32 bits.
+    """
+
+    def __init__(self, m: int, n: int) -> None:
+        _check_int(m, "m", 0)
+        _check_int(n, "n", 0)
+        if 1 + m + n > 32:
+            raise ValueError(f"Q(m={m}, n={n}): a fixed-point format is at most 32 bits wide "
+                             f"(1 + m + n = {1 + m + n}); allowed 1 + m + n <= 32")
+        self.m, self.n = m, n
+        self.width = 1 + m + n
+        self.name = f"Q{m}.{n}"
+        self.step = 2.0 ** -n
+        self.fields = {
+            "sign": (self.width - 1,),
+            "integer": tuple(range(n, n + m)),
+            "fraction": tuple(range(n)),
+            "msb": (self.width - 1,),
+        }
+
+    @property
+    def max_value(self) -> float:
+        return 2.0 ** self.m - self.step
+
+    @property
+    def min_value(self) -> float:
+        return -(2.0 ** self.m)
+
+    def encode(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        lo, hi = -(1 << (self.m + self.n)), (1 << (self.m + self.n)) - 1
+        k = torch.round(x.detach().to(torch.float64) / self.step)
+        k = torch.nan_to_num(k, nan=0.0, posinf=hi, neginf=lo).clamp(lo, hi)
+        return to_unsigned(k.to(torch.int64), self.width)
+
+    def decode(self, words: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        return (to_signed(words, self.width).to(torch.float64) * self.step).to(torch.float32)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Q) and (self.m, self.n) == (other.m, other.n)
+
+    def __hash__(self) -> int:
+        return hash(("Q", self.m, self.n))
+
+
+class Int(Format):
+    """Symmetric integer quantization ``x ~= q * scale`` with ``q`` in ``[-(2**(b-1)-1), 2**(b-1)-1]``.
+
+    The scale is ``max|x| / (2**(b-1) - 1)``, per tensor or per output channel (``axis``, default 0,
+    the output dimension of Linear/Conv weights). Words are ``bits`` wide, two's complement.
+    Encoding rounds half to even and saturates; a flipped word may decode to ``-2**(b-1) * scale``.
+    """
+
+    needs_scale = True
+
+    def __init__(self, bits: int = 8, per_channel: bool = False, axis: int = 0) -> None:
+        _check_int(bits, "bits", 2, 32)
+        if not isinstance(per_channel, bool):
+            raise TypeError(f"per_channel: expected a bool, got {type(per_channel).__name__}")
+        self.width = bits
+        self.per_channel = per_channel
+        self.axis = axis
+        self.qmax = (1 << (bits - 1)) - 1
+        self.name = f"int{bits}" + ("/ch" if per_channel else "")
+        self.fields = {"sign": (bits - 1,), "magnitude": tuple(range(bits - 1)), "msb": (bits - 1,)}
+
+    def calibrate(self, x: Tensor) -> Tensor:
+        a = x.detach().abs().to(torch.float32)
+        if self.per_channel and x.dim() > 1:
+            dims = [d for d in range(x.dim()) if d != self.axis % x.dim()]
+            amax = a.amax(dim=dims, keepdim=True)
+        else:
+            amax = a.max() if a.numel() else torch.tensor(0.0)
+        scale = amax / self.qmax
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+    def _scale(self, x: Tensor, scale: Tensor | float | None) -> Tensor | float:
+        if scale is None:
+            return self.calibrate(x)
+        return scale
+
+    def encode(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        s = self._scale(x, scale)
+        q = torch.round(x.detach().to(torch.float64) / torch.as_tensor(s, dtype=torch.float64))
+        q = torch.nan_to_num(q, nan=0.0, posinf=self.qmax, neginf=-self.qmax).clamp(-self.qmax, self.qmax)
+        return to_unsigned(q.to(torch.int64), self.width)
+
+    def decode(self, words: Tensor, scale: Tensor | float | None = None) -> Tensor:
+        if scale is None:
+            raise ValueError(f"scale: {self.name} words cannot be decoded without the scale factor "
+                             "they were encoded with; pass scale=fmt.calibrate(x)")
+        q = to_signed(words, self.width).to(torch.float32)
+        return q * torch.as_tensor(scale, dtype=torch.float32)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Int) and (self.width, self.per_channel, self.axis) == (
+            other.width, other.per_channel, other.axis)
+
+    def __hash__(self) -> int:
+        return hash(("Int", self.width, self.per_channel, self.axis))
+
+
+#: the formats by name, for command lines and notebook parameters
+FORMATS: dict[str, Format] = {"FP32": FP32, "FP16": FP16, "BF16": BF16, "Q2.5": Q(2, 5), "int8": Int(8),
+                              "int4": Int(4)}

@@ -1,0 +1,226 @@
+"""Fault injection into a model's weights and activations.
+
+:func:`corrupted` is the pipeline of the design notes as a context manager::
+
+    float weights --codec.encode--> stored words --fault--> corrupted words --codec.decode--> weights'
+
+Inside the ``with`` block the model holds the weights as they would be read back from the faulty
+store; on exit every weight is restored bit for bit, also when the block raises.
+
+For a lossless store (FP32 without a codec) only the words that are hit are touched, so the cost
+grows with the number of flips. A lossy format (FP16, Q2.5, int8) or a codec changes every weight
+on the clean read too, so the whole tensor is read back through the store (and saved first).
+"""
+from __future__ import annotations
+
+import fnmatch
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .faults import Fault, Sites, fault_words
+from .formats import FP32, Format, resolve_bits
+from .protect import Codec, Identity, subset_state
+
+__all__ = ["corrupted", "corrupted_activations", "select_params", "select_modules", "InjectionReport",
+           "ParamSelection"]
+
+ParamSelection = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
+
+MAX_STORED_WIDTH = 62
+
+
+def _match(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_params(model: nn.Module, params: ParamSelection = None) -> list[tuple[str, nn.Parameter]]:
+    """Parameters chosen by name glob(s) (``"fc*.weight"``, ``["conv1.*", "fc.weight"]``) or by a
+    predicate ``(name, param) -> bool``; ``None`` selects every parameter."""
+    named = list(model.named_parameters())
+    if params is None:
+        chosen = named
+    elif callable(params):
+        chosen = [(n, p) for n, p in named if params(n, p)]
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        if not all(isinstance(p, str) for p in patterns):
+            raise TypeError("params: expected None, a name pattern, a list of patterns or a predicate")
+        chosen = [(n, p) for n, p in named if _match(n, patterns)]
+    if not chosen:
+        names = ", ".join(n for n, _ in named[:12]) + (" ..." if len(named) > 12 else "")
+        raise ValueError(f"params: {params!r} selects no parameter; the model's parameters are: {names}")
+    for n, p in chosen:
+        if not p.is_floating_point():
+            raise TypeError(f"params: {n!r} has dtype {p.dtype}; only floating-point parameters can be "
+                            "stored in a number format (select float parameters only)")
+    return chosen
+
+
+def select_modules(model: nn.Module, modules: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """Submodules chosen by name glob(s); an unknown name is an error listing the valid ones."""
+    patterns = [modules] if isinstance(modules, str) else list(modules)
+    named = [(n, m) for n, m in model.named_modules() if n]
+    chosen = [(n, m) for n, m in named if _match(n, patterns)]
+    missing = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n, _ in named)]
+    if missing or not chosen:
+        valid = ", ".join(n for n, _ in named[:20]) + (" ..." if len(named) > 20 else "")
+        raise ValueError(f"modules: {missing or patterns!r} match no submodule; valid names: {valid}")
+    return chosen
+
+
+@dataclass
+class InjectionReport:
+    """What an injection did: ``flips`` faulty bit sites in total, per tensor in ``per_param``."""
+
+    fault: str
+    fmt: str
+    codec: str
+    names: list[str]
+    sites: Sites
+    per_param: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def flips(self) -> int:
+        return len(self.sites)
+
+
+def _check_args(fault: object, fmt: object, codec: object) -> Codec:
+    if not isinstance(fault, Fault):
+        raise TypeError(f"fault: expected a bitlab fault (BitErrorRate, BitFlips, SingleBitFlip, StuckAt), "
+                        f"got {type(fault).__name__}")
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt: expected a bitlab number format (FP32, FP16, BF16, Q(m, n), Int(bits)), "
+                        f"got {type(fmt).__name__}")
+    codec = Identity() if codec is None else codec
+    if not isinstance(codec, Codec):
+        raise TypeError(f"codec: expected a bitlab codec (see bitlab.protect), got {type(codec).__name__}")
+    if codec.width(fmt) > MAX_STORED_WIDTH:
+        raise ValueError(f"codec: {codec.name} stores {codec.width(fmt)}-bit words for {fmt.name}; "
+                         f"allowed widths are at most {MAX_STORED_WIDTH} bits")
+    return codec
+
+
+def _read_faulty(orig: Tensor, word: Tensor, bit: Tensor, fmt: Format, codec: Codec, state: dict,
+                 mode: str) -> tuple[Tensor, Tensor]:
+    """Indices of the hit elements and the values they read back as."""
+    uidx, inv = torch.unique(word, return_inverse=True)
+    sub = subset_state(state, uidx, orig.numel())
+    words = codec.encode(orig[uidx], fmt, sub)
+    return uidx, codec.decode(fault_words(words, inv, bit, mode), fmt, sub)
+
+
+@contextmanager
+def corrupted(model: nn.Module, fault: Fault, fmt: Format = FP32, codec: Codec | None = None,
+              params: ParamSelection = None, generator: torch.Generator | None = None
+              ) -> Iterator[InjectionReport]:
+    """Hold ``model``'s weights as read back from a faulty store; restore them bit for bit on exit.
+
+    ``fmt`` is the number format the weights are stored in, ``codec`` the protection on top of it
+    (default: none), ``params`` which parameters are stored there (default: all of them), and
+    ``generator`` makes the sampled faults reproducible. Yields an :class:`InjectionReport`.
+    """
+    codec = _check_args(fault, fmt, codec)
+    chosen = select_params(model, params)
+    names = [n for n, _ in chosen]
+    bits = resolve_bits(fault.bits, codec.width(fmt), codec.fields(fmt))
+    exact = codec.is_exact(fmt)
+    saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
+    try:
+        with torch.no_grad():
+            sites = fault.sample(names, [p.shape for _, p in chosen], bits, generator)
+            report = InjectionReport(fault.label(), fmt.name, codec.name, names, sites)
+            for i, (name, p) in enumerate(chosen):
+                word, bit = sites.of(i)
+                report.per_param[name] = int(word.numel())
+                data = p.data
+                sparse = exact and data.is_contiguous()
+                if sparse and word.numel() == 0:
+                    continue
+                orig = data.reshape(-1) if sparse else data.reshape(-1).clone()
+                state = codec.fit(data, fmt)
+                if sparse:
+                    uidx, vals = _read_faulty(orig, word, bit, fmt, codec, state, fault.mode)
+                    saved.append((data, uidx, orig[uidx].clone()))
+                    data.view(-1)[uidx] = vals.to(data.dtype)
+                    continue
+                saved.append((data, None, orig))
+                read = codec.decode(codec.encode(orig, fmt, state), fmt, state)
+                if word.numel():
+                    uidx, vals = _read_faulty(orig, word, bit, fmt, codec, state, fault.mode)
+                    read[uidx] = vals
+                data.copy_(read.view_as(data).to(data.dtype))
+        yield report
+    finally:
+        with torch.no_grad():
+            for data, uidx, values in reversed(saved):
+                if uidx is None:
+                    data.copy_(values.view_as(data))
+                else:
+                    data.view(-1)[uidx] = values
+
+
+@dataclass
+class ActivationReport:
+    """Counts of an activation-fault context: forward ``calls`` seen and ``flips`` applied per module."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    flips: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_flips(self) -> int:
+        return sum(self.flips.values())
+
+
+@contextmanager
+def corrupted_activations(model: nn.Module, fault: Fault, modules: str | Sequence[str], fmt: Format = FP32,
+                          scales: Mapping[str, float] | None = None,
+                          generator: torch.Generator | None = None) -> Iterator[ActivationReport]:
+    """Faults in the activations (outputs) of the chosen ``modules``, stored in ``fmt``.
+
+    At every forward pass each chosen module's output is encoded (with ``scales[name]`` for
+    scaled formats, else a scale calibrated on that output), the fault is sampled afresh over its
+    words, and the decoded values replace the output (transient faults, one draw per inference).
+    The hooks are removed on exit, also when the block raises.
+    """
+    _check_args(fault, fmt, None)
+    chosen = select_modules(model, modules)
+    bits = resolve_bits(fault.bits, fmt.width, fmt.fields)
+    report = ActivationReport()
+
+    def make_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, out: object) -> object:
+            if not isinstance(out, Tensor) or not out.is_floating_point():
+                return out
+            with torch.no_grad():
+                scale = None
+                if fmt.needs_scale:
+                    scale = scales[name] if scales and name in scales else fmt.calibrate(out)
+                flat = out.detach().reshape(-1)
+                sites = fault.sample([name], [flat.shape], bits, generator)
+                report.calls[name] = report.calls.get(name, 0) + 1
+                report.flips[name] = report.flips.get(name, 0) + len(sites)
+                if fmt.lossless and len(sites) == 0:
+                    return out
+                if scale is not None and torch.is_tensor(scale) and scale.numel() > 1:
+                    scale = torch.broadcast_to(scale, out.shape).reshape(-1)
+                new = fmt.decode(fmt.encode(flat, scale), scale).to(out.dtype)
+                if len(sites):
+                    uidx, inv = torch.unique(sites.word, return_inverse=True)
+                    s = scale[uidx] if torch.is_tensor(scale) and scale.numel() > 1 else scale
+                    words = fault_words(fmt.encode(flat[uidx], s), inv, sites.bit, fault.mode)
+                    new[uidx] = fmt.decode(words, s).to(out.dtype)
+            return new.view_as(out)
+        return hook
+
+    handles = []
+    try:
+        for name, m in chosen:
+            handles.append(m.register_forward_hook(make_hook(name)))
+        yield report
+    finally:
+        for h in handles:
+            h.remove()
