@@ -1,0 +1,71 @@
+"""Figures the notebooks draw (matplotlib + seaborn). Each function takes a tidy DataFrame from
+:mod:`bitlab.campaign` and returns the matplotlib Axes it drew on."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .campaign import summarize
+
+__all__ = ["accuracy_vs_ber", "bit_position_effect", "style"]
+
+
+def style() -> None:
+    """The book's plotting style (call once per notebook)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams["figure.dpi"] = 90
+
+
+def accuracy_vs_ber(df: pd.DataFrame, hue: str | Sequence[str] | None = None, ax: plt.Axes | None = None,
+                    value: str = "accuracy", clean: dict[str, float] | float | None = None,
+                    title: str | None = None) -> plt.Axes:
+    """Mean accuracy against bit error rate (log axis) with a 95% confidence band per ``hue``
+    group (e.g. ``"codec"``, ``"model"`` or ``["format", "codec"]``); BER 0 is left out of the log axis.
+    ``clean`` draws the fault-free accuracy as a dotted line (one number, or one per hue value)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    hues = [] if hue is None else ([hue] if isinstance(hue, str) else list(hue))
+    s = summarize(df[df["ber"] > 0], by=hues + ["ber"], value=value)
+    groups = s.groupby(hues, sort=False) if hues else [((), s)]
+    palette = sns.color_palette("colorblind", n_colors=max(len(groups), 1))
+    for color, (key, g) in zip(palette, groups):
+        key = key if isinstance(key, tuple) else (key,)
+        name = " / ".join(str(k) for k in key) if key else value
+        ax.plot(g["ber"], g["mean"], marker="o", ms=3, color=color, label=name)
+        ax.fill_between(g["ber"], g["ci_low"], g["ci_high"], color=color, alpha=0.2, lw=0)
+        c = clean.get(key[0]) if isinstance(clean, dict) and key else clean
+        if isinstance(c, (int, float)):
+            ax.axhline(c, color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate")
+    ax.set_ylabel(value)
+    if title:
+        ax.set_title(title)
+    if hues:
+        ax.legend(fontsize="small")
+    return ax
+
+
+def bit_position_effect(census: pd.DataFrame, value: str = "rad", ax: plt.Axes | None = None,
+                        thresholds: Sequence[float] = (0.1, 0.9), title: str | None = None) -> plt.Axes:
+    """Effect of a single flip by bit position: mean ``value`` (default the relative accuracy drop)
+    per bit as bars, and the share of flips above each threshold as lines."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.5))
+    per_bit = census.groupby("bit")[value]
+    mean = per_bit.mean()
+    ax.bar(mean.index, mean.to_numpy(), color="0.7", label=f"mean {value}")
+    for t, color in zip(thresholds, sns.color_palette("colorblind")):
+        share = per_bit.apply(lambda v, t=t: float(np.mean(v > t)))
+        ax.plot(share.index, share.to_numpy(), marker="o", ms=3, color=color, label=f"share {value} > {t:g}")
+    ax.set_xlabel("bit position (0 = LSB)")
+    ax.set_ylabel(value)
+    ax.set_xticks(sorted(census["bit"].unique())[:: max(1, census["bit"].nunique() // 16)])
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
