@@ -1,0 +1,209 @@
+"""Training and evaluation: the models that the fault pipeline tests.
+
+* :func:`fit` -- mini-batch training; every step is ``opt.step(closure)``, so closure-based optimizers
+  such as SAM (Foret et al. 2021) and SAR work unchanged. Hooks: ``regularizer(model, x, y)`` adds a
+  scalar penalty to the loss (e.g. lambda * Tr(H), Pranto et al. 2025); ``adversary(model, x, y)``
+  replaces the inputs (adversarial training, Fasfous et al. 2022).
+* :func:`accuracy`, :func:`evaluate`, :func:`logits`, :func:`predict` -- evaluation; non-finite logits
+  (a flipped exponent bit can produce them) count as wrong predictions, never as an error.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data import as_loader, loader
+
+__all__ = ["OPTIMIZERS", "fit", "make_optimizer", "accuracy", "evaluate", "logits", "predict", "set_seed"]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop,
+}
+
+OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+Hook = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], optimizer: OptimizerSpec = "adam", lr: float = 1e-3,
+                   weight_decay: float = 0.0, **opt_kwargs) -> torch.optim.Optimizer:
+    """An optimizer by name (``"sgd" | "adam" | "rmsprop"``, with ``lr``, ``weight_decay`` and ``opt_kwargs``)
+    or from a callable ``params -> Optimizer`` (which sets its own hyper-parameters)."""
+    if isinstance(optimizer, str):
+        cls = OPTIMIZERS.get(optimizer.lower())
+        if cls is None:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable params -> "
+                             f"torch.optim.Optimizer, got {optimizer!r}")
+        return cls(params, lr=lr, weight_decay=weight_decay, **opt_kwargs)
+    if callable(optimizer):
+        if opt_kwargs:
+            raise TypeError(f"optimizer keyword arguments {sorted(opt_kwargs)} only apply to a named optimizer; "
+                            "set them inside the optimizer callable")
+        opt = optimizer(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizer callable must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        return opt
+    raise TypeError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable, got {type(optimizer).__name__}")
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return (not os.environ.get("CI")) if progress is None else bool(progress)
+
+
+def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optimizer: OptimizerSpec = "adam",
+        lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64, seed: int = 0,
+        regularizer: Hook | None = None, adversary: Hook | None = None, progress: bool | None = None,
+        **opt_kwargs) -> pd.DataFrame:
+    """Train ``model`` on ``data`` with cross-entropy for ``epochs`` epochs; returns one row per epoch with
+    ``epoch, loss, train_acc, seconds`` (plus ``penalty`` when a ``regularizer`` is given).
+
+    ``loss`` is the mean cross-entropy and ``train_acc`` the running accuracy over the epoch's batches, both
+    from the first closure evaluation of each step (on the adversarial inputs when ``adversary`` is given).
+    A Dataset is shuffled by a generator seeded with ``seed``; a DataLoader is used as it is. Parameters are
+    initialized by the caller; ``seed`` also seeds torch's global generator (dropout, adversary noise).
+    The model is left in eval mode.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    for name, hook in (("regularizer", regularizer), ("adversary", adversary)):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name} must be a callable (model, x, y) -> tensor or None, got {type(hook).__name__}")
+    if isinstance(data, DataLoader):
+        batches = data
+    elif isinstance(data, Dataset):
+        batches = loader(data, batch_size=batch_size, shuffle=True, seed=seed)
+    else:
+        raise TypeError(f"data must be a torch Dataset or DataLoader, got {type(data).__name__}")
+
+    torch.manual_seed(seed)
+    opt = make_optimizer(model.parameters(), optimizer, lr=lr, weight_decay=weight_decay, **opt_kwargs)
+    device = _device(model)
+    rows = []
+    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not _show_progress(progress))
+    for epoch in bar:
+        model.train()
+        start = time.perf_counter()
+        tot_loss = tot_pen = 0.0
+        correct = seen = 0
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            if adversary is not None:
+                x = adversary(model, x, y).detach()
+                model.train()
+            first: dict[str, Tensor] = {}
+
+            def closure() -> Tensor:
+                opt.zero_grad(set_to_none=True)
+                out = model(x)
+                ce = F.cross_entropy(out, y)
+                loss = ce
+                if regularizer is not None:
+                    pen = regularizer(model, x, y)
+                    loss = loss + pen
+                if not first:
+                    first.update(ce=ce.detach(), out=out.detach())
+                    if regularizer is not None:
+                        first["pen"] = pen.detach()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            if not first:
+                raise RuntimeError(f"optimizer {type(opt).__name__}.step(closure) never called the closure")
+            n = len(y)
+            tot_loss += float(first["ce"]) * n
+            if "pen" in first:
+                tot_pen += float(first["pen"]) * n
+            correct += int(_correct(first["out"], y).sum())
+            seen += n
+        row = {"epoch": epoch, "loss": tot_loss / seen, "train_acc": correct / seen,
+               "seconds": time.perf_counter() - start}
+        if regularizer is not None:
+            row["penalty"] = tot_pen / seen
+        rows.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_acc']:.3f}")
+    model.eval()
+    return pd.DataFrame(rows)
+
+
+def _correct(out: Tensor, y: Tensor) -> Tensor:
+    """Boolean per example: the arg-max is the label and every logit is finite."""
+    return (out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """All logits and labels of ``data`` (eval mode; the model's previous mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    outs, ys = [], []
+    try:
+        for x, y in as_loader(data, batch_size):
+            outs.append(model(x.to(device)).float().cpu())
+            ys.append(y)
+    finally:
+        model.train(was_training)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def predict(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> Tensor:
+    """Predicted class per example; ``-1`` where the logits are not all finite."""
+    out, _ = logits(model, data, batch_size)
+    pred = out.argmax(dim=1)
+    pred[~torch.isfinite(out).all(dim=1)] = -1
+    return pred
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> float:
+    """Fraction of ``data`` classified correctly, in eval mode; examples with NaN/Inf logits count as wrong."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    correct = seen = 0
+    try:
+        for x, y in as_loader(data, batch_size):
+            correct += int(_correct(model(x.to(device)), y.to(device)).sum())
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("data must not be empty")
+    return correct / seen
+
+
+def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> dict[str, float]:
+    """``{"loss": mean cross-entropy, "accuracy": ...}`` on ``data`` (the loss may be inf/nan for a
+    corrupted model; the accuracy then counts the non-finite rows as wrong)."""
+    out, y = logits(model, data, batch_size)
+    if len(y) == 0:
+        raise ValueError("data must not be empty")
+    return {"loss": float(F.cross_entropy(out, y)), "accuracy": float(_correct(out, y).float().mean())}
