@@ -1,0 +1,46 @@
+# bitlab: `make book` runs the notebook series into build/book/, `make test` runs the tests.
+# Both first build a local virtualenv in .venv (once; again only when pyproject.toml or constraints.txt change).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS ?= notebooks
+PIP_ARGS ?=
+
+.PHONY: install test unit nbval book clean distclean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# constraints.txt pins torch==2.13.0 for every requirement, so nothing can pull in another torch.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints.txt -e ".[dev]"
+	@touch $@
+
+test: unit nbval
+
+unit: install
+	$(BIN)/pytest tests/
+
+# pytest exits with 5 when it collects nothing: no notebooks yet is not a failure.
+nbval: install
+	@if ls $(NOTEBOOKS)/*.ipynb >/dev/null 2>&1; then \
+	  rc=0; $(BIN)/pytest --nbval-lax --nbval-current-env $(NOTEBOOKS)/ || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "nbval: no notebook cells collected"; \
+	  elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	else echo "nbval: no notebooks in $(NOTEBOOKS)/ yet, skipped"; fi
+
+book: install
+	$(BIN)/python scripts/build_book.py $(NOTEBOOKS) --out build/book
+
+clean:
+	rm -rf build dist .pytest_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# also removes the virtualenv (the next make install rebuilds it)
+distclean: clean
+	rm -rf $(VENV)
