@@ -10,29 +10,22 @@ pandas DataFrames (one row per trial), ready for seaborn.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
 from .faults import BitErrorRate, Fault, SingleBitFlip
 from .formats import FP32, Format, resolve_bits
 from .inject import ParamSelection, corrupted, select_params
+from .progress import bar as progress_bar, enabled as show_progress
 from .protect import Codec, Identity
 
 __all__ = ["materialize", "batch_accuracy", "ber_sweep", "summarize", "tolerable_ber", "naive_bit_census",
            "show_progress"]
 
 Batches = list[tuple[Tensor, Tensor]]
-
-
-def show_progress(progress: bool | None) -> bool:
-    """Progress bars are on unless ``progress=False`` or the ``CI`` environment variable is set."""
-    return (not os.environ.get("CI")) if progress is None else bool(progress)
 
 
 def materialize(data: object, batch_size: int = 2048) -> Batches:
@@ -101,8 +94,7 @@ def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int
     with corrupted(model, BitErrorRate(0.0), fmt=fmt, codec=codec, params=params):
         clean = batch_accuracy(model, batches)
     rows = []
-    bar = tqdm(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", leave=False,
-               disable=not show_progress(progress))
+    bar = progress_bar(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", progress=progress)
     for ber in bers:
         for t in range(trials):
             with corrupted(model, _fault_for(fault, ber), fmt=fmt, codec=codec, params=params, generator=g) as r:
@@ -189,7 +181,7 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     rows = []
     names = [n for n, _ in chosen]
     lookup = dict(chosen)
-    for name, i, b in tqdm(plan, desc="naive census", leave=False, disable=not show_progress(progress)):
+    for name, i, b in progress_bar(plan, desc="naive census", progress=progress):
         value = lookup[name].detach().reshape(-1)[i].item()
         with corrupted(model, SingleBitFlip(name, i, b), fmt=fmt, codec=codec, params=names):
             flipped = lookup[name].detach().reshape(-1)[i].item()

@@ -49,8 +49,11 @@ def parse(text: str) -> nbformat.NotebookNode:
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 900) -> float:
+    import os
+
     from nbclient import NotebookClient
 
+    os.environ.setdefault("CI", "true")  # committed outputs without progress bars
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return time.perf_counter() - start
