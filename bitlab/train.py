@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Callable, Iterable
@@ -20,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-
 from .data import as_loader, loader
+from .progress import bar as progress_bar
 
 __all__ = ["OPTIMIZERS", "fit", "make_optimizer", "accuracy", "evaluate", "logits", "predict", "set_seed"]
 
@@ -67,10 +65,6 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _show_progress(progress: bool | None) -> bool:
-    return (not os.environ.get("CI")) if progress is None else bool(progress)
-
-
 def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optimizer: OptimizerSpec = "adam",
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64, seed: int = 0,
         regularizer: Hook | None = None, adversary: Hook | None = None, progress: bool | None = None,
@@ -106,7 +100,7 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
     opt = make_optimizer(model.parameters(), optimizer, lr=lr, weight_decay=weight_decay, **opt_kwargs)
     device = _device(model)
     rows = []
-    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not _show_progress(progress))
+    bar = progress_bar(range(1, epochs + 1), progress, desc="fit", unit="epoch")
     for epoch in bar:
         model.train()
         start = time.perf_counter()

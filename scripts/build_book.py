@@ -6,7 +6,8 @@
 
 Executed notebooks go to ``<out>/``, HTML pages to ``<out>/html/`` (with an ``index.html``), and a table of
 run times and pass/fail to ``<out>/summary.csv`` and the terminal. Exits non-zero if any notebook failed.
-The kernel is this interpreter's (``python3`` resolves to ``sys.executable``), run in the notebook's folder.
+The kernel is this interpreter's (``python3`` resolves to ``sys.executable``), run in the notebook's folder,
+with ``CI=true`` unless set (bitlab then shows no progress bars).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import ast
 import csv
 import html
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_book: no notebooks in {', '.join(map(str, args.paths))}")
         return 0
     params = {"SCALE": "small", **parse_params(args.param)}
+    os.environ.setdefault("CI", "true")  # the kernels inherit it: no progress bars in the pages
     html_dir = args.out / "html"
     html_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
