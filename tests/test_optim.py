@@ -79,7 +79,7 @@ def test_sam_step_matches_hand_computation_with_global_norm():
     l1, _ = _hand_sam(0.05, 0.1, 0.2, global_norm=False)
     assert not np.allclose(h1, l1, rtol=1e-6, atol=0)
     # the closure ran twice; the step returns the loss at w, the second call was at w + eps (higher)
-    assert len(calls) == 2 and float(loss) == calls[0]
+    assert len(calls) == 2 and float(loss.detach()) == calls[0]
     assert calls[0] == pytest.approx(0.5 * W1 @ A1 @ W1 + 0.5 * W2 @ A2 @ W2, rel=1e-12)
     assert calls[1] > calls[0]
 
