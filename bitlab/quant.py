@@ -242,12 +242,7 @@ class QuantizedModel(nn.Module):
         self._handles = [modules[n].register_forward_pre_hook(self._make_hook(n)) for n in layers]
 
     def _make_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple) -> tuple | None:
-            if not self.quantize_activations:
-                return None
-            x, rest = inputs[0], inputs[1:]
-            return (self.quantize_input(name, x), *rest)
-        return hook
+        return _InputQuantizer(self, name)
 
     def quantize_input(self, name: str, x: Tensor) -> Tensor:
         """What layer ``name`` reads: ``x`` quantized with its activation scale, passed through the
@@ -313,6 +308,19 @@ class QuantizedModel(nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}, layers={len(self.layers)}, act_method={self.act_method!r}, " \
                f"per_channel={self.per_channel}"
+
+
+class _InputQuantizer:
+    """Forward pre-hook of one layer. An object rather than a closure, so that ``copy.deepcopy`` of a
+    QuantizedModel yields hooks bound to the copy (its scales and fault hook), not to the original."""
+
+    def __init__(self, qm: QuantizedModel, name: str) -> None:
+        self.qm, self.name = qm, name
+
+    def __call__(self, module: nn.Module, inputs: tuple) -> tuple | None:
+        if not self.qm.quantize_activations:
+            return None
+        return (self.qm.quantize_input(self.name, inputs[0]), *inputs[1:])
 
 
 def quantize_model(model: nn.Module, calib_data: Tensor | Dataset | DataLoader, bits: int = 8,

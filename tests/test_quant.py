@@ -246,3 +246,17 @@ def test_quantize_model_on_small_cnn_keeps_accuracy():
     assert train.accuracy(qm, split.test) == pytest.approx(acc, abs=0.03)
     assert scale_report(qm)["kind"].tolist() == ["Conv2d", "Conv2d", "Linear"]
     assert not qm.training
+
+
+def test_deepcopy_binds_hooks_to_the_copy(tiny_model, tiny_data):
+    import copy
+    qm = quantize_model(tiny_model, tiny_data)
+    x = tiny_data.tensors[0][:8]
+    twin = copy.deepcopy(qm)
+    twin.act_scales["0"] *= 4  # coarser input quantization in the copy only
+    with torch.no_grad():
+        a, b = qm(x), twin(x)
+        assert not torch.equal(a, b)
+        with twin.act_fault(lambda n, w: torch.zeros_like(w)):
+            assert torch.equal(qm(x), a)  # the original does not see the copy's fault
+            assert torch.equal(twin(x), twin.model[2].bias.expand(8, 3))  # zeroed inputs -> bias
