@@ -141,18 +141,23 @@ class _Hessian:
         self.device = self.params[0].device
         self.batches = _batches(data)
         self.n_hvp = 0
-        self._grads: Vec | None = None
+        self._grads: list[Tensor | None] | None = None
         if isinstance(self.batches, list):
             self._grads = self._grad_graph(*self.batches[0])
 
-    def _grad_graph(self, x: Tensor, y: Tensor) -> Vec:
+    def _grad_graph(self, x: Tensor, y: Tensor) -> list[Tensor | None]:
         loss = self.loss_fn(self.model(x.to(self.device)), y.to(self.device))
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {tuple(loss.shape)}")
-        return list(torch.autograd.grad(loss, self.params, create_graph=True))
+        return list(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True))
 
-    def _hv(self, grads: Vec, vec: Vec, retain: bool) -> Vec:
-        hv = torch.autograd.grad(grads, self.params, grad_outputs=vec, retain_graph=retain, allow_unused=True)
+    def _hv(self, grads: list[Tensor | None], vec: Vec, retain: bool) -> Vec:
+        # parameters the loss does not use (grad None) or uses linearly (grad constant) have zero curvature
+        live = [(g, v) for g, v in zip(grads, vec) if g is not None and g.requires_grad]
+        hv: Sequence[Tensor | None] = [None] * len(self.params)
+        if live:
+            hv = torch.autograd.grad([g for g, _ in live], self.params, grad_outputs=[v for _, v in live],
+                                     retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params)]
 
     def vec(self, vec: Vec) -> Vec:
@@ -516,7 +521,7 @@ def trace_penalty(model: nn.Module, loss: Tensor, params: ParamSelection = None,
         raise ValueError("loss does not require grad: compute it from the model's parameters, with grad enabled")
     ps = [p for _, p in hessian_params(model, params)]
     grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
-    pairs = [(g, p) for g, p in zip(grads, ps) if g is not None]
+    pairs = [(g, p) for g, p in zip(grads, ps) if g is not None and g.requires_grad]
     total = loss.new_zeros(())
     if not pairs:
         return total
