@@ -121,7 +121,7 @@ def test_sam_perturbation_has_global_norm_rho_and_is_undone_exactly(shapes, rho,
     before = [p.detach().clone() for p in params]
     opt = SAM([{"params": [p]} for p in params], torch.optim.SGD, rho=rho, lr=0.0)
     opt.first_step()
-    dist = math.sqrt(sum(float(((p - b) ** 2).sum()) for p, b in zip(params, before)))
+    dist = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(params, before)))
     assert dist == pytest.approx(rho, rel=1e-9)
     opt.second_step()  # lr = 0: the weights must come back bit for bit
     assert all(torch.equal(p, b) for p, b in zip(params, before))
