@@ -12,11 +12,13 @@ from typing import Any
 
 from . import faults, formats, inject, protect
 from .faults import BitErrorRate, BitFlips, SingleBitFlip, StuckAt
+from .faults import FlipList
 from .formats import BF16, FP16, FP32, Int, Q
 from .inject import corrupted, corrupted_activations
 from .protect import Identity, ParityNulling, RangeNulling, Unary
 from .scaling import WeightScaling  # Fuengfusin 2024 weight scaling (bitlab.scaling)
 from .secded import SECDED  # extended Hamming ECC baseline (bitlab.secded)
+from .checksum import GroupChecksum
 
 __version__ = "0.1.0"
 
@@ -41,4 +43,5 @@ def __getattr__(name: str) -> Any:
 __all__ = ["faults", "formats", "inject", "protect", "BitErrorRate", "BitFlips", "SingleBitFlip", "StuckAt",
            "FP32", "FP16", "BF16", "Q", "Int", "corrupted", "corrupted_activations", "Identity",
            "ParityNulling", "RangeNulling", "Unary", *sorted(_SUBMODULES), *sorted(_LAZY)]
+__all__ += ["FlipList", "GroupChecksum"]
 __all__ += ["WeightScaling", "SECDED"]

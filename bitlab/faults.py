@@ -17,7 +17,7 @@ from torch import Tensor
 from .formats import BitSelection
 
 __all__ = ["Sites", "Fault", "BitErrorRate", "BitFlips", "SingleBitFlip", "StuckAt", "sample_distinct",
-           "fault_words"]
+           "fault_words", "FlipList"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,34 @@ class StuckAt(Fault):
 
     def label(self) -> str:
         return f"stuck-at-{self.value} p={self.p:g}"
+
+
+@dataclass(frozen=True)
+class FlipList(Fault):
+    """Flip a given list of stored bits, each a ``(param, index, bit)`` triple as in
+    :class:`SingleBitFlip` (e.g. the sequence a bit-flip attack found). Flipping a bit twice
+    undoes it: a site listed an even number of times is left alone."""
+
+    flips: tuple[tuple[str, int | tuple[int, ...], int], ...]
+
+    def __post_init__(self) -> None:
+        try:
+            flips = tuple((str(p), i if isinstance(i, tuple) else int(i), int(b)) for p, i, b in self.flips)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"flips: expected a sequence of (param, index, bit) triples ({e})") from None
+        object.__setattr__(self, "flips", flips)
+
+    def sample(self, names, shapes, bits, generator=None):
+        if not self.flips:
+            return _empty_sites()
+        parts = [SingleBitFlip(p, i, b).sample(names, shapes, bits) for p, i, b in self.flips]
+        key = torch.stack([torch.cat([getattr(s, f) for s in parts]) for f in ("tensor", "word", "bit")], 1)
+        uniq, counts = torch.unique(key, dim=0, return_counts=True)
+        odd = uniq[counts % 2 == 1]
+        return Sites(odd[:, 0].contiguous(), odd[:, 1].contiguous(), odd[:, 2].contiguous())
+
+    def label(self) -> str:
+        return f"{len(self.flips)} listed flips"
 
 
 def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "flip") -> Tensor:

@@ -127,7 +127,7 @@ def corrupted(model: nn.Module, fault: Fault, fmt: Format = FP32, codec: Codec |
     chosen = select_params(model, params)
     names = [n for n, _ in chosen]
     bits = resolve_bits(fault.bits, codec.width(fmt), codec.fields(fmt))
-    exact = codec.is_exact(fmt)
+    exact = codec.is_exact(fmt) and codec.elementwise
     saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
     try:
         with torch.no_grad():
@@ -148,6 +148,13 @@ def corrupted(model: nn.Module, fault: Fault, fmt: Format = FP32, codec: Codec |
                     data.view(-1)[uidx] = vals.to(data.dtype)
                     continue
                 saved.append((data, None, orig))
+                if not codec.elementwise:  # a check spanning words: decode everything, faulty words in place
+                    words = codec.encode(orig, fmt, state)
+                    if word.numel():
+                        uidx, inv = torch.unique(word, return_inverse=True)
+                        words[uidx] = fault_words(words[uidx], inv, bit, fault.mode)
+                    data.copy_(codec.decode(words, fmt, state).view_as(data).to(data.dtype))
+                    continue
                 read = codec.decode(codec.encode(orig, fmt, state), fmt, state)
                 if word.numel():
                     uidx, vals = _read_faulty(orig, word, bit, fmt, codec, state, fault.mode)

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .formats import Format
 
-__all__ = ["Codec", "Identity", "RangeNulling", "ParityNulling", "Unary", "popcount", "subset_state"]
+__all__ = ["Codec", "Identity", "RangeNulling", "ParityNulling", "Unary", "popcount", "subset_state",
+           "GroupChecksum"]
 
 State = dict[str, Any]
 
@@ -58,6 +59,9 @@ class Codec:
     """No protection: the stored words are the format's words. Subclasses override the hooks."""
 
     name = "none"
+    #: each word decodes on its own; ``False`` for codecs whose check spans several words (group
+    #: checksums): the injector then decodes the whole tensor with the faulty words in place.
+    elementwise: bool = True
 
     def width(self, fmt: Format) -> int:
         """Stored bits per weight."""
@@ -212,3 +216,6 @@ class Unary(Codec):
     def decode(self, words: Tensor, fmt: Format, state: State) -> Tensor:
         ones = popcount(words).to(torch.float64)
         return (state["scale"] * (2.0 * ones / self.n - 1.0)).to(torch.float32)
+
+
+from .checksum import GroupChecksum  # noqa: E402  (RADAR-like group checksums live in their own module)
