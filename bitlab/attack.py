@@ -1,0 +1,292 @@
+"""Bit-flip attack by progressive bit search (Rakin, He, Fan 2019, "Bit-Flip Attack: Crushing Neural
+Network with Progressive Bit Search", ICCV).
+
+The attacker flips, one at a time, the stored weight bits that raise the loss most on a small batch
+of attack data. Each iteration of the progressive bit search (PBS):
+
+1. **Gradient ranking.** The gradient ``g = dL/dw`` of the loss on the attack batch is taken at the
+   current (already flipped) weights. Flipping bit ``b`` of a stored word changes the weight by
+   ``dw_b = decode(word ^ 2**b) - w``; to first order the loss changes by ``g * dw_b``. For 8-bit
+   two's complement weights ``dw_b = +-2**b * scale`` (the sign bit ``-+2**7 * scale``), which is
+   Rakin et al.'s ranking of bits by the gradient w.r.t. the bits; for FP32 (our extension) the
+   decoded value is used exactly, so exponent flips rank by the huge change they cause.
+2. **In-layer search.** In every attacked layer the ``candidates_per_layer`` bits with the largest
+   positive first-order gain are flipped one at a time and the real loss on the attack batch measured.
+3. **Cross-layer search.** The single flip with the highest real loss over all layers is kept.
+
+Our choices, where the paper leaves room: only Linear/Conv weights are attacked (biases and
+normalization stay float, as in the paper's 8-bit models); a flip is kept only if it raises the
+attack loss (otherwise the search has stalled and stops); each stored bit is flipped at most once;
+each sample's cross-entropy is capped at ``LOSS_CAP = 1000`` nats, a sample with non-finite logits
+counting as the cap (such a sample is misclassified whatever else changes). With 8-bit weights the cap
+is never reached in practice, so the objective is Rakin et al.'s mean cross-entropy; with FP32 one
+exponent flip can drive the plain loss to ``inf``, after which it can no longer rank flips, while the
+capped loss keeps pointing at the samples still classified correctly. Accuracy after each flip is
+measured on ``eval_data``.
+
+**Chance level.** :meth:`AttackResult.flips_to` counts the flips needed to bring the accuracy down to
+``1 / num_classes + margin`` (``margin = 0.02`` by default: 12% on 10 classes), the accuracy of
+random guessing plus a little room for the class balance of a finite test set.
+
+The model handed in is never left corrupted: its weights are restored bit for bit when the attack
+returns or raises. :meth:`AttackResult.applied` re-applies the flips found (through
+:func:`bitlab.corrupted` and :class:`bitlab.faults.FlipList`).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .campaign import batch_accuracy, materialize
+from .faults import FlipList
+from .formats import Format, Int
+from .inject import InjectionReport, ParamSelection, corrupted, select_params
+from .progress import bar as progress_bar
+from .protect import Codec, Identity
+
+__all__ = ["bit_flip_attack", "AttackResult", "attack_params", "attack_loss", "CHANCE_MARGIN", "LOSS_CAP"]
+
+#: accuracy above random guessing still counted as "at chance" by :meth:`AttackResult.flips_to`
+CHANCE_MARGIN = 0.02
+#: per-sample cap (in nats) of the loss the attack maximizes, see the module notes
+LOSS_CAP = 1000.0
+
+Target = Union[None, float, str]
+
+
+@dataclass
+class AttackResult:
+    """The flips a bit-flip attack committed, in order, and what each did.
+
+    ``flips`` has one row per flip: ``step`` (1, 2, ...), ``param``, ``index`` (flat), ``bit``,
+    ``old`` and ``new`` (the weight before and after), ``estimate`` (first-order loss gain ``g * dw``),
+    ``loss`` (attack-batch loss after the flip) and ``accuracy`` (on the evaluation data after it).
+    ``clean_loss``/``clean_accuracy`` are those of the model stored in ``fmt`` before any flip.
+    ``stopped`` says why the search ended: ``"budget"``, ``"target"`` or ``"stalled"``.
+    """
+
+    flips: pd.DataFrame
+    fmt: Format
+    names: list[str]
+    clean_loss: float
+    clean_accuracy: float
+    num_classes: int
+    stopped: str
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.flips)
+
+    def chance_level(self, margin: float = CHANCE_MARGIN) -> float:
+        """Random-guess accuracy ``1 / num_classes`` plus ``margin``."""
+        return 1.0 / self.num_classes + margin
+
+    def flips_to(self, accuracy: float | None = None) -> int | None:
+        """Number of flips after which the accuracy is at most ``accuracy`` (default: the chance
+        level, :meth:`chance_level`); 0 if the clean model already is; ``None`` if never reached."""
+        level = self.chance_level() if accuracy is None else float(accuracy)
+        if self.clean_accuracy <= level:
+            return 0
+        hit = self.flips.index[self.flips["accuracy"] <= level]
+        return int(self.flips.loc[hit[0], "step"]) if len(hit) else None
+
+    def curve(self) -> pd.DataFrame:
+        """Loss and accuracy against the number of flips, starting from 0 (the clean store)."""
+        head = pd.DataFrame([{"step": 0, "loss": self.clean_loss, "accuracy": self.clean_accuracy}])
+        return pd.concat([head, self.flips[["step", "loss", "accuracy"]]], ignore_index=True)
+
+    def fault(self, n: int | None = None) -> FlipList:
+        """The first ``n`` flips (default: all) as a fault for :func:`bitlab.corrupted`."""
+        rows = self.flips if n is None else self.flips.iloc[:n]
+        return FlipList(tuple(zip(rows["param"], rows["index"].astype(int), rows["bit"].astype(int))))
+
+    @contextmanager
+    def applied(self, model: nn.Module, n: int | None = None, codec: Codec | None = None
+                ) -> Iterator[InjectionReport]:
+        """Hold ``model`` (the clean model attacked) with its weights stored in ``fmt`` and the first
+        ``n`` flips (default: all) applied; restored bit for bit on exit. ``codec`` reads the store
+        through a protection (e.g. :class:`bitlab.GroupChecksum`): the same flips hit the same words."""
+        with corrupted(model, self.fault(n), fmt=self.fmt, codec=codec, params=self.names) as report:
+            yield report
+
+
+def attack_params(model: nn.Module, params: ParamSelection = None) -> list[tuple[str, nn.Parameter]]:
+    """The weights a bit-flip attack targets: the ``weight`` of every Linear and Conv layer, among
+    the parameters ``params`` selects (default: all)."""
+    layer_weights = {id(m.weight) for m in model.modules()
+                     if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                     and isinstance(getattr(m, "weight", None), nn.Parameter)}
+    chosen = [(n, p) for n, p in select_params(model, params) if id(p) in layer_weights]
+    if not chosen:
+        raise ValueError(f"params: {params!r} selects no Linear or Conv weight; the bit-flip attack "
+                         "targets quantized layer weights (nn.Linear / nn.Conv*d .weight)")
+    return chosen
+
+
+def _check_int(value: object, name: str, lo: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= {lo}, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name}: {value}; allowed ints >= {lo}")
+    return value
+
+
+def _attack_batch(data: object, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``size`` samples drawn (seeded, without replacement) from ``data``."""
+    batches = materialize(data)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
+    return x[pick], y[pick]
+
+
+def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
+    """Mean cross-entropy with each sample's loss capped at ``cap``; a sample with non-finite logits
+    or loss counts as ``cap`` (and passes no gradient). See the module notes."""
+    finite = torch.isfinite(logits).all(dim=1)
+    ce = F.cross_entropy(logits[finite], y[finite], reduction="none").clamp(max=cap)
+    return (ce.sum() + cap * (~finite).sum()) / len(y)
+
+
+def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float(attack_loss(model(x), y))
+
+
+def _rank(words: Tensor, current: Tensor, grad: Tensor, fmt: Format, state: dict, k: int,
+          done: set[tuple[int, int]]) -> list[tuple[float, int, int, float]]:
+    """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
+    first-order loss gain ``g * (decode(word ^ 2**b) - w)``; a non-finite new value ranks first."""
+    codec = Identity()
+    width = fmt.width
+    alt = torch.stack([codec.decode(words ^ (1 << b), fmt, state).reshape(-1) for b in range(width)])
+    gain = grad.reshape(1, -1).double() * (alt.double() - current.reshape(1, -1).double())
+    gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
+    gain = torch.nan_to_num(gain, nan=-float("inf"))
+    for i, b in done:
+        gain[b, i] = -float("inf")
+    flat = gain.reshape(-1)
+    top = torch.topk(flat, min(k, flat.numel()))
+    out = []
+    for v, j in zip(top.values.tolist(), top.indices.tolist()):
+        if v <= 0:  # first order predicts no gain: not a candidate
+            break
+        b, i = divmod(j, words.numel())
+        out.append((v, i, b, float(alt[b, i])))
+    return out
+
+
+def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget: int = 20,
+                    attack_batch: int = 128, eval_data: object | None = None, params: ParamSelection = None,
+                    candidates_per_layer: int = 8, target_accuracy: Target = None, seed: int = 0,
+                    progress: bool | None = None) -> AttackResult:
+    """Progressive bit search (Rakin et al. 2019, Sec. 3): up to ``budget`` flips, each the best of an
+    in-layer search (``candidates_per_layer`` gradient-ranked flips per layer, tried by real loss)
+    followed by a cross-layer search, on ``attack_batch`` samples drawn from ``data`` with ``seed``.
+
+    ``fmt`` is the storage format of the attacked Linear/Conv weights (default ``Int(8)``: per-tensor
+    symmetric quantization with the scale of the clean weights, two's complement words; ``FP32``
+    works too). Accuracy after each flip is measured on ``eval_data`` (default: ``data``).
+    ``target_accuracy`` stops the search once the accuracy is at most that value (``"chance"``: the
+    chance level ``1/num_classes + CHANCE_MARGIN``); ``None`` spends the whole budget unless the search
+    stalls. ``model`` is restored bit for bit on return and on error.
+    """
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt: expected a bitlab number format (Int(8), FP32, ...), got {type(fmt).__name__}")
+    _check_int(budget, "budget")
+    _check_int(attack_batch, "attack_batch")
+    _check_int(candidates_per_layer, "candidates_per_layer")
+    if not (target_accuracy is None or target_accuracy == "chance"
+            or (isinstance(target_accuracy, (int, float)) and not isinstance(target_accuracy, bool)
+                and 0.0 <= target_accuracy <= 1.0)):
+        raise ValueError(f"target_accuracy: {target_accuracy!r}; allowed None, 'chance' or a number in [0, 1]")
+    layers = attack_params(model, params)
+    for name, p in layers:
+        if not p.is_contiguous():
+            raise ValueError(f"params: {name!r} is not contiguous; call .contiguous() on it before attacking")
+    x, y = _attack_batch(data, attack_batch, seed)
+    eval_batches = materialize(data if eval_data is None else eval_data)
+    codec = Identity()
+    saved = [(p, p.data.clone(), p.requires_grad) for _, p in layers]
+    was_training = model.training
+    start = time.perf_counter()
+    try:
+        model.eval()
+        states, words = [], []
+        with torch.no_grad():
+            for _, p in layers:
+                st = codec.fit(p.data, fmt)
+                w = codec.encode(p.data.reshape(-1), fmt, st)
+                p.data.copy_(codec.decode(w, fmt, st).view_as(p.data))
+                states.append(st)
+                words.append(w)
+        for _, p in layers:
+            p.requires_grad_(True)
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[1])
+        clean_loss, clean_acc = _loss(model, x, y), batch_accuracy(model, eval_batches)
+        target = (1.0 / num_classes + CHANCE_MARGIN) if target_accuracy == "chance" else target_accuracy
+        done: list[set[tuple[int, int]]] = [set() for _ in layers]
+        rows, loss, stopped = [], clean_loss, "budget"
+        bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
+        for step in range(1, budget + 1):
+            if target is not None and (rows[-1]["accuracy"] if rows else clean_acc) <= target:
+                stopped = "target"
+                break
+            with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
+                live = torch.isfinite(model(x)).all(dim=1)
+            if not live.any():
+                stopped = "stalled"
+                break
+            grads = torch.autograd.grad(attack_loss(model(x[live]), y[live]), [p for _, p in layers],
+                                        allow_unused=True)
+            best = None  # (loss, layer, index, bit, new, estimate)
+            with torch.no_grad():
+                for li, (_, p) in enumerate(layers):
+                    if grads[li] is None:
+                        continue
+                    flat = p.data.view(-1)
+                    for est, i, b, new in _rank(words[li], flat, grads[li], fmt, states[li],
+                                                candidates_per_layer, done[li]):
+                        old = flat[i].clone()
+                        flat[i] = new
+                        trial = _loss(model, x, y)
+                        flat[i] = old
+                        if best is None or trial > best[0]:
+                            best = (trial, li, i, b, new, est)
+                if best is None or not best[0] > loss:
+                    stopped = "stalled"
+                    break
+                trial, li, i, b, new, est = best
+                name, p = layers[li]
+                old_value = float(p.data.view(-1)[i])
+                words[li][i] ^= 1 << b
+                p.data.view(-1)[i] = new
+                done[li].add((i, b))
+                loss = trial
+                acc = batch_accuracy(model, eval_batches)
+            rows.append({"step": step, "param": name, "index": i, "bit": b, "old": old_value, "new": new,
+                         "estimate": est, "loss": loss, "accuracy": acc})
+            bar.update()
+        else:
+            if target is not None and rows and rows[-1]["accuracy"] <= target:
+                stopped = "target"
+        bar.close()
+    finally:
+        with torch.no_grad():
+            for p, values, req in saved:
+                p.data.copy_(values)
+                p.requires_grad_(req)
+        model.train(was_training)
+    columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", "accuracy"]
+    df = pd.DataFrame(rows, columns=columns)
+    df.attrs.update(clean_accuracy=clean_acc, clean_loss=clean_loss, fmt=fmt.name)
+    return AttackResult(df, fmt, [n for n, _ in layers], clean_loss, clean_acc, num_classes, stopped,
+                        time.perf_counter() - start)
