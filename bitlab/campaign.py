@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from .faults import BitErrorRate, Fault, SingleBitFlip
 from .formats import FP32, Format, resolve_bits
-from .inject import ParamSelection, corrupted, select_params
+from .inject import ParamSelection, Store, select_params
 from .progress import bar as progress_bar, enabled as show_progress
 from .protect import Codec, Identity
 
@@ -91,13 +91,14 @@ def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int
     codec = Identity() if codec is None else codec
     batches = materialize(data)
     g = torch.Generator().manual_seed(seed)
-    with corrupted(model, BitErrorRate(0.0), fmt=fmt, codec=codec, params=params):
+    store = Store(model, fmt, codec, params)
+    with store.corrupted(BitErrorRate(0.0)):
         clean = batch_accuracy(model, batches)
     rows = []
     bar = progress_bar(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", progress=progress)
     for ber in bers:
         for t in range(trials):
-            with corrupted(model, _fault_for(fault, ber), fmt=fmt, codec=codec, params=params, generator=g) as r:
+            with store.corrupted(_fault_for(fault, ber), generator=g) as r:
                 acc = batch_accuracy(model, batches)
             rows.append({"ber": ber, "trial": t, "flips": r.flips, "accuracy": acc, "format": fmt.name,
                          "codec": codec.name, "seed": seed})
@@ -169,7 +170,8 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data)
-    with corrupted(model, BitErrorRate(0.0), fmt=fmt, codec=codec, params=params):
+    store = Store(model, fmt, codec, params)
+    with store.corrupted(BitErrorRate(0.0)):
         clean = batch_accuracy(model, batches)
     g = torch.Generator().manual_seed(seed)
     plan = []
@@ -179,11 +181,10 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
             idx = torch.randperm(p.numel(), generator=g)[:n_weights].sort().values
         plan += [(name, int(i), b) for i in idx for b in positions]
     rows = []
-    names = [n for n, _ in chosen]
     lookup = dict(chosen)
     for name, i, b in progress_bar(plan, desc="naive census", progress=progress):
         value = lookup[name].detach().reshape(-1)[i].item()
-        with corrupted(model, SingleBitFlip(name, i, b), fmt=fmt, codec=codec, params=names):
+        with store.corrupted(SingleBitFlip(name, i, b)):
             flipped = lookup[name].detach().reshape(-1)[i].item()
             acc = batch_accuracy(model, batches)
         rows.append({"param": name, "index": i, "bit": b, "value": value, "flipped": flipped,

@@ -210,7 +210,7 @@ class Int(Format):
     """Symmetric integer quantization ``x ~= q * scale`` with ``q`` in ``[-(2**(b-1)-1), 2**(b-1)-1]``.
 
     The scale is ``max|x| / (2**(b-1) - 1)``, per tensor or per output channel (``axis``, default 0,
-    the output dimension of Linear/Conv weights). Words are ``bits`` wide, two's complement.
+    the output dimension of Linear/Conv weights); a scale of 0 (all-zero data) is replaced by 1. Words are ``bits`` wide, two's complement.
     Encoding rounds half to even and saturates; a flipped word may decode to ``-2**(b-1) * scale``.
     """
 

@@ -25,7 +25,7 @@ from .faults import Fault, Sites, fault_words
 from .formats import FP32, Format, resolve_bits
 from .protect import Codec, Identity, subset_state
 
-__all__ = ["corrupted", "corrupted_activations", "select_params", "select_modules", "InjectionReport",
+__all__ = ["corrupted", "corrupted_activations", "Store", "select_params", "select_modules", "InjectionReport",
            "ParamSelection"]
 
 ParamSelection = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
@@ -89,7 +89,7 @@ class InjectionReport:
 
 
 def _check_args(fault: object, fmt: object, codec: object) -> Codec:
-    if not isinstance(fault, Fault):
+    if fault is not None and not isinstance(fault, Fault):
         raise TypeError(f"fault: expected a bitlab fault (BitErrorRate, BitFlips, SingleBitFlip, StuckAt), "
                         f"got {type(fault).__name__}")
     if not isinstance(fmt, Format):
@@ -104,13 +104,104 @@ def _check_args(fault: object, fmt: object, codec: object) -> Codec:
     return codec
 
 
-def _read_faulty(orig: Tensor, word: Tensor, bit: Tensor, fmt: Format, codec: Codec, state: dict,
-                 mode: str) -> tuple[Tensor, Tensor]:
-    """Indices of the hit elements and the values they read back as."""
-    uidx, inv = torch.unique(word, return_inverse=True)
-    sub = subset_state(state, uidx, orig.numel())
-    words = codec.encode(orig[uidx], fmt, sub)
-    return uidx, codec.decode(fault_words(words, inv, bit, mode), fmt, sub)
+@dataclass
+class _Slot:
+    """One stored tensor: its state, and what the fault-free store reads back."""
+
+    name: str
+    data: Tensor  # the parameter's storage (``p.data``)
+    state: dict
+    sparse: bool  # lossless elementwise store: only hit words are touched
+    orig: Tensor | None = None  # flat snapshot of the clean weights (dense paths)
+    clean: Tensor | None = None  # flat fault-free read (elementwise codecs)
+    words: Tensor | None = None  # clean stored words (codecs whose check spans words)
+
+
+class Store:
+    """A model's parameters as kept in a faulty store: number format ``fmt`` plus protection ``codec``.
+
+    Building a store does the per-tensor work once (codec state, the fault-free read); each
+    :meth:`corrupted` then only samples faults and decodes the words they hit, so a campaign of many
+    trials pays the dense work once. The store snapshots the weights when it is built: do not train
+    the model while a store of it is in use. :func:`corrupted` is the one-shot form.
+    """
+
+    def __init__(self, model: nn.Module, fmt: Format = FP32, codec: Codec | None = None,
+                 params: ParamSelection = None) -> None:
+        self.codec = _check_args(None, fmt, codec)
+        self.fmt = fmt
+        self.model = model
+        chosen = select_params(model, params)
+        self.names = [n for n, _ in chosen]
+        self.shapes = [p.shape for _, p in chosen]
+        exact = self.codec.is_exact(fmt) and self.codec.elementwise
+        self.slots: list[_Slot] = []
+        with torch.no_grad():
+            for name, p in chosen:
+                data = p.data
+                slot = _Slot(name, data, self.codec.fit(data, fmt), sparse=exact and data.is_contiguous())
+                if not slot.sparse:
+                    slot.orig = data.reshape(-1).clone()
+                    words = self.codec.encode(slot.orig, fmt, slot.state)
+                    if self.codec.elementwise:
+                        slot.clean = self.codec.decode(words, fmt, slot.state).to(data.dtype)
+                    else:
+                        slot.words = words
+                self.slots.append(slot)
+
+    def _faulty(self, slot: _Slot, word: Tensor, bit: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+        """Indices of the hit elements and the values they read back as (elementwise codecs)."""
+        orig = slot.orig if slot.orig is not None else slot.data.reshape(-1)
+        uidx, inv = torch.unique(word, return_inverse=True)
+        sub = subset_state(slot.state, uidx, orig.numel())
+        words = self.codec.encode(orig[uidx], self.fmt, sub)
+        return uidx, self.codec.decode(fault_words(words, inv, bit, mode), self.fmt, sub)
+
+    def _write(self, slot: _Slot, word: Tensor, bit: Tensor, mode: str,
+               saved: list[tuple[Tensor, Tensor | None, Tensor]]) -> None:
+        data = slot.data
+        if slot.sparse:
+            if word.numel() == 0:
+                return
+            uidx, vals = self._faulty(slot, word, bit, mode)
+            saved.append((data, uidx, data.view(-1)[uidx].clone()))
+            data.view(-1)[uidx] = vals.to(data.dtype)
+            return
+        saved.append((data, None, slot.orig))
+        if slot.words is not None:  # a check spanning words: decode everything, faulty words in place
+            words = slot.words.clone()
+            if word.numel():
+                uidx, inv = torch.unique(word, return_inverse=True)
+                words[uidx] = fault_words(words[uidx], inv, bit, mode)
+            data.copy_(self.codec.decode(words, self.fmt, slot.state).view_as(data).to(data.dtype))
+            return
+        data.copy_(slot.clean.view_as(data))
+        if word.numel():
+            uidx, vals = self._faulty(slot, word, bit, mode)
+            data.view(-1)[uidx] = vals.to(data.dtype)
+
+    @contextmanager
+    def corrupted(self, fault: Fault, generator: torch.Generator | None = None) -> Iterator[InjectionReport]:
+        """Hold the weights as read back under ``fault``; restore them bit for bit on exit."""
+        _check_args(fault, self.fmt, self.codec)
+        bits = resolve_bits(fault.bits, self.codec.width(self.fmt), self.codec.fields(self.fmt))
+        saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
+        try:
+            with torch.no_grad():
+                sites = fault.sample(self.names, self.shapes, bits, generator)
+                report = InjectionReport(fault.label(), self.fmt.name, self.codec.name, self.names, sites)
+                for i, slot in enumerate(self.slots):
+                    word, bit = sites.of(i)
+                    report.per_param[slot.name] = int(word.numel())
+                    self._write(slot, word, bit, fault.mode, saved)
+            yield report
+        finally:
+            with torch.no_grad():
+                for data, uidx, values in reversed(saved):
+                    if uidx is None:
+                        data.copy_(values.view_as(data))
+                    else:
+                        data.view(-1)[uidx] = values
 
 
 @contextmanager
@@ -122,52 +213,11 @@ def corrupted(model: nn.Module, fault: Fault, fmt: Format = FP32, codec: Codec |
     ``fmt`` is the number format the weights are stored in, ``codec`` the protection on top of it
     (default: none), ``params`` which parameters are stored there (default: all of them), and
     ``generator`` makes the sampled faults reproducible. Yields an :class:`InjectionReport`.
+    For many trials on one model, build a :class:`Store` once and use ``store.corrupted(fault)``.
     """
-    codec = _check_args(fault, fmt, codec)
-    chosen = select_params(model, params)
-    names = [n for n, _ in chosen]
-    bits = resolve_bits(fault.bits, codec.width(fmt), codec.fields(fmt))
-    exact = codec.is_exact(fmt) and codec.elementwise
-    saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
-    try:
-        with torch.no_grad():
-            sites = fault.sample(names, [p.shape for _, p in chosen], bits, generator)
-            report = InjectionReport(fault.label(), fmt.name, codec.name, names, sites)
-            for i, (name, p) in enumerate(chosen):
-                word, bit = sites.of(i)
-                report.per_param[name] = int(word.numel())
-                data = p.data
-                sparse = exact and data.is_contiguous()
-                if sparse and word.numel() == 0:
-                    continue
-                orig = data.reshape(-1) if sparse else data.reshape(-1).clone()
-                state = codec.fit(data, fmt)
-                if sparse:
-                    uidx, vals = _read_faulty(orig, word, bit, fmt, codec, state, fault.mode)
-                    saved.append((data, uidx, orig[uidx].clone()))
-                    data.view(-1)[uidx] = vals.to(data.dtype)
-                    continue
-                saved.append((data, None, orig))
-                if not codec.elementwise:  # a check spanning words: decode everything, faulty words in place
-                    words = codec.encode(orig, fmt, state)
-                    if word.numel():
-                        uidx, inv = torch.unique(word, return_inverse=True)
-                        words[uidx] = fault_words(words[uidx], inv, bit, fault.mode)
-                    data.copy_(codec.decode(words, fmt, state).view_as(data).to(data.dtype))
-                    continue
-                read = codec.decode(codec.encode(orig, fmt, state), fmt, state)
-                if word.numel():
-                    uidx, vals = _read_faulty(orig, word, bit, fmt, codec, state, fault.mode)
-                    read[uidx] = vals
-                data.copy_(read.view_as(data).to(data.dtype))
+    _check_args(fault, fmt, codec)
+    with Store(model, fmt, codec, params).corrupted(fault, generator) as report:
         yield report
-    finally:
-        with torch.no_grad():
-            for data, uidx, values in reversed(saved):
-                if uidx is None:
-                    data.copy_(values.view_as(data))
-                else:
-                    data.view(-1)[uidx] = values
 
 
 @dataclass

@@ -138,7 +138,8 @@ def test_int_quantization_matches_numpy(values, bits):
     fmt = bl.Int(bits)
     qmax = 2 ** (bits - 1) - 1
     amax = np.abs(x).max()
-    scale = amax / qmax if amax > 0 else 1.0
+    scale = np.float32(amax) / np.float32(qmax)
+    scale = scale if scale > 0 else 1.0  # an all-zero (or underflowing) tensor gets scale 1
     q = np.clip(np.rint(x.astype(np.float64) / np.float64(np.float32(scale))), -qmax, qmax).astype(np.int64)
     s = fmt.calibrate(torch.tensor(x))
     assert abs(s.item() - scale) <= 1e-6 * max(scale, 1)
