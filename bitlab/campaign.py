@@ -21,6 +21,7 @@ from .formats import FP32, Format, resolve_bits
 from .inject import ParamSelection, Store, select_params
 from .progress import bar as progress_bar, enabled as show_progress
 from .protect import Codec, Identity
+from .train import correct
 
 __all__ = ["materialize", "batch_accuracy", "ber_sweep", "summarize", "tolerable_ber", "naive_bit_census",
            "show_progress"]
@@ -53,15 +54,13 @@ def batch_accuracy(model: nn.Module, batches: Batches) -> float:
     was_training = model.training
     model.eval()
     try:
-        correct = total = 0
+        hits = total = 0
         for x, y in batches:
-            logits = model(x)
-            finite = torch.isfinite(logits).all(dim=1)
-            correct += int(((logits.argmax(dim=1) == y) & finite).sum())
+            hits += int(correct(model(x), y).sum())
             total += len(y)
     finally:
         model.train(was_training)
-    return correct / total
+    return hits / total
 
 
 def _fault_for(fault: Callable[[float], Fault] | None, ber: float) -> Fault:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import as_loader, loader
 from .progress import bar as progress_bar
 
-__all__ = ["OPTIMIZERS", "fit", "make_optimizer", "accuracy", "evaluate", "logits", "predict", "set_seed"]
+__all__ = ["OPTIMIZERS", "fit", "correct", "make_optimizer", "accuracy", "evaluate", "logits", "predict", "set_seed"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop,
@@ -105,7 +105,7 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
         model.train()
         start = time.perf_counter()
         tot_loss = tot_pen = 0.0
-        correct = seen = 0
+        hits = seen = 0
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             if adversary is not None:
@@ -135,9 +135,9 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
             tot_loss += float(first["ce"]) * n
             if "pen" in first:
                 tot_pen += float(first["pen"]) * n
-            correct += int(_correct(first["out"], y).sum())
+            hits += int(correct(first["out"], y).sum())
             seen += n
-        row = {"epoch": epoch, "loss": tot_loss / seen, "train_acc": correct / seen,
+        row = {"epoch": epoch, "loss": tot_loss / seen, "train_acc": hits / seen,
                "seconds": time.perf_counter() - start}
         if regularizer is not None:
             row["penalty"] = tot_pen / seen
@@ -147,7 +147,7 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
     return pd.DataFrame(rows)
 
 
-def _correct(out: Tensor, y: Tensor) -> Tensor:
+def correct(out: Tensor, y: Tensor) -> Tensor:
     """Boolean per example: the arg-max is the label and every logit is finite."""
     return (out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)
 
@@ -182,16 +182,16 @@ def accuracy(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 102
     was_training = model.training
     model.eval()
     device = _device(model)
-    correct = seen = 0
+    hits = seen = 0
     try:
         for x, y in as_loader(data, batch_size):
-            correct += int(_correct(model(x.to(device)), y.to(device)).sum())
+            hits += int(correct(model(x.to(device)), y.to(device)).sum())
             seen += len(y)
     finally:
         model.train(was_training)
     if seen == 0:
         raise ValueError("data must not be empty")
-    return correct / seen
+    return hits / seen
 
 
 def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> dict[str, float]:
@@ -200,4 +200,4 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 102
     out, y = logits(model, data, batch_size)
     if len(y) == 0:
         raise ValueError("data must not be empty")
-    return {"loss": float(F.cross_entropy(out, y)), "accuracy": float(_correct(out, y).float().mean())}
+    return {"loss": float(F.cross_entropy(out, y)), "accuracy": float(correct(out, y).float().mean())}
