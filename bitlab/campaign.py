@@ -191,3 +191,4 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     df = pd.DataFrame(rows)
     df.attrs["clean_accuracy"] = clean
     return df
+from .census import bit_census  # noqa: E402,F401  (the fast exact census; see bitlab.census)

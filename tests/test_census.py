@@ -1,0 +1,231 @@
+"""The fast census (bitlab.census) against the naive loop (flip, full forward, restore): same frame,
+float for float, NaN/Inf flips included."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import bitlab as bl
+from bitlab import census as census_mod
+from bitlab.campaign import naive_bit_census
+from bitlab.census import bit_census, count_above
+from bitlab.data import digits
+from bitlab.formats import FP16
+from bitlab.models import mlp, small_cnn
+from bitlab.train import fit
+
+
+@pytest.fixture(scope="module")
+def split():
+    return digits(seed=0)
+
+
+def _subset(ds, n, flat=False):
+    x, y = ds.tensors
+    x = x[:n].flatten(1) if flat else x[:n]
+    return torch.utils.data.TensorDataset(x, y[:n])
+
+
+def _sampled(model, n_weights, seed):
+    """The weights the census visits (the documented draw: one randperm per sampled tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in model.named_parameters():
+        idx = torch.arange(p.numel())
+        if n_weights < p.numel():
+            idx = torch.randperm(p.numel(), generator=g)[:n_weights].sort().values
+        out[name] = idx
+    return out
+
+
+def _plant(model, n_weights, seed):
+    """Give some visited weights values whose flips read back as Inf/NaN (|w| in [1, 2): flipping
+    bit 30 sets the exponent to 255) or as huge numbers, so that logits overflow."""
+    idx = _sampled(model, n_weights, seed)
+    special = [1.0, -1.5, 1.75, -1.0]
+    with torch.no_grad():
+        for j, (name, p) in enumerate(model.named_parameters()):
+            p.view(-1)[idx[name][0]] = special[j % len(special)]
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model, before):
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(split):
+    torch.manual_seed(0)
+    model = mlp(64, (16, 12), 10)
+    fit(model, _subset(split.train, 400, flat=True), epochs=3, seed=0, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(split):
+    torch.manual_seed(1)
+    model = small_cnn()
+    fit(model, _subset(split.train, 400), epochs=3, seed=0, progress=False)
+    return model
+
+
+def test_mlp_all_32_bits_equal_naive_including_nan_inf(trained_mlp, split):
+    model = trained_mlp
+    _plant(model, 5, 3)
+    data = _subset(split.test, 48, flat=True)
+    before = _state(model)
+    naive = naive_bit_census(model, data, bits="all", n_weights=5, seed=3, progress=False)
+    fast = bit_census(model, data, bits="all", n_weights=5, seed=3, progress=False)
+    pd.testing.assert_frame_equal(naive, fast, check_exact=True)
+    assert fast.attrs["clean_accuracy"] == naive.attrs["clean_accuracy"]
+    assert not torch.isfinite(torch.tensor(fast["flipped"].to_numpy())).all()  # Inf/NaN weights
+    assert (fast["accuracy"] == 0).any()  # some flips make every logit non-finite or wrong
+    assert census_mod.LAST_STATS["certified"] > 0  # the fast path was used, not only the exact one
+    _assert_same_state(model, before)
+
+
+def test_cnn_all_32_bits_equal_naive_including_nan_inf(trained_cnn, split):
+    model = trained_cnn
+    _plant(model, 3, 5)
+    data = _subset(split.test, 40)
+    before = _state(model)
+    naive = naive_bit_census(model, data, bits="all", n_weights=3, seed=5, progress=False)
+    fast = bit_census(model, data, bits="all", n_weights=3, seed=5, progress=False, batch_flips=64)
+    pd.testing.assert_frame_equal(naive, fast, check_exact=True)
+    assert not torch.isfinite(torch.tensor(fast["flipped"].to_numpy())).all()
+    assert census_mod.LAST_STATS["certified"] > 0 and census_mod.LAST_STATS["recomputed"] > 0
+    _assert_same_state(model, before)
+
+
+def test_sampled_census_equals_naive_for_other_seed_and_bits(trained_cnn, split):
+    data = _subset(split.test, 30)
+    kw = dict(bits=["sign", 30, 23], params=["3.weight", "7.*"], n_weights=4, seed=11, progress=False)
+    pd.testing.assert_frame_equal(naive_bit_census(trained_cnn, data, **kw), bit_census(trained_cnn, data, **kw),
+                                  check_exact=True)
+
+
+def test_lossy_format_equals_naive(trained_mlp, split):
+    data = _subset(split.test, 30, flat=True)
+    kw = dict(fmt=FP16, bits="exponent", n_weights=3, seed=2, progress=False)
+    pd.testing.assert_frame_equal(naive_bit_census(trained_mlp, data, **kw), bit_census(trained_mlp, data, **kw),
+                                  check_exact=True)
+
+
+def test_many_batches_equal_naive(split):
+    torch.manual_seed(2)
+    model = mlp(64, (8,), 10)
+    loader = torch.utils.data.DataLoader(_subset(split.test, 50, flat=True), batch_size=16)  # 16+16+16+2
+    kw = dict(bits=[31, 30, 29, 22, 0], n_weights=6, seed=0, progress=False)
+    pd.testing.assert_frame_equal(naive_bit_census(model, loader, **kw), bit_census(model, loader, **kw),
+                                  check_exact=True)
+
+
+class _Residual(nn.Module):
+    """Not a Sequential: the census takes the exact full-forward path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + x)
+
+
+def test_non_sequential_model_equals_naive():
+    torch.manual_seed(3)
+    model = _Residual()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g)
+    data = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+    kw = dict(bits="all", n_weights=3, seed=1, progress=False)
+    pd.testing.assert_frame_equal(naive_bit_census(model, data, **kw), bit_census(model, data, **kw),
+                                  check_exact=True)
+
+
+def test_batchnorm_model_in_train_mode_is_evaluated_in_eval_mode_like_naive():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 16, 3))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 4, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, torch.randint(0, 3, (24,), generator=g))
+    model.train()
+    model(x)  # non-trivial running statistics
+    before = _state(model)
+    kw = dict(bits=[31, 30, 26], n_weights=4, seed=0, progress=False)
+    naive = naive_bit_census(model, data, **kw)
+    fast = bit_census(model, data, **kw)
+    pd.testing.assert_frame_equal(naive, fast, check_exact=True)
+    assert model.training  # handed back in the mode it came in
+    _assert_same_state(model, before)  # eval mode: running statistics untouched
+
+
+def test_interrupted_census_resumes_to_the_same_frame(trained_mlp, split, tmp_path):
+    data = _subset(split.test, 30, flat=True)
+    kw = dict(bits="exponent", n_weights=6, seed=4, progress=False, batch_flips=8)
+    straight = bit_census(trained_mlp, data, **kw)
+    path = tmp_path / "census.pkl"
+    before = _state(trained_mlp)
+
+    def stop_after_three(n_done):
+        if n_done == 3:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        bit_census(trained_mlp, data, checkpoint=path, on_chunk=stop_after_three, **kw)
+    _assert_same_state(trained_mlp, before)
+    assert path.exists()
+    calls = []
+    resumed = bit_census(trained_mlp, data, checkpoint=path, on_chunk=calls.append, **kw)
+    pd.testing.assert_frame_equal(straight, resumed, check_exact=True)
+    n_chunks = sum(math.ceil(min(6, p.numel()) * 8 / 8) for _, p in trained_mlp.named_parameters())
+    assert len(calls) == n_chunks - 3  # the three saved chunks were not recomputed
+    again = []
+    bit_census(trained_mlp, data, checkpoint=path, on_chunk=again.append, **kw)
+    assert again == []  # everything is in the checkpoint
+
+
+def test_checkpoint_of_another_census_is_refused(trained_mlp, split, tmp_path):
+    data = _subset(split.test, 20, flat=True)
+    path = tmp_path / "c.pkl"
+    bit_census(trained_mlp, data, bits="sign", n_weights=2, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        bit_census(trained_mlp, data, bits="sign", n_weights=3, checkpoint=path, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(bits=[]), "bits"),
+    (dict(bits="nope"), "bits"),
+    (dict(batch_flips=0), "batch_flips"),
+    (dict(n_weights=0), "n_weights"),
+    (dict(params="missing.*"), "params"),
+])
+def test_bad_input_names_the_argument(trained_mlp, split, kwargs, word):
+    data = _subset(split.test, 10, flat=True)
+    with pytest.raises(ValueError, match=word):
+        bit_census(trained_mlp, data, progress=False, **kwargs)
+
+
+def test_reexported_from_campaign():
+    assert bl.campaign.bit_census is bit_census
+
+
+def test_count_above_on_a_hand_made_frame():
+    df = pd.DataFrame({"param": ["a", "a", "a", "b", "b"], "bit": [30, 23, 30, 30, 0],
+                       "rad": [0.95, 0.1, 0.5, float("nan"), 1.0]})
+    by_param = count_above(df, thresholds=(0.1, 0.9), by="param")
+    assert by_param.to_dict("list") == {"param": ["a", "b"], "flips": [3, 2], "rad>0.1": [2, 1],
+                                        "rad>0.9": [1, 1]}
+    by_bit = count_above(df, thresholds=(0.1, 0.9), by="bit")
+    assert by_bit.to_dict("list") == {"bit": [0, 23, 30], "flips": [1, 1, 3], "rad>0.1": [1, 0, 2],
+                                      "rad>0.9": [1, 0, 1]}
+    total = count_above(df, thresholds=(0.5,), by=None)
+    assert total.to_dict("list") == {"flips": [5], "rad>0.5": [2]}
+    with pytest.raises(ValueError, match="by"):
+        count_above(df, by="layer")
