@@ -88,6 +88,15 @@ def unflatten(flat: Tensor, like: Sequence[Tensor]) -> Vec:
     return out
 
 
+def unflatten_batched(flat: Tensor, like: Sequence[Tensor]) -> Vec:
+    """A ``(b, n)`` batch of flat vectors cut into ``(b, *shape)`` tensors shaped like ``like``."""
+    b, i, out = flat.shape[0], 0, []
+    for t in like:
+        out.append(flat[:, i:i + t.numel()].reshape(b, *t.shape))
+        i += t.numel()
+    return out
+
+
 def _stochastic_modules(model: nn.Module) -> list[str]:
     kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
     return [name or type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds) and m.training]
@@ -176,6 +185,41 @@ class _Hessian:
             raise ValueError("data must not be empty")
         return [t / seen for t in total]
 
+    def _hv_batched(self, grads: list[Tensor | None], vecs: Vec, retain: bool) -> Vec:
+        live = [(g, v) for g, v in zip(grads, vecs) if g is not None and g.requires_grad]
+        b = vecs[0].shape[0]
+        hv: Sequence[Tensor | None] = [None] * len(self.params)
+        if live:
+            hv = torch.autograd.grad([g for g, _ in live], self.params, grad_outputs=[v for _, v in live],
+                                     retain_graph=retain, allow_unused=True, is_grads_batched=True)
+        return [torch.zeros((b, *p.shape), dtype=p.dtype, device=p.device) if h is None else h.detach()
+                for h, p in zip(hv, self.params)]
+
+    def matmat(self, flat: Tensor, block: int = 32) -> Tensor:
+        """``H V`` for the columns of a float64 ``(n, b)`` matrix, ``block`` columns per vmapped backward
+        (``is_grads_batched``); counts ``b`` products. Same values as column-by-column products."""
+        cols = []
+        for j in range(0, flat.shape[1], block):
+            chunk = flat[:, j:j + block]
+            b = chunk.shape[1]
+            self.n_hvp += b
+            vecs = [t.to(device=p.device, dtype=p.dtype) for t, p in
+                    zip(unflatten_batched(chunk.T, self.params), self.params)]
+            if self._grads is not None:
+                hv = self._hv_batched(self._grads, vecs, retain=True)
+            else:
+                total, seen = None, 0
+                for x, y in self.batches:
+                    h = self._hv_batched(self._grad_graph(x, y), vecs, retain=False)
+                    nb = len(y)
+                    total = [t * nb for t in h] if total is None else [t + u * nb for t, u in zip(total, h)]
+                    seen += nb
+                if not seen:
+                    raise ValueError("data must not be empty")
+                hv = [t / seen for t in total]
+            cols.append(torch.cat([h.reshape(b, -1) for h in hv], dim=1).T.to(device="cpu", dtype=torch.float64))
+        return torch.cat(cols, dim=1)
+
     def __call__(self, flat: Tensor) -> Tensor:
         """``H v`` on flat float64 vectors (the linear algebra runs in float64 whatever the model dtype)."""
         return flatten(self.vec(unflatten(flat, self.params))).to(device="cpu", dtype=torch.float64)
@@ -212,8 +256,11 @@ def _generator_or_default(generator: torch.Generator | None) -> torch.Generator 
 
 
 def _rademacher(n: int, generator: torch.Generator | None, cols: int | None = None) -> Tensor:
-    shape = (n,) if cols is None else (n, cols)
-    return torch.randint(0, 2, shape, generator=generator).to(torch.float64).mul_(2).sub_(1)
+    """Rademacher vector(s): one of length ``n``, or ``cols`` of them as the columns of an (n, cols) matrix,
+    drawn one vector after another (the same draws as ``cols`` single calls)."""
+    shape = (n,) if cols is None else (cols, n)
+    z = torch.randint(0, 2, shape, generator=generator).to(torch.float64).mul_(2).sub_(1)
+    return z if cols is None else z.T
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -242,7 +289,8 @@ def _tridiag(alphas: list[float], betas: list[float]) -> Tensor:
 
 
 def _lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, steps: int, k: int = 0, tol: float = 0.0,
-             generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+             generator: torch.Generator | None = None,
+             callback: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor, list[Tensor]]:
     """Lanczos tridiagonalization with full reorthogonalization (Golub & Van Loan, Alg. 10.1.1 + reorth.).
 
     Runs up to ``steps`` products; with ``k > 0`` it stops once the top-``k`` Ritz values have residual
@@ -262,6 +310,8 @@ def _lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, steps: int, k: int = 0,
         beta = float(w.norm())
         if k and len(alphas) >= k:
             theta, S = torch.linalg.eigh(_tridiag(alphas, betas))
+            if callback is not None:
+                callback(len(alphas), theta.flip(0)[:k])
             res = beta * S[-1, -k:].abs()
             if bool((res <= tol * theta[-k:].abs()).all()):
                 break
@@ -279,12 +329,14 @@ def _lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, steps: int, k: int = 0,
 
 
 def _power(op: Callable[[Tensor], Tensor], n: int, k: int, max_iter: int, tol: float,
-           generator: torch.Generator | None) -> tuple[list[float], list[Tensor]]:
+           generator: torch.Generator | None,
+           callback: Callable[[int, Tensor], None] | None = None) -> tuple[list[float], list[Tensor]]:
     """Power iteration with deflation (PyHessian's scheme): for each eigenvalue, iterate ``v <- Hv/|Hv|``
     projected orthogonal to the eigenvectors already found, until the Rayleigh quotient changes by less
     than ``tol`` relative, or ``max_iter`` products. Converges to the eigenvalues of largest magnitude."""
     values: list[float] = []
     vectors: list[Tensor] = []
+    count = 0
     for _ in range(k):
         v = _orthogonalize(torch.randn(n, generator=generator, dtype=torch.float64), vectors)
         v = v / v.norm()
@@ -293,6 +345,9 @@ def _power(op: Callable[[Tensor], Tensor], n: int, k: int, max_iter: int, tol: f
             w = _orthogonalize(op(v), vectors)
             new = float(v @ w)
             norm = float(w.norm())
+            count += 1
+            if callback is not None:
+                callback(count, torch.tensor(values + [new], dtype=torch.float64))
             done = lam is not None and abs(new - lam) <= tol * abs(new)
             lam = new
             if norm == 0.0:
@@ -307,7 +362,8 @@ def _power(op: Callable[[Tensor], Tensor], n: int, k: int, max_iter: int, tol: f
 
 def top_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Data, k: int = 1, method: str = "lanczos",
                     max_iter: int = 100, tol: float = 1e-3, params: ParamSelection = None,
-                    generator: torch.Generator | None = None, mode: str = "check") -> tuple[Tensor, list[Vec], int]:
+                    generator: torch.Generator | None = None, mode: str = "check",
+                    callback: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor, list[Vec], int]:
     """The ``k`` top eigenvalues of the loss Hessian (descending), their eigenvectors (each a list of tensors
     shaped like ``params``) and the number of Hessian-vector products used.
 
@@ -317,6 +373,8 @@ def top_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Data, k: int = 1, m
     ``method="power"``: power iteration with deflation (PyHessian), at most ``max_iter`` products per
     eigenvalue, stopping when the estimate changes by less than ``tol`` relative; it finds the eigenvalues
     of largest *magnitude*, the top ones when ``lambda_max > |lambda_min|`` (the usual case near a minimum).
+    ``callback(n_hvp, estimates)``, if given, is called after each product with the current estimates
+    (Lanczos: the top Ritz values; power: the eigenvalues found so far and the one being refined).
     """
     _check_int("k", k, 1)
     _check_int("max_iter", max_iter, 1)
@@ -330,13 +388,13 @@ def top_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Data, k: int = 1, m
         if k > op.n:
             raise ValueError(f"k must be <= the number of selected parameters ({op.n}), got k={k}")
         if method == "power":
-            values, vectors = _power(op, op.n, k, max_iter, tol, generator)
+            values, vectors = _power(op, op.n, k, max_iter, tol, generator, callback)
             order = sorted(range(k), key=lambda i: -values[i])
             vals = torch.tensor([values[i] for i in order], dtype=torch.float64)
             vecs = [vectors[i] for i in order]
         else:
             v0 = torch.randn(op.n, generator=generator, dtype=torch.float64)
-            T, V = _lanczos(op, v0, max(max_iter, k), k=k, tol=tol, generator=generator)
+            T, V = _lanczos(op, v0, max(max_iter, k), k=k, tol=tol, generator=generator, callback=callback)
             theta, S = torch.linalg.eigh(T)
             vals = theta.flip(0)[:k]
             Vm = torch.stack(V)
@@ -365,7 +423,7 @@ def hutchinson_trace(model: nn.Module, loss_fn: LossFn, data: Data, n_probes: in
                      params: ParamSelection = None, generator: torch.Generator | None = None,
                      mode: str = "check") -> TraceEstimate:
     """Hutchinson's estimate ``Tr(H) ~ (1/m) sum_i z_i^T H z_i`` with Rademacher probes ``z_i`` (Hutchinson
-    1989; PyHessian). With ``n_probes`` given, exactly that many probes; otherwise probes are drawn until
+    1989; PyHessian). With ``n_probes`` given, exactly that many probes (vmapped in blocks); otherwise probes are drawn until
     the relative standard error ``stderr / |mean|`` is below ``tol`` (at least ``min_probes``, at most
     ``max_probes``). One Hessian-vector product per probe."""
     if n_probes is not None:
@@ -377,13 +435,16 @@ def hutchinson_trace(model: nn.Module, loss_fn: LossFn, data: Data, n_probes: in
     generator = _generator_or_default(generator)
     with eval_mode(model, mode):
         op = _Hessian(model, loss_fn, data, params)
+        if n_probes is not None:
+            Z = _rademacher(op.n, generator, n_probes)
+            return _estimate((Z * op.matmat(Z)).sum(0), op.n_hvp)
         samples: list[float] = []
-        limit = n_probes if n_probes is not None else max_probes
+        limit = max_probes
         while len(samples) < limit:
             z = _rademacher(op.n, generator)
             samples.append(float(z @ op(z)))
             m = len(samples)
-            if n_probes is None and m >= min_probes:
+            if m >= min_probes:
                 t = torch.tensor(samples, dtype=torch.float64)
                 if float(t.std()) / math.sqrt(m) <= tol * abs(float(t.mean())):
                     break
@@ -409,14 +470,12 @@ def hutchpp_trace(model: nn.Module, loss_fn: LossFn, data: Data, n_hvp: int = 30
         op = _Hessian(model, loss_fn, data, params)
         s = min(n_hvp // 3, op.n)
         S = _rademacher(op.n, generator, s)
-        Y = torch.stack([op(S[:, j]) for j in range(s)], dim=1)
-        Q, _ = torch.linalg.qr(Y)
-        low = sum(float(Q[:, j] @ op(Q[:, j])) for j in range(s))
+        Q, _ = torch.linalg.qr(op.matmat(S))
+        low = float((Q * op.matmat(Q)).sum())
         g = n_hvp - 2 * s
         G = _rademacher(op.n, generator, g)
         G = G - Q @ (Q.T @ G)
-        rest = [float(G[:, j] @ op(G[:, j])) for j in range(g)]
-        return _estimate(low + torch.tensor(rest, dtype=torch.float64), op.n_hvp)
+        return _estimate(low + (G * op.matmat(G)).sum(0), op.n_hvp)
 
 
 # ------------------------------------------------------------------------------------- spectral density
