@@ -336,14 +336,13 @@ def _screen(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> Tenso
     return certain | (xmax == 0)
 
 
-def _certify_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor
+def _certify_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """Interval bounds for R (flip, sample) rows: ``idx``/``new`` give each row's flipped weight
-    (one row per sample). Returns (right, wrong, unsafe), each (R,) bool."""
+    """Interval bounds for R (flip, sample) rows: row j is sample ``nn_[j]`` with weight ``idx[j]``
+    of layer ``l`` reading ``new[j]``. Returns (certainly right, certainly wrong, unsafe), (R,) bool."""
     layers = clean.layers
     m = layers[l]
     R = len(idx)
-    nn_ = clean.cache["rows_n"]
     old = getattr(m, attr).detach().reshape(-1)[idx].double()
     new64 = new.double()
     delta, dabs = new64 - old, (new64.abs() - old.abs()).clamp_min(0.0)
@@ -474,8 +473,7 @@ def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tupl
     bad |= per_flip > limit
     kk, nn_ = (unsettled & ~bad[:, None]).nonzero(as_tuple=True)
     if len(kk):
-        clean.cache["rows_n"] = nn_
-        right, wrong, unsafe = _certify_rows(clean, l, attr, idx[kk], new[kk])
+        right, wrong, unsafe = _certify_rows(clean, l, attr, idx[kk], new[kk], nn_)
         counts.index_add_(0, kk, right.long() - clean.ok[nn_].long())
         bad[kk[unsafe | (~right & ~wrong)]] = True
     return counts, bad
