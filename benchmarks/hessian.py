@@ -63,7 +63,8 @@ def hvps_to_stay_within(history: list[tuple[int, float]], exact: float, rel: flo
 
 def eigen_benchmark(model, data, lam_max: float, seeds: int) -> tuple[float, float]:
     print("\n(a) top eigenvalue within 1e-3 relative of exact lambda_max = %.6f" % lam_max)
-    print(f"{'seed':>4} {'lanczos':>8} {'power':>8}   | default tol=1e-3: {'lanczos':>8} {'err':>9} {'power':>6} {'err':>9}")
+    print(f"{'seed':>4} {'lanczos':>8} {'power':>8}   | default tol=1e-3: "
+          f"{'lanczos':>8} {'err':>9} {'power':>6} {'err':>9}")
     counts: dict[str, list[float]] = {"lanczos": [], "power": []}
     for s in range(seeds):
         row = []

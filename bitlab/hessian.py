@@ -249,7 +249,7 @@ def hvp(model: nn.Module, loss_fn: LossFn, data: Data, vec: Sequence[Tensor] | T
         return op.vec(vec)
 
 
-def _generator_or_default(generator: torch.Generator | None) -> torch.Generator | None:
+def _check_generator(generator: torch.Generator | None) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
@@ -382,7 +382,7 @@ def top_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Data, k: int = 1, m
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    generator = _generator_or_default(generator)
+    generator = _check_generator(generator)
     with eval_mode(model, mode):
         op = _Hessian(model, loss_fn, data, params)
         if k > op.n:
@@ -423,16 +423,16 @@ def hutchinson_trace(model: nn.Module, loss_fn: LossFn, data: Data, n_probes: in
                      params: ParamSelection = None, generator: torch.Generator | None = None,
                      mode: str = "check") -> TraceEstimate:
     """Hutchinson's estimate ``Tr(H) ~ (1/m) sum_i z_i^T H z_i`` with Rademacher probes ``z_i`` (Hutchinson
-    1989; PyHessian). With ``n_probes`` given, exactly that many probes (vmapped in blocks); otherwise probes are drawn until
-    the relative standard error ``stderr / |mean|`` is below ``tol`` (at least ``min_probes``, at most
-    ``max_probes``). One Hessian-vector product per probe."""
+    1989; PyHessian). With ``n_probes`` given, exactly that many probes (vmapped in blocks); otherwise
+    probes are drawn one at a time until the relative standard error ``stderr / |mean|`` is below ``tol``
+    (at least ``min_probes``, at most ``max_probes``). One Hessian-vector product per probe."""
     if n_probes is not None:
         _check_int("n_probes", n_probes, 1)
     _check_int("min_probes", min_probes, 2)
     _check_int("max_probes", max_probes, 1)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
-    generator = _generator_or_default(generator)
+    generator = _check_generator(generator)
     with eval_mode(model, mode):
         op = _Hessian(model, loss_fn, data, params)
         if n_probes is not None:
@@ -465,7 +465,7 @@ def hutchpp_trace(model: nn.Module, loss_fn: LossFn, data: Data, n_hvp: int = 30
     ``n_hvp - 2s`` probes. ``samples`` are ``Tr(Q^T H Q) + g_i^T H g_i`` per residual probe ``g_i``, so
     ``stderr`` is the residual part's standard error (NaN with a single residual probe)."""
     _check_int("n_hvp", n_hvp, 3)
-    generator = _generator_or_default(generator)
+    generator = _check_generator(generator)
     with eval_mode(model, mode):
         op = _Hessian(model, loss_fn, data, params)
         s = min(n_hvp // 3, op.n)
@@ -489,7 +489,7 @@ def slq_nodes(model: nn.Module, loss_fn: LossFn, data: Data, n_v: int = 4, m: in
     weights)``, flat, with weights summing to 1: ``sum tau_j f(theta_j) ~ Tr(f(H)) / n``."""
     _check_int("n_v", n_v, 1)
     _check_int("m", m, 1)
-    generator = _generator_or_default(generator)
+    generator = _check_generator(generator)
     with eval_mode(model, mode):
         op = _Hessian(model, loss_fn, data, params)
         nodes, weights = [], []
@@ -572,7 +572,7 @@ def trace_penalty(model: nn.Module, loss: Tensor, params: ParamSelection = None,
     ``loss`` must have been computed from the model's parameters with a graph. Its expectation over the
     probes is ``Tr(H)``."""
     _check_int("n_probes", n_probes, 1)
-    generator = _generator_or_default(generator)
+    generator = _check_generator(generator)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
         raise ValueError(f"loss must be a scalar tensor, got {type(loss).__name__} "
                          f"{tuple(loss.shape) if isinstance(loss, Tensor) else ''}")
