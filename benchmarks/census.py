@@ -29,6 +29,16 @@ from bitlab.train import fit  # noqa: E402
 
 TARGET = 30.0
 SAMPLE_WEIGHTS = 12  # per parameter tensor, for the naive loop
+REPEATS = 2  # both timings take the best of REPEATS runs (the machine is shared)
+
+
+def best_of(fn):
+    times, out = [], None
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
 
 
 def main() -> None:
@@ -41,24 +51,21 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"small CNN, {n_params} weights, {len(data)} test samples, exponent bits (8 per weight)")
 
-    t0 = time.perf_counter()
-    naive = naive_bit_census(model, data, bits="exponent", n_weights=SAMPLE_WEIGHTS, seed=1, progress=False)
-    t_naive = time.perf_counter() - t0
+    t_naive, naive = best_of(lambda: naive_bit_census(model, data, bits="exponent", n_weights=SAMPLE_WEIGHTS,
+                                                       seed=1, progress=False))
     fast_s = bit_census(model, data, bits="exponent", n_weights=SAMPLE_WEIGHTS, seed=1, progress=False)
     pd.testing.assert_frame_equal(naive, fast_s, check_exact=True)
     assert count_above(naive, by=None).equals(count_above(fast_s, by=None))
     per_flip = t_naive / len(naive)
-    print(f"naive loop: {len(naive)} sampled flips in {t_naive:.2f} s = {per_flip * 1e3:.3f} ms/flip; "
+    print(f"naive loop (best of {REPEATS}): {len(naive)} sampled flips in {t_naive:.2f} s = {per_flip * 1e3:.3f} ms/flip; "
           f"bit_census on the same sample: identical frame (counts {count_above(naive, by=None).iloc[0].to_dict()})")
 
-    t0 = time.perf_counter()
-    fast = bit_census(model, data, bits="exponent", progress=False)
-    t_fast = time.perf_counter() - t0
+    t_fast, fast = best_of(lambda: bit_census(model, data, bits="exponent", progress=False))
     stats = dict(census_mod.LAST_STATS)
     t_naive_all = per_flip * len(fast)
     ratio = t_naive_all / t_fast
     counts = count_above(fast, by=None).iloc[0].to_dict()
-    print(f"bit_census, all {len(fast)} flips: {t_fast:.2f} s ({stats['certified']} certified by bounds, "
+    print(f"bit_census (best of {REPEATS}), all {len(fast)} flips: {t_fast:.2f} s ({stats['certified']} certified by bounds, "
           f"{stats['recomputed']} recomputed exactly); RAD counts {counts}")
     print(f"naive loop, all flips (extrapolated from the sample): {t_naive_all:.1f} s")
     print(f"speed-up: {ratio:.1f}x (target >= {TARGET:.0f}x) -> {'PASS' if ratio >= TARGET else 'FAIL'}")

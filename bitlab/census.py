@@ -167,6 +167,7 @@ class _Clean:
     layers: list[nn.Module]
     acts: list[Tensor]
     bounds: list[tuple[int, int]]  # batch boundaries, as the naive forward splits the data
+    batch_acts: list[list[Tensor]]  # acts[l] per batch, each its own allocation like the naive run's
     y: Tensor
     ok: Tensor  # bool per sample: finite logits and argmax == label
     cache: dict = field(default_factory=dict)
@@ -206,7 +207,9 @@ def _run_clean(layers: list[nn.Module], batches: list[tuple[Tensor, Tensor]]) ->
         for x, _ in batches:
             h = x
             for l, m in enumerate(layers):
-                per_layer[l].append(h.clone())  # clone: an in-place module must not touch the cache
+                # the batch itself for the first layer (as the naive run passes it); fresh copies of
+                # the others (an in-place module must not touch the cache)
+                per_layer[l].append(h if l == 0 else h.clone())
                 h = m(h)
             per_layer[-1].append(h)
             bounds.append((start, start + len(x)))
@@ -215,7 +218,7 @@ def _run_clean(layers: list[nn.Module], batches: list[tuple[Tensor, Tensor]]) ->
     y = torch.cat([b[1] for b in batches])
     logits = acts[-1]
     ok = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y)
-    return _Clean(layers, acts, bounds, y, ok)
+    return _Clean(layers, acts, bounds, per_layer, y, ok)
 
 
 def _owner(layers: list[nn.Module], model: nn.Module, name: str) -> tuple[int, str] | None:
@@ -471,8 +474,11 @@ def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tupl
     limit, _ = _row_limit(clean, l)
     per_flip = unsettled.sum(1)
     bad |= per_flip > limit
-    kk, nn_ = (unsettled & ~bad[:, None]).nonzero(as_tuple=True)
-    if len(kk):
+    kk_all, nn_all = (unsettled & ~bad[:, None]).nonzero(as_tuple=True)
+    _, row = _row_limit(clean, l)
+    step = max(1, ELEMENTS_PER_CHUNK // (8 * row))
+    for s in range(0, len(kk_all), step):  # bounded memory however many rows are unsettled
+        kk, nn_ = kk_all[s:s + step], nn_all[s:s + step]
         right, wrong, unsafe = _certify_rows(clean, l, attr, idx[kk], new[kk], nn_)
         counts.index_add_(0, kk, right.long() - clean.ok[nn_].long())
         bad[kk[unsafe | (~right & ~wrong)]] = True
@@ -492,8 +498,8 @@ def _exact(model: nn.Module, p: nn.Parameter, index: int, value: Tensor, clean: 
         if clean is None:
             return _count(model, batches)
         correct = 0
-        for (lo, hi), (_, yb) in zip(clean.bounds, batches):
-            logits = clean.acts[start][lo:hi]
+        for xb, (_, yb) in zip(clean.batch_acts[start], batches):
+            logits = xb
             for m in clean.layers[start:]:
                 logits = m(logits)
             finite = torch.isfinite(logits).all(dim=1)
@@ -540,43 +546,46 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) ->
         old = flat[sel].clone()
         flat[sel] = new[pack].to(flat.dtype)
         try:
-            out = torch.cat([m(clean.acts[l][lo:hi]) for lo, hi in clean.bounds])
+            outs = [m(xb) for xb in clean.batch_acts[l]]
         finally:
             flat[sel] = old
-        for k, c in zip(pack, _finish(clean, elem, t, out, [ch[k] for k in pack])):
+        for k, c in zip(pack, _finish(clean, elem, t, outs, [ch[k] for k in pack])):
             counts[k] = c
         todo = rest
     return counts
 
 
-def _finish(clean: _Clean, elem: list[int], t: int | None, out: Tensor, chans: list[int]) -> list[int]:
-    """For each flip of a pack: run its channel/unit of the flipped layer's output ``out`` through the
-    per-channel ops (all flips at once: these ops are exact whatever the shape), splice it into the
-    clean input of the next mixing layer and run the rest of the network on the naive batches."""
+def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], chans: list[int]) -> list[int]:
+    """Correct samples of each flip of a pack, from the flipped layer's outputs ``outs`` (per batch).
+
+    Exact elementwise / per-channel modules (ReLU, max-pooling, Flatten, Identity, Dropout in eval)
+    give the same value for each element whatever the shape of the call, so they run once on all
+    flips and batches stacked; every other module runs per flip and per batch on a fresh tensor of
+    the naive run's shape, as the naive forward calls it."""
     layers = clean.layers
-    z = out[:, chans]
+    z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
     for u in elem:
         if not isinstance(layers[u], nn.Flatten):  # the splice below writes in flat layout anyway
             z = layers[u](z)
     size = z[0, 0].numel() if z.dim() > 2 else 1
-    z = z.reshape(z.shape[0], len(chans), -1)  # (N, flips, size)
+    z = z.reshape(z.shape[0], len(chans), -1)
     tt = len(layers) if t is None else t
-    clean_in = clean.acts[tt]
-    logits = []
+    hs = []  # per flip and batch: the input of layer tt
     for j, o in enumerate(chans):
-        x = clean_in.clone()  # same shape, strides and values as the naive run's tensor
-        if x.dim() > 2:  # channel o of an image batch
-            x[:, o] = z[:, j].reshape(x[:, o].shape)
-        else:  # unit o, or channel o flattened into a run of features
-            x[:, o * size:(o + 1) * size] = z[:, j]
-        parts = []
-        for lo, hi in clean.bounds:
-            h = x[lo:hi]
-            for mu in layers[tt:]:
-                h = mu(h)
-            parts.append(h)
-        logits.append(torch.cat(parts))
-    h = torch.stack(logits)  # (flips, N, classes)
+        for b, (lo, hi) in enumerate(clean.bounds):
+            x = clean.batch_acts[tt][b].clone()
+            if x.dim() > 2:  # channel o of an image batch
+                x[:, o] = z[lo:hi, j].reshape(x[:, o].shape)
+            else:  # unit o, or channel o flattened into a run of features
+                x[:, o * size:(o + 1) * size] = z[lo:hi, j]
+            hs.append(x)
+    for mu in layers[tt:]:
+        if isinstance(mu, ELEMENTWISE) and _supported(mu):
+            big = mu(torch.cat(hs))
+            hs = [piece.clone() for piece in big.split([len(h) for h in hs])]
+        else:
+            hs = [mu(h) for h in hs]
+    h = torch.cat(hs).reshape(len(chans), clean.y.shape[0], -1)  # (flips, N, classes)
     ok = torch.isfinite(h).all(dim=2) & (h.argmax(dim=2) == clean.y[None, :])
     return ok.sum(1).tolist()
 
@@ -706,8 +715,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                 orders[name] = order
                 step = batch_flips
                 if fast:
-                    limit, row = _row_limit(clean, owner[0])
-                    per_flip = 16 * n_total + 8 * limit * row
+                    per_flip = 16 * n_total  # the screen's (flips, samples) arrays; rows are sub-batched
                     step = max(1, min(batch_flips, ELEMENTS_PER_CHUNK // max(per_flip, 1)))
                 steps[name] = step
                 for s in range(0, len(flat_new), step):
