@@ -8,33 +8,50 @@ NaN/Inf flips included) much faster, by sharing work across flips.
 
 How (for models that are an ``nn.Sequential`` chain, nested ones included):
 
-1. The clean activations at every layer are computed once, with the same calls as the naive
-   forward (so they are bit for bit what the naive loop sees before the corrupted layer).
+1. The clean activations at every layer are computed once, with the same calls on the same
+   batches as the naive forward (so they are bit for bit what the naive loop sees before the
+   corrupted layer), and kept per batch, each in its own allocation like the naive run's tensors.
 2. One changed weight moves one output unit (Linear) or one output channel (Conv2d) of its layer,
-   by ``delta * x[:, i]`` or ``delta * (one input plane of the unfolded patches)``: a rank-1 update.
-   It stays in that channel through ReLU / max-pooling / Flatten, and the next Linear/Conv2d sees
-   it as a rank-1 update again; only after that is the rest of the (small) network run densely.
-   Many flips are stacked and run at once.
+   by ``delta * x[:, i]`` or ``delta * (one plane of the unfolded input patches)``: a rank-1
+   update. It stays in that channel through ReLU / max-pooling / Flatten, and the next
+   Linear/Conv2d sees it as a rank-1 update again. Thousands of flips are handled at once.
 3. **Exactness.** Floating-point sums in another order are not bit-identical to the naive
-   forward, so the fast path does not pretend to reproduce float32 values. It computes in float64
-   and carries, for every activation, a rigorous bound on how far the naive float32 value can be
-   from it: a dot product of n terms in any order is within ``gamma_n * sum|w||x|`` of the exact
-   one (Higham, *Accuracy and Stability of Numerical Algorithms*, eq. 3.5; we take 16 x gamma_n
-   plus an underflow term as a safety margin), errors of the inputs propagate through ``|W|``,
-   ReLU and max-pooling are monotone. A sample's outcome (finite logits and argmax == label) is
-   *certified* when the label's lower bound beats every other upper bound (certainly right) or some
-   other class's lower bound beats the label's upper bound (certainly wrong), with no possible
-   overflow anywhere. An element whose dot product does not involve the changed weight with a
-   nonzero input is bit-identical to the clean run (same kernel, same shapes, the changed term is
-   an exact zero), so unaffected samples take the clean outcome. Every flip with a sample that
-   cannot be certified (near-ties, possible overflow to Inf/NaN, a non-finite weight) is
-   recomputed the naive way -- the same modules on the same cached input batches, so the same
-   shapes and kernels as the naive loop -- which is exact by construction.
+   forward (checked here: Linear rows are not batch-invariant on MKL, nor is a one-row recompute),
+   so the fast path never pretends to reproduce float32 values. Instead it *certifies* outcomes.
+   A float32 dot product of n terms in any order is within ``gamma_n * (sum|w||x| + |b|)`` of the
+   exact one (Higham, *Accuracy and Stability of Numerical Algorithms*, eq. 3.5; we use
+   2 x gamma_n plus underflow and float64 slack); ReLU and max-pooling are monotone and
+   1-Lipschitz. Per flip and sample:
 
-Any other model (or a layer whose suffix holds a module the bounds do not cover, e.g. BatchNorm)
-takes the exact path for every flip: the cached prefix is reused for Sequential models, a full
-forward is run otherwise. As in the naive census the model is evaluated in eval mode (BatchNorm
-uses its running statistics) and handed back in the mode it came in.
+   a. *screen*: a Lipschitz bound on how far the flipped naive logits can be from the clean naive
+      logits; below half the clean margin the outcome (finite, argmax == label) is the clean one;
+   b. *interval bounds* (float64 value +- radius containing the naive float32 value, propagated
+      through the rank-1 layers and then densely) for the few samples the screen leaves open;
+      certainly right / certainly wrong, with overflow to Inf excluded;
+   c. every flip with a sample still open (near-ties, possible Inf/NaN, a non-finite weight, or too
+      many open samples to be worth bounding) is **recomputed exactly**: its layer is called with
+      the naive shapes (flips in different output channels share one call: each output element
+      reads only its own weights), the changed channel goes through the exact per-channel ops,
+      is spliced into the cached clean input of the next layer, and the rest of the network runs
+      per flip on the naive batches -- the same calls on the same shapes as the naive loop.
+
+   An element whose dot product does not involve the changed weight with a nonzero input is
+   bit-identical to the clean run (same kernel, same shapes, the changed term is an exact zero),
+   so samples that never touch the weight keep their clean outcome.
+
+A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm) takes the exact path
+(3c) for every flip; a parameter of any other module of a Sequential reruns the network from its
+module on the cached input; any other model (not a Sequential) runs the full forward per flip,
+like the naive loop but without its per-flip bookkeeping. Codecs whose check spans several words
+(one flip changes several weights) are delegated to the naive loop. As in the naive census the
+model is evaluated in eval mode (BatchNorm uses its running statistics) and handed back in the
+mode it came in.
+
+Assumptions (the same the naive loop makes when it trusts one clean run): kernels are deterministic
+for given shapes and strides, and each output element of a Linear/Conv2d call is a dot product of
+its own inputs and weights (MKL GEMM, oneDNN direct convolution; not Winograd/FFT), so changing one
+weight leaves every other element of the call bit for bit as it was. Reduced-precision matmuls
+(``torch.set_float32_matmul_precision`` other than "highest") switch the bounds off.
 """
 from __future__ import annotations
 
@@ -49,6 +66,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from .faults import BitErrorRate
 from .formats import FP32, Format, resolve_bits
 from .inject import ParamSelection, Store, select_params
@@ -293,31 +311,36 @@ def _screen(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> Tenso
     """(K, N) bool: the sample's outcome is certainly the clean one.
 
     A per-sample Lipschitz bound ``e`` on how far the flipped naive logits can be from the clean
-    naive logits (change of the flipped unit, times the largest absolute row sum of each later
-    mixing layer, plus both runs' rounding bounds); the outcome is unchanged when ``e`` is below
-    half the clean margin. Samples whose inputs to the flipped weight are all zero are unchanged."""
+    naive logits: the change of the flipped unit (plus both runs' rounding bounds), times the largest
+    absolute row sum of each later mixing layer (plus its rounding bounds). The outcome is unchanged
+    when ``e`` is below half the clean margin. The chain is affine, ``e = G_k * e0 + H_n`` with
+    per-flip ``G_k`` and per-sample ``H_n``; overflow is excluded per flip with the largest values.
+    Samples whose inputs to the flipped weight are all zero are unchanged (exact zero terms)."""
     layers = clean.layers
     m = layers[l]
     N = clean.y.shape[0]
     old = getattr(m, attr).detach().reshape(-1)[idx].double()
-    dabs = (new.double() - old).abs()[:, None]  # (K, 1)
+    dabs = (new.double() - old).abs()  # (K,)
     if attr == "bias":
         ch = idx
-        xmax = torch.ones(1, N, dtype=torch.float64)
+        xmax = torch.ones(len(idx), N, dtype=torch.float64)
     else:
-        key = ("xmax", l)
+        key = ("xmaxT", l)
         if key not in clean.cache:
-            clean.cache[key] = clean.cols(l).abs().amax(2)  # (N, fan_in)
+            clean.cache[key] = clean.cols(l).abs().amax(2).T.contiguous()  # (fan_in, N)
         ch, q = idx // _fan_in(m), idx % _fan_in(m)
-        xmax = clean.cache[key][:, q].T  # (K, N)
-    key = ("smaxL", l)
+        xmax = clean.cache[key].index_select(0, q)  # (K, N)
+    key = ("smaxLT", l)
     if key not in clean.cache:
-        clean.cache[key] = clean.s_clean(l).reshape(N, clean.acts[l + 1].shape[1], -1).amax(2)
-    s_l = clean.cache[key][:, ch].T  # (K, N)
+        clean.cache[key] = clean.s_clean(l).reshape(N, clean.acts[l + 1].shape[1], -1).amax(2).T.contiguous()
+    s_l = clean.cache[key].index_select(0, ch)  # (K, N)
     g = _gamma(_fan_in(m) + 2)
-    change = dabs * xmax
-    e = change + g * (2 * s_l + change)
-    ok = (s_l + change) * (1 + g) < SAFE_MAX
+    # e0 = (1 + g) |delta| xmax + 2 g s_l, the bound at the flipped layer
+    e0 = torch.addcmul(s_l, xmax, ((1 + g) / (2 * g)) * dabs[:, None]).mul_(2 * g)
+    e0_max = (1 + g) * dabs * xmax.amax(1) + 2 * g * s_l.amax(1)  # (K,)
+    ok = (s_l.amax(1) + dabs * xmax.amax(1)) * (1 + g) < SAFE_MAX
+    G = torch.ones(len(idx), dtype=torch.float64)
+    H = torch.zeros(N, dtype=torch.float64)
     _, t, rest = _route(clean, l)
     if t is not None:
         W2 = layers[t].weight.detach().double().abs()
@@ -326,16 +349,22 @@ def _screen(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> Tenso
         else:  # the slice is unit ch of a Linear, or channel ch flattened into a run of features
             C = clean.acts[l + 1].shape[1]
             lip = W2.reshape(W2.shape[0], C, -1).sum(2).amax(0)[ch]
-        for u, gain in [(t, lip[:, None])] + [(u, None) for u in rest]:
+        e_max = e0_max
+        for u, gain in [(t, lip)] + [(u, None) for u in rest]:
             mu = layers[u]
             if gain is None:
                 gain = mu.weight.detach().double().abs().flatten(1).sum(1).amax()
             g = _gamma(_fan_in(mu) + 2)
-            sm = _smax(clean, u)[None, :]
-            grow = gain * e
-            ok &= (sm + grow) * (1 + g) < SAFE_MAX
-            e = grow + g * (2 * sm + grow)
-    certain = ok & (e * (1 + EPS64) * 2 < _margin(clean)[None, :])
+            sm = _smax(clean, u)
+            ok &= (sm.amax() + gain * (e_max + H.amax())) * (1 + g) < SAFE_MAX
+            # e <- (1 + g) gain e + 2 g sm
+            G = (1 + g) * gain * G
+            # H is still zero at the first (per-flip gain) layer; later gains are global
+            H = 2 * g * sm if u == t else (1 + g) * gain * H + 2 * g * sm
+            e_max = G * e0_max
+    # certain when 2 e (1 + slack) < margin, i.e. G e0 < margin / (2 (1 + slack)) - H
+    room = _margin(clean) / (2 * (1 + 1e-9)) - H * (1 + 1e-9)
+    certain = (e0 * (G * (1 + 1e-9))[:, None] < room[None, :]) & ok[:, None]
     return certain | (xmax == 0)
 
 
@@ -559,9 +588,9 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
     """Correct samples of each flip of a pack, from the flipped layer's outputs ``outs`` (per batch).
 
     Exact elementwise / per-channel modules (ReLU, max-pooling, Flatten, Identity, Dropout in eval)
-    give the same value for each element whatever the shape of the call, so they run once on all
-    flips and batches stacked; every other module runs per flip and per batch on a fresh tensor of
-    the naive run's shape, as the naive forward calls it."""
+    give the same value for each element whatever the shape of the call, so the pack's changed
+    channels go through them together; from the next mixing layer on, every module runs per flip
+    and per batch on a fresh tensor of the naive run's shape, as the naive forward calls it."""
     layers = clean.layers
     z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
     for u in elem:
@@ -580,11 +609,7 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
                 x[:, o * size:(o + 1) * size] = z[lo:hi, j]
             hs.append(x)
     for mu in layers[tt:]:
-        if isinstance(mu, ELEMENTWISE) and _supported(mu):
-            big = mu(torch.cat(hs))
-            hs = [piece.clone() for piece in big.split([len(h) for h in hs])]
-        else:
-            hs = [mu(h) for h in hs]
+        hs = [mu(h) for h in hs]
     h = torch.cat(hs).reshape(len(chans), clean.y.shape[0], -1)  # (flips, N, classes)
     ok = torch.isfinite(h).all(dim=2) & (h.argmax(dim=2) == clean.y[None, :])
     return ok.sum(1).tolist()
