@@ -1,4 +1,6 @@
-# bitlab: `make book` runs the notebook series into build/book/, `make test` runs the tests.
+# bitlab: `make book` runs the notebook series into build/book/ and renders it as an HTML book
+# (build/book/_build/html/index.html); `make book-render` renders the committed notebooks without running them;
+# `make test` runs the tests.
 # Both first build a local virtualenv in .venv (once; again only when pyproject.toml or constraints.txt change).
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS ?= notebooks
 PIP_ARGS ?=
 
-.PHONY: install test unit nbval book clean distclean
+.PHONY: install test unit nbval book book-render clean distclean
 
 install: $(STAMP)
 
@@ -36,6 +38,10 @@ nbval: install
 
 book: install
 	$(BIN)/python scripts/build_book.py $(NOTEBOOKS) --out build/book
+
+# the same book from the notebooks' committed outputs: nothing is executed (seconds instead of minutes)
+book-render: install
+	$(BIN)/python scripts/build_book.py $(NOTEBOOKS) --no-execute --out build/book
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis *.egg-info

@@ -1,11 +1,15 @@
-"""Execute every notebook at small scale and render the executed copies to HTML (``make book``).
+"""Execute every notebook at small scale and render the executed copies as an HTML book (``make book``).
 
     python scripts/build_book.py                         # notebooks/*.ipynb -> build/book/
     python scripts/build_book.py /tmp/nbs --out /tmp/bk  # another folder (or single .ipynb files)
     python scripts/build_book.py -p SCALE=paper          # papermill parameters (default: SCALE="small")
+    python scripts/build_book.py --no-execute            # the book from the committed outputs (make book-render)
 
-Executed notebooks go to ``<out>/``, HTML pages to ``<out>/html/`` (with an ``index.html``), and a table of
-run times and pass/fail to ``<out>/summary.csv`` and the terminal. Exits non-zero if any notebook failed.
+Executed notebooks go to ``<out>/``, standalone HTML pages to ``<out>/html/`` (with an ``index.html``), and a
+table of run times and pass/fail to ``<out>/summary.csv`` and the terminal. Then scripts/render_book.py makes
+the Jupyter Book of the executed notebooks: ``<out>/_build/html/index.html``, one chapter per notebook.
+With ``--no-execute`` nothing runs: the book is rendered from the notebooks as they are (seconds, not minutes).
+Exits non-zero if any notebook failed or the book did not build.
 The kernel is this interpreter's (``python3`` resolves to ``sys.executable``), run in the notebook's folder,
 with ``CI=true`` unless set (bitlab then shows no progress bars).
 """
@@ -19,6 +23,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import render_book  # noqa: E402 -- the sibling script, importable however this one is run
 
 
 def find_notebooks(paths: list[Path]) -> list[Path]:
@@ -95,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help='papermill parameter (repeatable; default: SCALE="small")')
     ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default: 900)")
+    ap.add_argument("--no-execute", action="store_true",
+                    help="do not run the notebooks: render the book from their committed outputs")
+    ap.add_argument("--no-book", action="store_true", help="skip the Jupyter Book (executed notebooks and pages only)")
     args = ap.parse_args(argv)
 
     notebooks = find_notebooks(args.paths)
     if not notebooks:
         print(f"build_book: no notebooks in {', '.join(map(str, args.paths))}")
         return 0
+    if args.no_execute:
+        return 0 if args.no_book else book(notebooks, args.out)
     params = {"SCALE": "small", **parse_params(args.param)}
     os.environ.setdefault("CI", "true")  # the kernels inherit it: no progress bars in the pages
     html_dir = args.out / "html"
@@ -133,9 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if not r["passed"]]
     print(f"{'total':<{width}}  {len(rows) - len(failed)}/{len(rows)}  {sum(float(r['seconds']) for r in rows):8.1f}")
     print(f"\nExecuted notebooks: {args.out}/\nHTML pages:         {(html_dir / 'index.html').resolve()}")
+    rc = 0
+    if not args.no_book:  # failed notebooks stay in the book: their pages show the error
+        rc = book([args.out / src.name for src in notebooks if (args.out / src.name).exists()], args.out)
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(str(r['notebook']) for r in failed)}", file=sys.stderr)
         return 1
+    return rc
+
+
+def book(notebooks: list[Path], out: Path) -> int:
+    """Render ``notebooks`` (already executed) as the Jupyter Book in ``out/_build/html``; 0 on success."""
+    print(f"\nRendering the book ({len(notebooks)} chapters) with Jupyter Book ...", flush=True)
+    start = time.perf_counter()
+    try:
+        index = render_book.render(notebooks, out)
+    except SystemExit as e:
+        print(f"build_book: {e}", file=sys.stderr)
+        return 1
+    print(f"Book:               {index.resolve()}  ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
