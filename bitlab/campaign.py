@@ -70,14 +70,16 @@ def _fault_for(fault: Callable[[float], Fault] | None, ber: float) -> Fault:
 def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int = 20, fmt: Format = FP32,
               codec: Codec | None = None, params: ParamSelection = None, seed: int = 0,
               fault: Callable[[float], Fault] | None = None, progress: bool | None = None,
-              label: str | None = None) -> pd.DataFrame:
+              label: str | None = None, stop_at: float | None = None) -> pd.DataFrame:
     """Accuracy of ``model`` on ``data`` with its weights stored in ``fmt`` (+ ``codec``) under i.i.d.
     bit errors at each rate in ``bers``, ``trials`` independent draws each (Qin et al. 2017, Fig. 1 style).
 
     Returns one row per trial: ``ber, trial, flips, accuracy, format, codec, seed`` (+ ``model`` if
     ``label`` is given). ``df.attrs["clean_accuracy"]`` holds the fault-free accuracy in that store
     (which differs from the float model for lossy formats). ``fault`` maps a rate to a fault model
-    (default :class:`~bitlab.faults.BitErrorRate`).
+    (default :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep early: once the mean
+    accuracy at a rate is at or below it (e.g. chance level), the higher rates are not run (they have
+    no rows), which saves most of the time of sweeps that go far past the breaking point.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
@@ -96,12 +98,16 @@ def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int
     rows = []
     bar = progress_bar(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", progress=progress)
     for ber in bers:
+        accs = []
         for t in range(trials):
             with store.corrupted(_fault_for(fault, ber), generator=g) as r:
                 acc = batch_accuracy(model, batches)
             rows.append({"ber": ber, "trial": t, "flips": r.flips, "accuracy": acc, "format": fmt.name,
                          "codec": codec.name, "seed": seed})
+            accs.append(acc)
             bar.update()
+        if stop_at is not None and sum(accs) / len(accs) <= stop_at:
+            break
     bar.close()
     df = pd.DataFrame(rows)
     if label is not None:

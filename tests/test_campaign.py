@@ -76,3 +76,12 @@ def test_naive_census_flips_are_struct_flips(tiny_model, tiny_data):
 def test_naive_census_sampling(tiny_model, tiny_data):
     df = naive_bit_census(tiny_model, tiny_data, bits="sign", params="0.weight", n_weights=5, seed=1)
     assert len(df) == 5 and df["index"].is_unique
+
+
+def test_ber_sweep_stops_early_once_at_chance(tiny_model, tiny_data):
+    full = ber_sweep(tiny_model, tiny_data, bers=[1e-4, 0.3, 0.4], trials=3, seed=0)
+    low, high = (full[full.ber == b].accuracy.mean() for b in (1e-4, 0.3))
+    assert high < low  # the model is broken at BER 0.3
+    short = ber_sweep(tiny_model, tiny_data, bers=[1e-4, 0.3, 0.4], trials=3, seed=0, stop_at=(low + high) / 2)
+    assert sorted(short.ber.unique()) == [1e-4, 0.3]
+    pd.testing.assert_frame_equal(short, full[full.ber < 0.35].reset_index(drop=True))
