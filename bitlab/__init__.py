@@ -23,7 +23,7 @@ from .checksum import GroupChecksum
 __version__ = "0.1.0"
 
 _SUBMODULES = {"campaign", "data", "models", "train", "plot", "optim", "hessian", "quant", "adversarial",
-               "attack"}
+               "attack", "defenses"}
 # names re-exported lazily from submodules, so that ``import bitlab`` stays light
 _LAZY = {
     "accuracy": "train", "fit": "train", "evaluate": "train",
