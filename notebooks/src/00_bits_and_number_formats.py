@@ -26,7 +26,6 @@ import torch
 import bitlab as bl
 
 bl.plot.style()
-torch.set_num_threads(2)
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8)]
 
 # %% [markdown]
