@@ -198,3 +198,4 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     df.attrs["clean_accuracy"] = clean
     return df
 from .census import bit_census  # noqa: E402,F401  (the fast exact census; see bitlab.census)
+from .act_campaign import activation_sweep, resilience_auc  # noqa: E402,F401  (activation faults; bitlab.act_campaign)
