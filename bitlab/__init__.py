@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {"campaign", "data", "models", "train", "plot", "optim", "hessian", "quant", "adversarial",
                "attack", "defenses"}
+_SUBMODULES.add("landscape")  # 1-D loss-landscape slices (bitlab.landscape, notebook 04)
 # names re-exported lazily from submodules, so that ``import bitlab`` stays light
 _LAZY = {
     "accuracy": "train", "fit": "train", "evaluate": "train",
