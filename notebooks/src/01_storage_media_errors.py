@@ -235,7 +235,6 @@ ax.loglog(alt["bits n"], alt["unary fault MSE"], "o-", label="unary (measured)")
 ax.loglog(alt["bits n"], alt["unary theory 4p/n"], "k:", label="4p/n")
 ax.loglog(alt["bits n"], alt["binary fault MSE"], "s-", label="two's complement int-n (measured)")
 ax.axhline(4 * BER_ALT / 3, color="C1", ls=":", label="4p/3")
-ax.set_xticks(NS, [str(n) for n in NS], minor=False); ax.set_xticks([], minor=True)
 ax.set_xlabel("bits per weight n"); ax.set_ylabel("fault MSE / s²"); ax.set_title(f"BER {BER_ALT:g}")
 ax.legend(fontsize="small");
 
