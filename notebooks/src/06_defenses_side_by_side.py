@@ -1,0 +1,587 @@
+# %% [markdown]
+# # 06 · Defenses side by side
+#
+# *The closing notebook of the series.* Notebooks 01–05 each reproduced one paper and its defense against
+# bit flips in stored weights:
+#
+# - Qin, Shao, Tian, Li 2017, *Understanding the effects of storage media errors on DNNs*: **weight nulling**
+#   by range or by parity (notebook 01);
+# - Fuengfusin 2024, *Harden deep neural networks against fault injections through weight scaling*:
+#   **weight scaling**, against the classical **SECDED** ECC (notebook 02);
+# - Fasfous et al. 2022, *Mind the scaling factors*: **weight decay** (notebook 03);
+# - Zhou et al. 2024, *SAR: sharpness-aware minimization for enhancing DNNs' robustness against bit-flip
+#   errors*: **SAM / SAR** training (notebook 04);
+# - Pranto et al. 2025, *Hessian-aware training for enhancing DNNs resilience to parameter corruptions*:
+#   **Hessian-aware training**, and its synergy with system defenses such as RADAR-like **group checksums**
+#   (notebook 05).
+#
+# Each paper measured its defense on its own faults and its own models. Here we ask the practitioner's
+# question: **on one model and the same faults, which defense buys how much resilience, at what price, and
+# which ones combine?**
+#
+# **What you will learn**
+# - how every defense of the book does on the *same* three faults: random bit errors (FP32 storage), the
+#   single-bit census of Pranto et al., and a bit-flip attack (progressive bit search on int8 weights);
+# - what each defense costs: stored bits per weight, training time, work at every read;
+# - that storage codecs and training recipes are complementary, and which combinations work best here;
+# - whether the Hessian-aware paper's "the attacker needs 2–3× more flips" holds on our model (several model
+#   and attack seeds);
+# - a verdict on every paper claim of the book, in one table.
+
+# %% tags=["parameters"]
+SCALE = "small"           # "paper": MNIST and the small CNN (torchvision + a GPU; not run here)
+SEEDS = [0, 1, 2]         # model seeds (training and fault draws)
+ATTACK_SEEDS = [0, 1, 2]  # attack-batch seeds of the bit-flip attack, per model
+EPOCHS = 30               # training epochs of every recipe
+BERS = [1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2]  # bit error rates of the FP32 sweep
+TRIALS = 20               # fault draws per (configuration, seed, BER)
+KEY_BER = 1e-3            # the BER quoted in the summary tables
+CENSUS_BITS = "exponent"  # bits flipped by the single-bit census
+CENSUS_SAMPLE = 64        # weights per tensor sampled for the census of storage codecs (None: all weights)
+ATTACK_BUDGET = 40        # flips the attacker may spend
+
+# %%
+import time
+
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+import seaborn as sns
+import torch
+
+import bitlab as bl
+from bitlab.attack import bit_flip_attack
+from bitlab.census import bit_census, count_above
+from bitlab.defenses import DEFENSES, defense, overhead_table, training_cost, decode_seconds
+
+bl.plot.style()
+torch.set_num_threads(1)  # tiny models: one thread is faster than two
+
+data = bl.data.digits(seed=0)
+model_fn, model_name = bl.models.mlp, "MLP 64-32-10"
+if SCALE == "paper":
+    data = bl.data.mnist()
+    model_fn, model_name = (lambda: bl.models.small_cnn(input_size=28)), "small CNN (MNIST)"
+    EPOCHS, TRIALS, ATTACK_BUDGET, CENSUS_SAMPLE = 20, 100, 100, None
+T0 = time.perf_counter()
+
+
+def mean_sd(values, fmt="{:.3f}"):
+    """'mean ± sd' of a list of numbers (sd over seeds, ddof=1)."""
+    v = np.asarray(values, dtype=float)
+    return f"{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1) if len(v) > 1 else 0.0)}"
+
+# %% [markdown]
+# ## 1. The defenses and their price tags
+#
+# `bitlab.defenses` keeps every defense of the book in one registry. A **storage** defense is a protection
+# codec: it changes how the weights are stored and read back, costs stored bits and work at every read, and
+# leaves training alone. A **training** defense changes how the model is trained: no stored bits, no work at
+# inference, but more training time. The stored overhead comes from each codec's `overhead_bits`:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+costs = overhead_table(bl.FP32)
+costs["extra bits / weight (int8)"] = [defense(n).overhead_bits(bl.Int(8)) for n in costs.index]
+costs[["kind", "paper", "notebook", "extra bits / weight", "extra bits / weight (int8)", "inference work"]]
+
+# %% [markdown]
+# Range nulling and weight scaling store one or two numbers *per tensor* (negligible); parity costs one bit
+# per word; SECDED 7 bits per FP32 word (39-bit words, +22%) and 5 per int8 word (+63%); the RADAR-like group
+# checksum 2 bits per group of 16 words (0.125 bit per weight), kept, as in RADAR, in secure memory.
+#
+# The hyperparameters of the training recipes are ours, chosen for this model (the papers used other models
+# and optimizers): weight decay 1e-2 on Adam; SAM with ρ = 0.05 on Adam; SAR (our reading of Zhou et al.,
+# see notebook 04) with ρ = 1 and 1% of the weights perturbed; Hessian-aware training with λ = 0.01, one
+# Rademacher probe per step and RMSProp, as in Pranto et al. Because the Hessian-aware recipe also switches
+# the optimizer, we train a **control**: RMSProp without the penalty.
+#
+# ## 2. One model family, six training recipes, three seeds
+
+# %%
+RECIPES = {name: defense(name).fit_kwargs for name in ["none", "weight decay", "SAM", "SAR", "Hessian-aware"]}
+RECIPES["RMSProp (control)"] = lambda seed: {"optimizer": "rmsprop"}
+
+models, histories, rows = {}, {}, []
+for name, recipe in RECIPES.items():
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        m = model_fn()
+        h = bl.train.fit(m, data.train, epochs=EPOCHS, seed=seed, progress=False, **recipe(seed))
+        models[name, seed] = m
+        histories.setdefault(name, []).append(h)
+        rows.append({"recipe": name, "seed": seed, "clean accuracy": bl.train.accuracy(m, data.test)})
+clean = pd.DataFrame(rows)
+train_costs = training_cost(histories, baseline="none")
+train_table = clean.groupby("recipe", sort=False)["clean accuracy"].agg(lambda v: mean_sd(v)).to_frame()
+train_table["s / epoch (this run)"] = train_costs["s / epoch"].round(4)
+train_table["training time × baseline"] = train_costs["x baseline"].round(1)
+train_table
+
+# %% [markdown]
+# All recipes reach 93–96% test accuracy on the 360 held-out digits; SAR and Hessian-aware training cost
+# about 1–1.5 points. The seconds per epoch are wall-clock times of this run: on a shared machine and with
+# epochs of a few milliseconds they are noisy (we have seen the Hessian-aware ratio anywhere from 1.5× to 7×
+# between runs). By construction, SAM and SAR do two forward and backward passes per step, and Hessian-aware
+# training adds a Hessian-vector product (a double backprop) per probe on top of the usual backward pass; weight
+# decay adds nothing but a multiply-add per weight.
+#
+# ## 3. Configurations: a recipe, stored through a codec
+#
+# A *configuration* is a trained model and a storage codec. The storage defenses are applied to the
+# baseline (plain Adam) models; three **combinations** put a codec on top of a resilient training recipe.
+
+# %%
+CONFIGS = {  # name -> (recipe, storage defense)
+    "none": ("none", "none"),
+    "weight decay": ("weight decay", "none"),
+    "SAM": ("SAM", "none"),
+    "SAR": ("SAR", "none"),
+    "Hessian-aware": ("Hessian-aware", "none"),
+    "RMSProp (control)": ("RMSProp (control)", "none"),
+    "range nulling": ("none", "range nulling"),
+    "parity nulling": ("none", "parity nulling"),
+    "weight scaling": ("none", "weight scaling"),
+    "SECDED": ("none", "SECDED"),
+    "group checksum": ("none", "group checksum"),
+    "Hessian-aware + range nulling": ("Hessian-aware", "range nulling"),
+    "Hessian-aware + group checksum": ("Hessian-aware", "group checksum"),
+    "SAR + range nulling": ("SAR", "range nulling"),
+}
+KIND = {c: ("combination" if r != "none" and s != "none" else "storage" if s != "none"
+            else "training" if r not in ("none", "RMSProp (control)") else "reference")
+        for c, (r, s) in CONFIGS.items()}
+
+# %% [markdown]
+# ### 3.1 Random bit errors in FP32 storage
+#
+# Every stored bit flips independently with probability BER (Qin et al.'s fault model). For each
+# configuration and seed we sweep the BER, `TRIALS` draws per point, and record the accuracy. The
+# **tolerable BER** is the highest rate whose mean accuracy stays within one point of the fault-free one.
+
+# %%
+sweeps = []
+for cfg, (recipe, store) in CONFIGS.items():
+    for seed in SEEDS:
+        df = bl.ber_sweep(models[recipe, seed], data.test, BERS, trials=TRIALS, fmt=bl.FP32,
+                          codec=defense(store).codec(), seed=seed, progress=False, label=cfg)
+        df["seed"], df["clean"], df["tolerable"] = seed, df.attrs["clean_accuracy"], bl.tolerable_ber(df)
+        sweeps.append(df)
+sweep = pd.concat(sweeps, ignore_index=True)
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+bl.plot.accuracy_vs_ber(sweep[sweep["model"].map(KIND).isin(["reference", "training"])], hue="model",
+                        ax=axes[0], title="training defenses (FP32 storage)")
+bl.plot.accuracy_vs_ber(sweep[sweep["model"].map(KIND).isin(["storage", "combination"]) | (sweep["model"] == "none")],
+                        hue="model", ax=axes[1], title="storage defenses and combinations")
+plt.tight_layout()
+
+# %%
+per_seed = sweep.groupby(["model", "seed"], sort=False).agg(
+    clean=("clean", "first"), tolerable=("tolerable", "first"),
+    at_key=("accuracy", lambda a: a[sweep.loc[a.index, "ber"] == KEY_BER].mean()),
+    at_1e2=("accuracy", lambda a: a[sweep.loc[a.index, "ber"] == 1e-2].mean())).reset_index()
+ber_table = per_seed.groupby("model", sort=False).agg(
+    kind=("model", lambda m: KIND[m.iloc[0]]),
+    clean=("clean", mean_sd),
+    **{f"accuracy at BER {KEY_BER:g}": ("at_key", mean_sd), "accuracy at BER 1e-2": ("at_1e2", mean_sd),
+       "tolerable BER (geo-mean)": ("tolerable", lambda t: f"{np.exp(np.log(t).mean()):.1e}")})
+ber_table
+
+# %% [markdown]
+# What the sweep shows (numbers in the table above):
+#
+# - Unprotected FP32 weights tolerate only ~1e-5: a single flip of an exponent's most significant bit turns
+#   a weight into ~1e38 and the network's output into garbage. **No training recipe changes that**: weight
+#   decay, SAM, SAR and Hessian-aware models all have a tolerable BER of 1–3e-5 and are near chance at 1e-2;
+#   at 1e-3 their accuracies (0.43–0.54) lie within the seed-to-seed spread (±0.15) of the baseline's 0.49.
+# - The storage defenses that **catch the huge values** buy one to two orders of magnitude: range nulling
+#   (~150×) and parity nulling (~30×) zero the corrupted weight; SECDED corrects one flip per word and has the
+#   highest tolerable BER (~3e-3, at 7 bits per weight), while range nulling, for free, keeps the most
+#   accuracy at 1e-2 (0.91 vs 0.76: there SECDED words start to hold two or more flips).
+# - Weight scaling with the FP32 default `t = 2**124` helps at 1e-3 (0.73 ± 0.18 vs 0.49: an exponent-MSB
+#   flip then *shrinks* the weight) but not at 1e-2, and stays far behind nulling (see the census below).
+# - The group checksum, tuned for *attacks* (few flips), is a poor fit for random errors: at 1e-3 many of the
+#   16-weight groups of this small model hold a flip and get zeroed (0.52).
+# - **Combinations**: SAR training *on top of* range nulling raises the tolerable BER above range nulling
+#   alone in every seed (geo-mean 4.4e-3 vs 2.1e-3; the flips range nulling cannot see are in-range ones,
+#   which flatter models shrug off); Hessian-aware + range nulling only on average (2.4e-3, not in every
+#   seed). Both pay their 1–1.5 points of clean accuracy. The tolerable BER of a single configuration is
+#   itself noisy (it hinges on whether a catastrophic flip is drawn among the 20 trials): read it with the
+#   per-seed values printed in section 6.
+#
+# ### 3.2 The single-bit census (Pranto et al. 2025)
+#
+# The census flips every exponent bit of every weight, one at a time, and records the **relative accuracy
+# drop** RAD = (acc_clean − acc_flipped) / acc_clean. We count flips with RAD > 10%, with RAD > 90%, and flips
+# that bring the model **down to chance** (accuracy ≤ 12%, i.e. 1/10 plus the attack notebook's 2-point
+# margin). Note the subtlety: on a 10-class task a model at chance has RAD ≈ 1 − 0.1/0.95 ≈ 0.89, so
+# **RAD > 90% needs below-chance accuracy** (e.g. a network that predicts one class that is rarer in the test
+# set, or NaN outputs, which count as wrong). "Down to chance" is the more natural count here.
+#
+# The training recipes get the full census (every exponent bit of every weight, 19,280 flips). Behind a
+# storage codec we sample `CENSUS_SAMPLE` weights per tensor (all weights of the small tensors) to save time,
+# and compare rates per 1000 flips. (The group checksum spans many words, so its census cannot use the fast
+# exact path of `bit_census` and runs the naive loop.)
+
+# %%
+CHANCE = 1 / 10 + 0.02
+census_rows = []
+for cfg, (recipe, store) in CONFIGS.items():
+    codec = defense(store).codec()
+    sample = CENSUS_SAMPLE if store != "none" else None
+    for seed in SEEDS:
+        c = bit_census(models[recipe, seed], data.test, fmt=bl.FP32, bits=CENSUS_BITS, codec=codec,
+                       n_weights=sample, seed=seed, progress=False)
+        k = count_above(c, (0.1, 0.9), by=None).iloc[0]
+        census_rows.append({"config": cfg, "seed": seed, "flips": int(k["flips"]), "RAD>10%": int(k["rad>0.1"]),
+                            "RAD>90%": int(k["rad>0.9"]), "to chance": int((c["accuracy"] <= CHANCE).sum()),
+                            "to chance, read as Inf/NaN": int(((c["accuracy"] <= CHANCE) & ~np.isfinite(c["flipped"])).sum()),
+                            "sampled": sample is not None})
+census = pd.DataFrame(census_rows)
+for col in ["RAD>10%", "RAD>90%", "to chance"]:
+    census[col + " per 1000"] = 1000 * census[col] / census["flips"]
+census_table = census.groupby("config", sort=False).agg(
+    flips=("flips", "first"), sampled=("sampled", "first"),
+    **{f"{c} (mean ± sd)": (c, lambda v: mean_sd(v, "{:.1f}")) for c in ["RAD>10%", "RAD>90%", "to chance"]},
+    **{"RAD>10% per 1000": ("RAD>10% per 1000", lambda v: f"{v.mean():.1f}"),
+       "to chance per 1000": ("to chance per 1000", lambda v: f"{v.mean():.2f}"),
+       "of which read as Inf/NaN": ("to chance, read as Inf/NaN", lambda v: mean_sd(v, "{:.1f}"))})
+census_table
+
+# %%
+fig, ax = plt.subplots(figsize=(11, 3.8))
+sns.barplot(data=census, x="config", y="RAD>10% per 1000", hue="config", palette="colorblind",
+            errorbar="sd", ax=ax, legend=False)
+ax.set_xlabel("")
+ax.set_ylabel("flips with RAD > 10%\nper 1000 exponent flips")
+ax.tick_params(axis="x", rotation=60)
+for lab in ax.get_xticklabels():
+    lab.set_ha("right")
+plt.tight_layout()
+
+# %% [markdown]
+# Reading the census:
+#
+# - In the unprotected baseline about 6% of exponent flips cost more than 10% of the accuracy, about 120 of
+#   19,280 bring it to chance, and a handful (7 ± 2.6) below 10% of clean accuracy (RAD > 90%).
+# - **Hessian-aware training and SAR remove every RAD > 90% flip** in all three seeds, cut the RAD > 10%
+#   count by about 8% (Hessian-aware) and 13% (SAR), and the flips to chance by about a fifth. The RMSProp
+#   control keeps (even more) catastrophic flips, so it is the penalty, not the optimizer. SAM and weight
+#   decay do little (as Pranto et al. report for SAM).
+# - The codecs act on the census directly: **SECDED corrects every single flip**, **parity nulling detects
+#   every single flip** and zeroes one weight (harmless here), **range nulling** zeroes every flip that leaves
+#   the trained range, and the in-range flips that remain (exponent bits that *shrink* a weight) cost less
+#   than 10% each: no sampled flip behind these three codecs reaches RAD > 10%.
+# - **Weight scaling moves the danger instead of removing it**: fewer flips with RAD > 10% than the
+#   baseline, but *twice as many* per 1000 that go to chance, and every one of them reads back as Inf/NaN
+#   (last column). Our reading: a weight scaled near `2**124` has an exponent field such as `11111011`, and
+#   setting its last zero bit gives the all-ones exponent of Inf/NaN.
+# - A single flip behind a **group checksum** is always detected and zeroes 16 weights: never down to
+#   chance here, and RAD > 10% about ten times rarer than unprotected, but with a large spread between seeds
+#   (a group of 16 first-layer weights can matter).
+#
+# ### 3.3 The bit-flip attack (progressive bit search, int8)
+#
+# Rakin et al.'s attacker flips, one at a time, the int8 weight bits that raise the loss most on a batch of
+# 128 validation images, up to `ATTACK_BUDGET` flips. We count the flips needed to bring the test accuracy to
+# chance (≤ 12%), for every training recipe, three model seeds × three attack seeds. Pranto et al. report
+# that the attacker needs **2–3× more flips** against Hessian-aware models.
+
+# %%
+attacks, atk_rows = {}, []
+for recipe in RECIPES:
+    for seed in SEEDS:
+        for a in ATTACK_SEEDS:
+            r = bit_flip_attack(models[recipe, seed], data.val, fmt=bl.Int(8), budget=ATTACK_BUDGET,
+                                eval_data=data.test, seed=a, target_accuracy="chance", progress=False)
+            attacks[recipe, seed, a] = r
+            n = r.flips_to()
+            atk_rows.append({"recipe": recipe, "seed": seed, "attack seed": a, "reached": n is not None,
+                             "flips to chance": n if n is not None else ATTACK_BUDGET,
+                             "clean int8": r.clean_accuracy})
+atk = pd.DataFrame(atk_rows)
+per_model = atk.groupby(["recipe", "seed"], sort=False)["flips to chance"].mean().unstack("seed")
+ratio = per_model.div(per_model.loc["none"], axis=1)
+atk_table = atk.groupby("recipe", sort=False).agg(
+    **{"flips to chance (mean ± sd, 9 runs)": ("flips to chance", lambda v: mean_sd(v, "{:.1f}")),
+       "runs not at chance within budget": ("reached", lambda r: int((~r).sum()))})
+atk_table["× baseline, per model seed"] = [", ".join(f"{x:.2f}" for x in ratio.loc[r]) for r in atk_table.index]
+atk_table
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 3.5))
+sns.stripplot(data=atk, x="recipe", y="flips to chance", hue="seed", dodge=True, palette="colorblind", ax=ax)
+ax.axhline(ATTACK_BUDGET, color="0.5", ls=":", lw=1)
+ax.set_xlabel("")
+ax.set_title(f"bit flips to chance (runs that never got there are drawn at the budget, {ATTACK_BUDGET})")
+ax.tick_params(axis="x", rotation=20)
+plt.tight_layout()
+
+# %% [markdown]
+# The attacker needs about as many flips against the Hessian-aware models as against the baseline (ratios per
+# model seed 0.9–1.2), far from the paper's 2–3×; against its own RMSProp control the Hessian penalty buys
+# about 1.25×. The spread between model and attack seeds is as large as the differences between recipes.
+# SAR does best here (1.2–1.6× the baseline). (A run that did not reach chance within the budget counts as
+# the budget: a lower bound.)
+#
+# **Storage codecs against the attack.** The attack is run on the unprotected int8 store; we then read the
+# *same* flips (those that brought the unprotected model to chance) back through each codec. This is a
+# non-adaptive attacker: one who knows the codec would, for instance, flip two bits of one word to slip past
+# parity, or three to fool SECDED; RADAR's secret key exists to stop the pairing trick.
+
+# %%
+ATTACK_CODECS = ["none", "range nulling", "parity nulling", "weight scaling", "SECDED", "group checksum"]
+rows = []
+for (recipe, seed, a), r in attacks.items():
+    if recipe not in ("none", "Hessian-aware"):
+        continue
+    n = r.flips_to() or len(r)
+    for store in ATTACK_CODECS:
+        with r.applied(models[recipe, seed], n, codec=defense(store).codec()):
+            acc = bl.train.accuracy(models[recipe, seed], data.test)
+        rows.append({"recipe": recipe, "codec": store, "seed": seed, "attack seed": a, "accuracy": acc,
+                     "clean": r.clean_accuracy})
+atk_codec = pd.DataFrame(rows)
+atk_codec_table = atk_codec.pivot_table(index="codec", columns="recipe", values="accuracy",
+                                        aggfunc=lambda v: mean_sd(v), sort=False)
+atk_codec_table.columns = [f"accuracy after the attack, {c} model" for c in atk_codec_table.columns]
+atk_codec_table["min over 9 runs (baseline model)"] = (
+    atk_codec[atk_codec["recipe"] == "none"].groupby("codec", sort=False)["accuracy"].min().round(3))
+atk_codec_table
+
+# %% [markdown]
+# Against the plain attack:
+#
+# - **SECDED undoes it** (every attack flip is a single flip in its word, and gets corrected): 0.94.
+# - **Parity nulling detects every flip**, but zeroing the ~25 weights the attacker chose still costs ~20
+#   points (0.77 ± 0.09).
+# - **Range nulling helps little** (0.36 ± 0.32): many int8 attack flips stay *inside* the trained range (the
+#   sign-bit flip of a small positive weight `w` gives `w − 128·scale`, in range whenever the tensor holds a
+#   weight that negative). Weight scaling does nothing for int8 (the quantizer's scale absorbs the constant).
+# - The **group checksum detects every attack flip, but zeroing whole groups of 16 weights** in these small
+#   layers costs almost as much as the flips on the baseline model (0.34 ± 0.28, as low as 0.11). On the
+#   **Hessian-aware model the same checksums keep 0.71 ± 0.14**: zeroing a group hurts a flatter model less.
+#   This is the synergy Pranto et al. claim, and the clearest one we measured.
+#
+# ## 4. Combinations
+#
+# Pranto et al. claim a *synergy* between Hessian-aware training and system defenses. We measured three
+# combinations above; here they are next to their parts.
+
+# %%
+combo_rows = []
+for cfg in ["none", "Hessian-aware", "SAR", "range nulling", "group checksum", "Hessian-aware + range nulling",
+            "Hessian-aware + group checksum", "SAR + range nulling"]:
+    ps = per_seed[per_seed["model"] == cfg]
+    cs = census[census["config"] == cfg]
+    combo_rows.append({"configuration": cfg, f"accuracy at BER {KEY_BER:g}": mean_sd(ps["at_key"]),
+                       "accuracy at BER 1e-2": mean_sd(ps["at_1e2"]),
+                       "RAD>10% per 1000 flips": f"{cs['RAD>10% per 1000'].mean():.1f}",
+                       "to chance per 1000 flips": f"{cs['to chance per 1000'].mean():.2f}"})
+combo = pd.DataFrame(combo_rows).set_index("configuration")
+combo
+
+# %% [markdown]
+# The combinations keep the best of both parts. Against random errors, SAR (every seed) or Hessian-aware (on
+# average) training + range nulling reach a higher tolerable BER than range nulling alone (section 3.1), while
+# their census is as clean. Against the attack, Hessian-aware training + group checksums keeps about twice the accuracy of
+# checksums alone (section 3.3). Behind a checksum, random errors remain a bad match for either model.
+#
+# ## 5. What each defense costs
+#
+# Stored bits from the codecs; training time from the `fit` histories (ratio to the baseline in this run);
+# read-side work measured as the time of `codec.decode` on 2¹⁶ FP32 words (ms per million weights, this
+# machine, this run — compare the ratios, not the absolute numbers).
+
+# %%
+dec = {n: decode_seconds(defense(n).codec(), bl.FP32, n=2 ** 16, repeats=5) for n in costs.index}
+cost_table = costs[["kind", "extra bits / weight", "extra bits / weight (int8)", "inference work"]].copy()
+cost_table["decode ms / M weights (this run)"] = [round(1e3 * dec[n], 1) for n in cost_table.index]
+cost_table["decode × plain"] = [round(dec[n] / dec["none"], 1) for n in cost_table.index]
+cost_table["training × baseline"] = [round(train_costs.loc[n, "x baseline"], 1) if n in train_costs.index
+                                     else 1.0 for n in cost_table.index]
+cost_table
+
+# %% [markdown]
+# The training-based defenses cost nothing at inference and nothing in memory; their price is paid once, at
+# training time (see section 2). Range nulling and weight scaling are the cheapest
+# codecs (a compare or a multiply per read), parity a popcount per word; SECDED and the group checksum cost
+# tens of times a plain read in our vectorized reference decoders (hardware ECC does this in the memory
+# controller, for free in time but not in bits: SECDED also costs the most memory, 7 bits per FP32 word).
+
+# %%
+print(f"notebook compute so far: {time.perf_counter() - T0:.0f} s")
+
+# %% [markdown]
+# ## 6. Checks
+#
+# What holds for the committed seeds (margins from the measured numbers, explained inline):
+
+# %%
+g = per_seed.set_index(["model", "seed"])
+cs = census.set_index(["config", "seed"])
+apm = atk.groupby(["recipe", "seed"])["flips to chance"].mean()
+ac = atk_codec.set_index(["recipe", "codec", "seed", "attack seed"])["accuracy"]
+print(g["tolerable"].unstack("seed").loc[["none", "range nulling", "parity nulling", "SECDED",
+      "Hessian-aware + range nulling", "SAR + range nulling"]].map(lambda t: f"{t:.1e}"))
+for s in SEEDS:
+    # at BER 1e-2 range nulling keeps > 85% and SECDED > 70% (measured ~0.90 and ~0.80); unprotected < 20% (~0.06)
+    assert g.loc[("range nulling", s), "at_1e2"] > 0.85 and g.loc[("SECDED", s), "at_1e2"] > 0.7
+    assert g.loc[("none", s), "at_1e2"] < 0.2
+    # no training recipe alone survives BER 1e-2 in FP32 (measured <= ~0.1)
+    for r in ["weight decay", "SAM", "SAR", "Hessian-aware"]:
+        assert g.loc[(r, s), "at_1e2"] < 0.2, r
+    # at BER 1e-3 the three codecs that catch large values keep >= 90% (measured >= 0.93) and >= 20 points
+    # more than no protection (measured gaps 0.29-0.60); the tolerable-BER ratios are printed above
+    for c in ["range nulling", "SECDED", "parity nulling"]:
+        assert g.loc[(c, s), "at_key"] > 0.9 and g.loc[(c, s), "at_key"] > g.loc[("none", s), "at_key"] + 0.2, c
+    assert g.loc[("range nulling", s), "tolerable"] > g.loc[("none", s), "tolerable"]
+    # census: behind SECDED, parity or range nulling no sampled single flip reaches RAD > 10%
+    for c in ["SECDED", "parity nulling", "range nulling"]:
+        assert cs.loc[(c, s), "RAD>10%"] == 0, c
+    # Hessian-aware and SAR have no RAD>90% flip, the baseline has some (measured 7 +- 2.6)
+    assert cs.loc[("Hessian-aware", s), "RAD>90%"] == cs.loc[("SAR", s), "RAD>90%"] == 0 < cs.loc[("none", s), "RAD>90%"]
+    # Hessian-aware has fewer RAD>10% exponent flips than the baseline and than its RMSProp control (~8% fewer)
+    assert cs.loc[("Hessian-aware", s), "RAD>10%"] < cs.loc[("none", s), "RAD>10%"]
+    assert cs.loc[("Hessian-aware", s), "RAD>10%"] < cs.loc[("RMSProp (control)", s), "RAD>10%"]
+    # weight scaling: more flips to chance per 1000 than unprotected (measured ~2x), all read as Inf/NaN
+    assert cs.loc[("weight scaling", s), "to chance per 1000"] > cs.loc[("none", s), "to chance per 1000"]
+    assert cs.loc[("weight scaling", s), "to chance, read as Inf/NaN"] == cs.loc[("weight scaling", s), "to chance"]
+    # the paper's 2-3x more attack flips does NOT hold here: per model seed the ratio stays below 2 (max ~1.2)
+    assert apm[("Hessian-aware", s)] < 2 * apm[("none", s)]
+    for a in ATTACK_SEEDS:
+        # without a codec the attack reached chance on the baseline; SECDED undoes it (measured >= 0.91),
+        # parity nulling keeps > 50% (measured >= 0.6)
+        assert ac[("none", "none", s, a)] <= CHANCE
+        assert ac[("none", "SECDED", s, a)] > 0.88 and ac[("none", "parity nulling", s, a)] > 0.5
+# checksums after the attack: the Hessian-aware model keeps clearly more than the baseline (0.71 vs 0.34 on 9 runs)
+cks = atk_codec[atk_codec["codec"] == "group checksum"].groupby("recipe")["accuracy"].mean()
+assert cks["Hessian-aware"] > cks["none"] + 0.15
+# range nulling is weak against the attack: mean accuracy after it stays below 60% (measured 0.36)
+assert atk_codec.query("recipe == 'none' and codec == 'range nulling'")["accuracy"].mean() < 0.6
+# RAD > 90% really needs below-chance accuracy: every such flip is also counted "to chance"
+assert all(census["RAD>90%"] <= census["to chance"])
+
+# %% [markdown]
+# ## 7. Paper vs. this notebook
+
+# %%
+def cs_mean(cfg, col, f="{:.1f}"):
+    return mean_sd(census.loc[census["config"] == cfg, col], f)
+
+def ber_at(cfg, col="at_1e2"):
+    return mean_sd(per_seed.loc[per_seed["model"] == cfg, col])
+
+def tol(cfg):
+    return np.exp(np.log(per_seed.loc[per_seed["model"] == cfg, "tolerable"]).mean())
+
+def atk_acc(recipe, codec):
+    return mean_sd(atk_codec.query("recipe == @recipe and codec == @codec")["accuracy"])
+
+ha_ratio = ratio.loc["Hessian-aware"]
+claims = pd.DataFrame([
+    {"claim": "weight nulling raises the tolerable BER 2× to orders of magnitude (Qin et al.)",
+     "paper": "2× to 100×+",
+     "ours (mean ± sd over seeds)": f"range {tol('range nulling') / tol('none'):.0f}×, parity "
+                                    f"{tol('parity nulling') / tol('none'):.0f}× (geo-mean tolerable BER ratio)",
+     "verdict": "reproduced"},
+    {"claim": "weight scaling improves accuracy under bit errors (Fuengfusin)",
+     "paper": "+54 points (Q2.5 ResNet50, BER 1e-4)",
+     "ours (mean ± sd over seeds)": f"FP32, BER {KEY_BER:g}: {ber_at('weight scaling', 'at_key')} vs "
+                                    f"{ber_at('none', 'at_key')}; to chance per 1000 flips "
+                                    f"{cs_mean('weight scaling', 'to chance per 1000')} vs {cs_mean('none', 'to chance per 1000')}",
+     "verdict": "partly (FP32): better at 1e-3, not at 1e-2; more to-chance flips in the census"},
+    {"claim": "ECC (SECDED) protects, at a memory cost (Fuengfusin's baseline)",
+     "paper": "7 bits / 32-bit word",
+     "ours (mean ± sd over seeds)": f"7 bits; BER 1e-2: {ber_at('SECDED')}; after the attack {atk_acc('none', 'SECDED')}",
+     "verdict": "holds"},
+    {"claim": "Hessian-aware: 20-50% fewer bits with RAD 90-100% (Pranto et al.)",
+     "paper": "20-50% fewer",
+     "ours (mean ± sd over seeds)": f"{cs_mean('Hessian-aware', 'RAD>90%')} vs {cs_mean('none', 'RAD>90%')} (exponent bits)",
+     "verdict": "reproduced (all removed; small counts)"},
+    {"claim": "Hessian-aware: 6-12% fewer bits with RAD > 10%",
+     "paper": "6-12% fewer",
+     "ours (mean ± sd over seeds)": f"{cs_mean('Hessian-aware', 'RAD>10%')} vs {cs_mean('none', 'RAD>10%')}",
+     "verdict": "reproduced"},
+    {"claim": "SAM does not give the same benefit (Pranto et al.)",
+     "paper": "qualitative",
+     "ours (mean ± sd over seeds)": f"SAM RAD>90% {cs_mean('SAM', 'RAD>90%')}, RAD>10% {cs_mean('SAM', 'RAD>10%')}",
+     "verdict": "reproduced for SAM; SAR (our reading) matches Hessian-aware"},
+    {"claim": "a bit-flip attack needs 2-3× more flips against Hessian-aware models",
+     "paper": "2-3×",
+     "ours (mean ± sd over seeds)": f"{mean_sd(atk.loc[atk['recipe'] == 'Hessian-aware', 'flips to chance'], '{:.1f}')} vs "
+                                    f"{mean_sd(atk.loc[atk['recipe'] == 'none', 'flips to chance'], '{:.1f}')} flips; "
+                                    f"ratio per model seed {', '.join(f'{x:.2f}' for x in ha_ratio)}",
+     "verdict": "not reproduced at this scale"},
+    {"claim": "synergy of Hessian-aware training with system defenses",
+     "paper": "qualitative",
+     "ours (mean ± sd over seeds)": f"attack + checksums: {atk_acc('Hessian-aware', 'group checksum')} vs "
+                                    f"{atk_acc('none', 'group checksum')}; tolerable BER with range nulling "
+                                    f"{tol('Hessian-aware + range nulling'):.1e} vs {tol('range nulling'):.1e}",
+     "verdict": "reproduced against the attack (checksums); marginal against random errors"},
+])
+claims.set_index("claim")
+
+# %% [markdown]
+# ## 8. Every paper claim of the book
+#
+# The verdicts of the "paper vs. this notebook" tables of notebooks 01–05, restated. Numbers marked "01:",
+# "02:" ... are quoted from those executed notebooks ("…" where their table cut the text); numbers marked
+# "06:" are measured above. Where a notebook was not finished when this one was written, the row says
+# "see notebook NN".
+
+# %%
+ws_gain = (per_seed.loc[per_seed["model"] == "weight scaling", "at_key"].to_numpy()
+           - per_seed.loc[per_seed["model"] == "none", "at_key"].to_numpy())
+book = pd.DataFrame([
+    ("01", "Qin et al. 2017", "more complex models are more vulnerable", "yes (MNIST/CIFAR models)",
+     "01: tolerable BER, MLP 1.1e-05 ± 1.5e-05, small CNN 2.6e-05 ± … (see 01)",
+     "reproduced (tolerable BER falls with model size)"),
+    ("01", "Qin et al. 2017", "weight nulling raises the tolerable BER 2× to orders of magnitude", "2× to 100×+",
+     f"01: parity (extra bit) 236× ± 295×, … ; 06: range {tol('range nulling') / tol('none'):.0f}×, "
+     f"parity {tol('parity nulling') / tol('none'):.0f}×", "reproduced"),
+    ("01", "Qin et al. 2017", "alternative representation: error vanishes as bits grow", "theoretical",
+     "01: unary fault MSE ∝ n^-0.98, binary code flat", "reproduced (our reading)"),
+    ("02", "Fuengfusin 2024", "Q2.5: accuracy gain from scaling at BER 1e-4", "+54.4 points (ResNet50, ImageNet)",
+     "02: ResNet-20 +0.538 ± 0.106, small CNN +0.065 ± 0.021", "reproduced for the deep model"),
+    ("02", "Fuengfusin 2024", "FP32 / FP16: scaling improves accuracy", "yes (four ImageNet models)",
+     f"02: at 1e-5 ResNet-20 +0.287 ± 0.132 (FP32), +0.243 ± 0.041 (FP16), no gain at 1e-4; "
+     f"06: MLP FP32 {mean_sd(ws_gain, '{:+.3f}')} at {KEY_BER:g}, none at 1e-2", "partly"),
+    ("02", "Fuengfusin 2024", "bit errors act like additive noise; dividing shrinks them", "the paper's reasoning",
+     "02: fixed point: each flip's error divided by exactly c = 8.57; floats: multiplicative",
+     "holds for fixed point only"),
+    ("02", "Fuengfusin 2024", "no storage overhead (ECC needs extra bits)", "0 bits",
+     "02: 0 bits; SECDED 7/6/5 bits per weight (FP32/FP16/Q2.5)", "holds"),
+    ("03", "Fasfous et al. 2022", "adversarially trained quantized CNNs are less resilient; weight decay restores it",
+     "+25% (ResNet56, CIFAR-10, activations)", "see notebook 03", "see notebook 03"),
+    ("04", "Zhou et al. 2024", "SAM/SAR improve bit-flip robustness at no clean-accuracy or inference cost", "yes",
+     f"see notebook 04; 06: SAM ≈ baseline; SAR 0 RAD>90% flips, attack ×{ratio.loc['SAR'].min():.1f}–"
+     f"{ratio.loc['SAR'].max():.1f}, clean {mean_sd(clean.loc[clean['recipe'] == 'SAR', 'clean accuracy'])}",
+     "see notebook 04"),
+    ("05", "Pranto et al. 2025", "20–50% fewer bits with RAD 90–100%", "20–50%",
+     f"see notebook 05; 06: {cs_mean('Hessian-aware', 'RAD>90%')} vs {cs_mean('none', 'RAD>90%')}", "reproduced in 06"),
+    ("05", "Pranto et al. 2025", "6–12% fewer bits with RAD > 10%", "6–12%",
+     f"see notebook 05; 06: {cs_mean('Hessian-aware', 'RAD>10%')} vs {cs_mean('none', 'RAD>10%')}", "reproduced in 06"),
+    ("05", "Pranto et al. 2025", "the attacker needs 2–3× more flips", "2–3×",
+     f"see notebook 05; 06: ratio per model seed {', '.join(f'{x:.2f}' for x in ha_ratio)}", "not reproduced in 06"),
+    ("05", "Pranto et al. 2025", "synergy with system defenses", "qualitative",
+     f"see notebook 05; 06: after the attack behind checksums {atk_acc('Hessian-aware', 'group checksum')} "
+     f"vs {atk_acc('none', 'group checksum')}", "reproduced in 06 (against the attack)"),
+], columns=["notebook", "paper", "claim", "paper's number", "measured in the book", "verdict"])
+book.set_index(["notebook", "claim"])
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Give the attacker knowledge of the codec: restrict `bit_flip_attack` to flips that parity or range
+#    nulling cannot see (e.g. pairs of flips in one word for parity, in-range values for range nulling). How
+#    many flips does it need now?
+# 2. Replace the group checksum's 16-word groups by 4-word groups (`bl.GroupChecksum(4, 2)`): what happens to
+#    the census and to the accuracy after the attack? What does it cost in stored bits?
+# 3. Repeat section 3.1 with int8 storage (`fmt=bl.Int(8)`): which codecs still matter when the format itself
+#    cannot hold a 10³⁸ value?
+# 4. Raise λ of Hessian-aware training to 0.05 (`bl.hessian.hessian_regularizer(0.05, seed=seed)`). Does
+#    the attacker now need 2× more flips? What happens to the clean accuracy?
+# 5. Build the cheapest configuration that keeps ≥ 90% accuracy at BER 1e-2 *and* after the non-adaptive
+#    attack. Which one is it, and how many bits per weight does it cost?
