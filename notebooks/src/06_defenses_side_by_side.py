@@ -55,6 +55,7 @@ from bitlab.census import bit_census, count_above
 from bitlab.defenses import DEFENSES, defense, overhead_table, training_cost, decode_seconds
 
 bl.plot.style()
+pd.set_option("display.max_colwidth", None)  # show the tables' text in full
 torch.set_num_threads(1)  # tiny models: one thread is faster than two
 
 data = bl.data.digits(seed=0)
@@ -250,14 +251,12 @@ census_table = census.groupby("config", sort=False).agg(
 census_table
 
 # %%
-fig, ax = plt.subplots(figsize=(11, 3.8))
-sns.barplot(data=census, x="config", y="RAD>10% per 1000", hue="config", palette="colorblind",
-            errorbar="sd", ax=ax, legend=False)
-ax.set_xlabel("")
-ax.set_ylabel("flips with RAD > 10%\nper 1000 exponent flips")
-ax.tick_params(axis="x", rotation=60)
-for lab in ax.get_xticklabels():
-    lab.set_ha("right")
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+for ax, col in zip(axes, ["RAD>10% per 1000", "to chance per 1000"]):
+    sns.barplot(data=census, y="config", x=col, hue="config", palette="colorblind", errorbar="sd", ax=ax,
+                legend=False)
+    ax.set_ylabel("")
+    ax.set_xlabel(f"flips with {col.replace(' per 1000', '')}\nper 1000 exponent flips (bars: mean, lines: sd)")
 plt.tight_layout()
 
 # %% [markdown]
