@@ -197,8 +197,8 @@ def activation_sizes(qm: QuantizedModel, x: Tensor, layers: Sequence[str] | None
 
 def _check_rates(rates: Sequence[float], mode: str, bits_per_inference: int) -> list:
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or not rates:
-        raise ValueError(f"rates: expected a non-empty list of {'bit error rates in [0, 1]' if mode == 'ber' else 'flip counts'}, "
-                         f"got {rates!r}")
+        what = "bit error rates in [0, 1]" if mode == "ber" else "flip counts (ints >= 0)"
+        raise ValueError(f"rates: expected a non-empty list of {what}, got {rates!r}")
     out = []
     for r in rates:
         if mode == "ber":
