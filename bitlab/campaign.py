@@ -178,13 +178,10 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     store = Store(model, fmt, codec, params)
     with store.corrupted(BitErrorRate(0.0)):
         clean = batch_accuracy(model, batches)
-    g = torch.Generator().manual_seed(seed)
-    plan = []
-    for name, p in chosen:
-        idx = torch.arange(p.numel())
-        if n_weights is not None and n_weights < p.numel():
-            idx = torch.randperm(p.numel(), generator=g)[:n_weights].sort().values
-        plan += [(name, int(i), b) for i in idx for b in positions]
+    from .census import weight_plan  # the fast census visits the same weights, drawn the same way
+
+    plan = [(name, int(i), b) for name, idx in weight_plan(chosen, n_weights, seed)
+            for i in idx for b in positions]
     rows = []
     lookup = dict(chosen)
     for name, i, b in progress_bar(plan, desc="naive census", progress=progress):

@@ -91,8 +91,10 @@ MIXING = (nn.Linear, nn.Conv2d)
 
 # ----------------------------------------------------------------------------------------- plan
 
-def _plan(chosen: list[tuple[str, nn.Parameter]], n_weights: int | None, seed: int) -> list[tuple[str, Tensor]]:
-    """The weights visited per parameter, drawn exactly as the naive census draws them."""
+def weight_plan(chosen: list[tuple[str, nn.Parameter]], n_weights: int | None, seed: int
+                ) -> list[tuple[str, Tensor]]:
+    """The weights a census visits per parameter: all of them, or ``n_weights`` drawn without
+    replacement (seeded) and sorted. Shared by the naive and the fast census."""
     g = torch.Generator().manual_seed(seed)
     plan = []
     for name, p in chosen:
@@ -694,7 +696,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
     chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data)
-    plan = _plan(chosen, n_weights, seed)
+    plan = weight_plan(chosen, n_weights, seed)
     key = _fingerprint(chosen, plan, positions, fmt, codec, batches)
     done = _load_checkpoint(checkpoint, key)
     nb = len(positions)

@@ -28,17 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_book  # noqa: E402 -- the sibling script, importable however this one is run
 
 
-def find_notebooks(paths: list[Path]) -> list[Path]:
-    """The ``.ipynb`` files named, or found (sorted, non-recursive) in the folders named."""
-    found: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found += sorted(q for q in p.glob("*.ipynb") if not q.name.startswith("."))
-        elif p.suffix == ".ipynb" and p.is_file():
-            found.append(p)
-        else:
-            raise SystemExit(f"build_book: {p} is neither a folder nor an .ipynb file")
-    return found
+find_notebooks = render_book.find_notebooks
 
 
 def parse_params(items: list[str]) -> dict[str, object]:
