@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import as_loader
+from .train import correct as predicted_right
 
 __all__ = ["fgsm", "pgd", "robust_accuracy", "pgd_adversary", "fgsm_adversary"]
 
@@ -143,7 +144,7 @@ def robust_accuracy(model: nn.Module, data: Dataset | DataLoader, eps: float, st
             model.eval()
             with torch.no_grad():
                 out = model(x_adv)
-            correct += int(((out.argmax(1) == y) & torch.isfinite(out).all(1)).sum())
+            correct += int(predicted_right(out, y).sum())
             seen += len(y)
     finally:
         model.train(was_training)
