@@ -81,6 +81,8 @@ SAFETY = 2.0  # multiplies the classical gamma_n bound
 U32 = 2.0 ** -24  # unit roundoff of float32
 TINY = 2.0 ** -125  # per-term absolute slack for underflow / flushed subnormals
 ELEMENTS_PER_CHUNK = 1 << 24  # memory budget of one vectorized step (float64 elements)
+CACHE_ELEMENTS = 1 << 18  # float64 elements per row-path step: small tensors are reused by malloc, big
+#                           ones come back as fresh pages each time (page faults cost 5x the arithmetic)
 
 #: counts of the last :func:`bit_census` call: flips certified by the bounds, flips recomputed exactly
 LAST_STATS: dict[str, int] = {}
@@ -168,13 +170,28 @@ def _mix64(m: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tens
     return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation)
 
 
+def _pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """``m(x)``, the same value for every element (max is exact). The common 2x2 / stride 2 pool is
+    taken as the maximum of four strided slices, 5-10x faster than ``F.max_pool2d`` on small planes
+    on CPU; like it, it propagates NaN. (Where a window holds both -0.0 and +0.0 the sign of the
+    zero may differ, which no later op can turn into a different class or finiteness.)"""
+    two = (2, 2)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    if (pair(m.kernel_size) == two and pair(m.stride or m.kernel_size) == two and pair(m.padding) == (0, 0)
+            and pair(m.dilation) == (1, 1) and not m.ceil_mode and x.dim() >= 3):
+        H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :H, :W]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+    return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
 def _elementwise(m: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds through a monotone elementwise module (lo, hi of shape (rows, ...))."""
     if isinstance(m, nn.ReLU):
         return lo.clamp_min(0.0), hi.clamp_min(0.0)
     if isinstance(m, nn.MaxPool2d):
-        pool = lambda t: F.max_pool2d(t, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)  # noqa: E731
-        return pool(lo), pool(hi)
+        return _pool(m, lo), _pool(m, hi)
     if isinstance(m, nn.Flatten):
         return lo.flatten(1), hi.flatten(1)
     return lo, hi  # Identity, Dropout in eval mode
@@ -289,188 +306,227 @@ def _route(clean: _Clean, l: int) -> tuple[list[int], int | None, list[int]]:
     return list(range(l + 1, t)), t, [u for u in range(t + 1, len(layers)) if isinstance(layers[u], MIXING)]
 
 
-def _margin(clean: _Clean) -> Tensor:
-    """How far each clean sample is from changing its outcome: (true logit - best other) if right,
-    (best other - true logit) if wrong; 0 on a tie."""
-    key = ("margin",)
-    if key not in clean.cache:
-        z = clean.a64(len(clean.layers))
-        zy = z.gather(1, clean.y[:, None])[:, 0]
-        other = z.scatter(1, clean.y[:, None], -math.inf).amax(1)
-        clean.cache[key] = torch.where(clean.ok, zy - other, other - zy).clamp_min(0.0)
-    return clean.cache[key]
+@dataclass
+class _Bounds:
+    """Per-flip bounds of one chunk (see :func:`_bounds`)."""
+
+    settled: Tensor  # (K, N) bool: the sample's outcome is certainly the clean one
+    A: Tensor  # (W, N, classes): logit change per unit |delta|, per distinct weight
+    B: Tensor  # (C, N, classes): flip-independent rounding part, per output channel of the layer
+    inv: Tensor  # (K,) flip -> distinct weight
+    chans: Tensor  # (W,) output channel / unit of each distinct weight
+    dabs: Tensor  # (K,) |delta|, rounded up
+    safe: Tensor  # (K,) bool: no partial sum of the flipped run can overflow
+    G: float  # sum of the gammas of the mixing layers from the flipped one on
 
 
-def _smax(clean: _Clean, t: int) -> Tensor:
-    """Per sample: the largest sum|w||x| + |b| over the outputs of mixing layer ``t`` (clean run)."""
-    key = ("smax", t)
-    if key not in clean.cache:
-        clean.cache[key] = clean.s_clean(t).flatten(1).amax(1)
-    return clean.cache[key]
+def _spread(clean: _Clean, l: int, chans: Tensor, e: Tensor, rounding: bool) -> tuple[Tensor, Tensor]:
+    """Propagate per-sample bounds on |change| from output channel/unit ``chans[i]`` of mixing layer
+    ``l`` to the logits, through |W| (every later op is monotone and 1-Lipschitz, or linear).
+
+    ``e``: (items, N, P) nonnegative bounds on channel ``chans[i]`` of layer ``l``'s output (P
+    positions). With ``rounding`` the propagated quantity is the flip-independent part ``B`` (both
+    runs' rounding bounds 2 g S + underflow slack at every later mixing layer); without it, ``A``
+    (the part proportional to |delta|, times (1 + g) at every mixing layer). Returns the bound on
+    the logits (items, N, classes) and the largest bound anywhere on the way (items,)."""
+    return _follow(clean, l, chans, e, None, rounding)
 
 
-def _screen(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> Tensor:
-    """(K, N) bool: the sample's outcome is certainly the clean one.
+def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None, rounding: bool = False
+            ) -> tuple[Tensor, Tensor]:
+    """Follow a change of output channel/unit ``chans[i]`` of mixing layer ``l`` to the logits.
 
-    A per-sample Lipschitz bound ``e`` on how far the flipped naive logits can be from the clean
-    naive logits: the change of the flipped unit (plus both runs' rounding bounds), times the largest
-    absolute row sum of each later mixing layer (plus its rounding bounds). The outcome is unchanged
-    when ``e`` is below half the clean margin. The chain is affine, ``e = G_k * e0 + H_n`` with
-    per-flip ``G_k`` and per-sample ``H_n``; overflow is excluded per flip with the largest values.
-    Samples whose inputs to the flipped weight are all zero are unchanged (exact zero terms)."""
+    Two modes share the routing. ``nn_ is None``: ``e`` (items, N, P) are nonnegative *bounds*,
+    propagated through |W| (see :func:`_spread`). Otherwise ``e`` (R, 1, P) is the *change* itself
+    for sample ``nn_[i]`` (float64), propagated exactly as a change: through an elementwise op
+    ``phi`` it becomes ``phi(v + e) - phi(v)`` with ``v`` the clean activation, through a mixing
+    layer ``W e`` (no bias). Returns the logits' bound or change (items, N, classes) and, for
+    bounds, the largest value on the way (items,)."""
     layers = clean.layers
+    items, N = e.shape[0], e.shape[1]
+    change = nn_ is not None
     m = layers[l]
-    N = clean.y.shape[0]
-    old = getattr(m, attr).detach().reshape(-1)[idx].double()
-    dabs = (new.double() - old).abs()  # (K,)
-    if attr == "bias":
-        ch = idx
-        xmax = torch.ones(len(idx), N, dtype=torch.float64)
-    else:
-        key = ("xmaxT", l)
-        if key not in clean.cache:
-            clean.cache[key] = clean.cols(l).abs().amax(2).T.contiguous()  # (fan_in, N)
-        ch, q = idx // _fan_in(m), idx % _fan_in(m)
-        xmax = clean.cache[key].index_select(0, q)  # (K, N)
-    key = ("smaxLT", l)
-    if key not in clean.cache:
-        clean.cache[key] = clean.s_clean(l).reshape(N, clean.acts[l + 1].shape[1], -1).amax(2).T.contiguous()
-    s_l = clean.cache[key].index_select(0, ch)  # (K, N)
-    g = _gamma(_fan_in(m) + 2)
-    # e0 = (1 + g) |delta| xmax + 2 g s_l, the bound at the flipped layer
-    e0 = torch.addcmul(s_l, xmax, ((1 + g) / (2 * g)) * dabs[:, None]).mul_(2 * g)
-    e0_max = (1 + g) * dabs * xmax.amax(1) + 2 * g * s_l.amax(1)  # (K,)
-    ok = (s_l.amax(1) + dabs * xmax.amax(1)) * (1 + g) < SAFE_MAX
-    G = torch.ones(len(idx), dtype=torch.float64)
-    H = torch.zeros(N, dtype=torch.float64)
-    _, t, rest = _route(clean, l)
-    if t is not None:
-        W2 = layers[t].weight.detach().double().abs()
-        if isinstance(layers[t], nn.Conv2d):
-            lip = W2.sum((2, 3)).amax(0)[ch]  # (K,)
-        else:  # the slice is unit ch of a Linear, or channel ch flattened into a run of features
-            C = clean.acts[l + 1].shape[1]
-            lip = W2.reshape(W2.shape[0], C, -1).sum(2).amax(0)[ch]
-        e_max = e0_max
-        for u, gain in [(t, lip)] + [(u, None) for u in rest]:
-            mu = layers[u]
-            if gain is None:
-                gain = mu.weight.detach().double().abs().flatten(1).sum(1).amax()
-            g = _gamma(_fan_in(mu) + 2)
-            sm = _smax(clean, u)
-            ok &= (sm.amax() + gain * (e_max + H.amax())) * (1 + g) < SAFE_MAX
-            # e <- (1 + g) gain e + 2 g sm
-            G = (1 + g) * gain * G
-            # H is still zero at the first (per-flip gain) layer; later gains are global
-            H = 2 * g * sm if u == t else (1 + g) * gain * H + 2 * g * sm
-            e_max = G * e0_max
-    # certain when 2 e (1 + slack) < margin, i.e. G e0 < margin / (2 (1 + slack)) - H
-    room = _margin(clean) / (2 * (1 + 1e-9)) - H * (1 + 1e-9)
-    certain = (e0 * (G * (1 + 1e-9))[:, None] < room[None, :]) & ok[:, None]
-    return certain | (xmax == 0)
-
-
-def _certify_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_: Tensor
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Interval bounds for R (flip, sample) rows: row j is sample ``nn_[j]`` with weight ``idx[j]``
-    of layer ``l`` reading ``new[j]``. Returns (certainly right, certainly wrong, unsafe), (R,) bool."""
-    layers = clean.layers
-    m = layers[l]
-    R = len(idx)
-    old = getattr(m, attr).detach().reshape(-1)[idx].double()
-    new64 = new.double()
-    delta, dabs = new64 - old, (new64.abs() - old.abs()).clamp_min(0.0)
-    N = clean.y.shape[0]
-    out = clean.a64(l + 1).reshape(N, clean.acts[l + 1].shape[1], -1)  # (N, out, P)
-    S = clean.s_clean(l).reshape(out.shape)
-    n = _fan_in(m) + 2
-    g = _gamma(n)
-    if attr == "bias":
-        ch = idx
-        X = torch.ones(R, out.shape[2], dtype=torch.float64)
-    else:
-        ch, q = idx // _fan_in(m), idx % _fan_in(m)
-        X = clean.cols(l)[nn_, q, :]  # (R, P)
-    a, sl = out[nn_, ch, :], S[nn_, ch, :]
-    c = a + delta[:, None] * X
-    s_new = sl + dabs[:, None] * X.abs()
-    touched = X != 0
-    unsafe = ((s_new * (1 + g) >= SAFE_MAX) & touched).any(1)
-    r = (sl + s_new) * (g + EPS64) + EPS64 * c.abs() + TINY * n
-    r = r.masked_fill_(~touched, 0.0)
-    elem, t, _ = _route(clean, l)
     kind = "chan" if isinstance(m, nn.Conv2d) else "feat"
     spatial = tuple(clean.acts[l + 1].shape[2:])
-    start = ch
+    start = chans
+    top = e.flatten(1).amax(1)
+    elem, t, _ = _route(clean, l)
+
+    def here(u: int) -> Tensor:  # clean activation at the input of layer u, the changed slice, (R, 1, len)
+        a = clean.a64(u)
+        if kind == "chan":
+            return a.reshape(a.shape[0], a.shape[1], -1)[nn_, chans][:, None]
+        return a.reshape(a.shape[0], -1)[nn_[:, None], start[:, None] + torch.arange(e.shape[-1])][:, None]
+
     for u in elem:  # the change lives in one channel (or a run of features)
         mu = layers[u]
         if isinstance(mu, nn.Flatten):
             if kind == "chan":
                 size = math.prod(spatial)
-                start, kind = ch * size, "feat"
-                c, r = c.reshape(R, size), r.reshape(R, size)
-        elif not isinstance(mu, (nn.Identity, nn.Dropout, nn.Dropout2d)):
-            shape = (R, 1) + spatial if kind == "chan" else (R, c.shape[-1])
-            lo, hi = _elementwise(mu, (c - r).reshape(shape), (c + r).reshape(shape))
-            if kind == "chan":
-                spatial = tuple(lo.shape[2:])
-            c, r = ((hi + lo) / 2).reshape(R, -1), ((hi - lo) / 2).reshape(R, -1)
-    tt = len(layers) if t is None else t
-    x_in = clean.a64(tt)
-    length = c.shape[-1]
-    if kind == "chan":
-        base = x_in.reshape(N, x_in.shape[1], -1)[nn_, ch, :]
-    else:
-        cols = start[:, None] + torch.arange(length)[None, :]  # (R, length)
-        base = x_in.reshape(N, -1)[nn_[:, None], cols]
-    dx = c - base
+                start, kind = chans * size, "feat"
+        elif isinstance(mu, nn.MaxPool2d):
+            if kind != "chan":  # a pool over a run of features cannot be tracked per channel
+                raise _Untracked
+            pool = lambda z: _pool(mu, z.reshape((items * N, 1) + spatial))  # noqa: E731
+            if change:
+                v = here(u)
+                z = pool(v + e) - pool(v)
+            else:
+                z = pool(e)
+            spatial = tuple(z.shape[2:])
+            e = z.reshape(items, N, -1)
+        elif isinstance(mu, nn.ReLU) and change:
+            v = here(u)
+            e = (v + e).clamp_min(0.0) - v.clamp_min(0.0)
+        # ReLU on a bound, Identity, Dropout: |change| does not grow
+    length = e.shape[-1]
     if t is None:  # the flipped layer feeds the logits directly
         if kind != "feat":
-            return torch.zeros(R, dtype=torch.bool), torch.zeros(R, dtype=torch.bool), torch.ones(R, dtype=torch.bool)
-        lc, lr = x_in[nn_].clone(), torch.zeros(R, x_in.shape[1], dtype=torch.float64)
-        lc.scatter_(1, cols, c)
-        lr.scatter_(1, cols, r)
-        return (*_decide_rows(clean, nn_, lc, lr), unsafe)
-    # rank-1 update at the next mixing layer
-    m = layers[t]
-    n = _fan_in(m) + 2
-    g = _gamma(n)
-    W = m.weight.detach().double()
-    grow = ((c.abs() + r) - base.abs()).clamp_min(0.0)  # growth of |x|
-    v = r + (g + EPS64) * grow + EPS64 * dx.abs() + 1e-30 * (dx != 0)  # > 0 exactly where changed
-    if isinstance(m, nn.Linear):
-        Ws = W[:, cols].transpose(0, 1)  # (R, out, length)
-        dy = torch.bmm(Ws, dx[:, :, None])[:, :, 0]
-        yr = torch.bmm(Ws.abs(), v[:, :, None])[:, :, 0]
-    else:
-        Wk = W[:, ch].transpose(0, 1).flatten(2)  # (R, out, kh*kw)
-        unf = lambda z: F.unfold(z.reshape((R, 1) + spatial), m.kernel_size, m.dilation,  # noqa: E731
-                                 m.padding, m.stride)  # (R, kh*kw, P)
-        dy = torch.bmm(Wk, unf(dx)).reshape(R, -1)
-        yr = torch.bmm(Wk.abs(), unf(v)).reshape(R, -1)
-    s2 = clean.s_clean(t).reshape(N, -1)[nn_]
-    touched = yr > 0
-    c = clean.a64(t + 1).reshape(N, -1)[nn_] + dy
-    unsafe |= (((s2 + yr / g) * (1 + g) >= SAFE_MAX) & touched).any(1)
-    r = yr * (1 + EPS64) + (2 * g + EPS64) * s2 + EPS64 * c.abs() + TINY * n
-    r = r.masked_fill_(~touched, 0.0)
-    shape = (R,) + tuple(clean.acts[t + 1].shape[1:])
-    c, r = c.reshape(shape), r.reshape(shape)
-    for mu in layers[t + 1:]:  # dense from here on
+            raise _Untracked
+        out = torch.zeros(items, N, clean.acts[-1].shape[1], dtype=torch.float64)
+        cols = start[:, None] + torch.arange(length)[None, :]
+        out.scatter_(2, cols[:, None, :].expand(items, N, length), e)
+        return out, top
+    mt = layers[t]
+    g = _gamma(_fan_in(mt) + 2)
+    W = mt.weight.detach().double()
+    W = W if change else W.abs()
+    out = torch.empty((items, N) + tuple(clean.acts[t + 1].shape[1:]), dtype=torch.float64)
+    for o in chans.unique().tolist():
+        sel = (chans == o).nonzero().flatten()
+        if isinstance(mt, nn.Linear):
+            s0 = int(start[sel[0]])
+            out[sel] = e[sel] @ W[:, s0:s0 + length].T
+        elif kind == "chan":
+            z = F.conv2d(e[sel].reshape((len(sel) * N, 1) + spatial), W[:, o:o + 1], None, mt.stride,
+                         mt.padding, mt.dilation)
+            out[sel] = z.reshape((len(sel), N) + tuple(z.shape[1:]))
+        else:
+            raise _Untracked
+    if not change:
+        out = _next_bound(clean, t, out.mul_(1 + g), g, rounding)
+        top = torch.maximum(top, out.flatten(1).amax(1))
+    e = out.reshape((items * N,) + tuple(out.shape[2:]))
+    for u in range(t + 1, len(layers)):  # dense from here on
+        mu = layers[u]
         if isinstance(mu, MIXING):
-            n = _fan_in(mu) + 2
-            g = _gamma(n)
-            b = None if mu.bias is None else mu.bias.detach().double()
-            gb = None if b is None else (g + EPS64) * b.abs()
-            r = _mix64(mu, r + (g + EPS64) * (c.abs() + r), mu.weight.detach().double().abs(), gb)
-            r = r * (1 + EPS64) + TINY * n
-            unsafe |= (r / g * (1 + g) >= SAFE_MAX).flatten(1).any(1)
-            c = _mix64(mu, c, mu.weight.detach().double(), b)
-            r = r + EPS64 * c.abs()
-        elif not isinstance(mu, (nn.Identity, nn.Dropout, nn.Dropout2d)):
-            lo, hi = _elementwise(mu, c - r, c + r)
-            c, r = (hi + lo) / 2, (hi - lo) / 2
-    return (*_decide_rows(clean, nn_, c, r), unsafe)
+            Wu = mu.weight.detach().double()
+            if change:
+                e = _mix64(mu, e, Wu, None)
+            else:
+                g = _gamma(_fan_in(mu) + 2)
+                z = _mix64(mu, e, Wu.abs(), None).mul_(1 + g)
+                z = _next_bound(clean, u, z.reshape((items, N) + tuple(z.shape[1:])), g, rounding)
+                top = torch.maximum(top, z.flatten(1).amax(1))
+                e = z.reshape((items * N,) + tuple(z.shape[2:]))
+        elif change and isinstance(mu, (nn.ReLU, nn.MaxPool2d)):
+            v = clean.a64(u)[nn_]
+            e = _elementwise(mu, v + e, v + e)[1] - clean.a64(u + 1)[nn_]
+        elif isinstance(mu, (nn.MaxPool2d, nn.Flatten)):  # ReLU etc. leave a bound >= 0 as it is
+            e = _elementwise(mu, e, e)[1]
+    return e.reshape(items, N, -1), top
+
+
+class _Untracked(Exception):
+    """The change cannot be followed as one channel through this chain (the screen then abstains)."""
+
+
+def _next_bound(clean: _Clean, u: int, e: Tensor, g: float, rounding: bool) -> Tensor:
+    """Add both runs' rounding bounds of mixing layer ``u`` (2 g S + underflow slack) to ``e``
+    (items, N, ...) when propagating the flip-independent part."""
+    if not rounding:
+        return e
+    n = _fan_in(clean.layers[u]) + 2
+    return e.add_(clean.s_clean(u)[None], alpha=2 * g).add_(2 * TINY * n)
+
+
+def _bounds(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> _Bounds:
+    """Bounds on how far the flipped naive logits can be from the clean naive logits, and the
+    (flip, sample) pairs they settle. Raises :class:`_Untracked` if the chain cannot be followed.
+
+    Per sample and class the change is at most ``e = |delta| A + B``: ``A`` propagates the
+    flipped weight's inputs |x| through |W| of every later layer (ReLU and max-pooling are
+    1-Lipschitz), each mixing layer times (1 + g); ``B`` propagates both runs' rounding bounds
+    2 g S (Higham eq. 3.5, ``S = sum |w||x| + |b|``). Both are computed once per weight and shared
+    by all its bits, so a flip is screened by one comparison per sample: the outcome is unchanged
+    when ``e_y + e_k`` is below the clean gap ``z_y - z_k`` for every class ``k`` (for a clean right
+    sample; for a wrong one, when some ``k`` stays above ``y``). Overflow is excluded per flip from
+    the largest bound on the way. Samples whose inputs to the flipped weight are all zero are
+    unchanged (exact zero terms)."""
+    layers = clean.layers
+    m = layers[l]
+    N = clean.y.shape[0]
+    flat = getattr(m, attr).detach().reshape(-1)
+    dabs = (new.double() - flat[idx].double()).abs() * (1 + 1e-12)  # (K,)
+    uw, inv = idx.unique(return_inverse=True)
+    fan = 1 if attr == "bias" else _fan_in(m)
+    chans = uw // fan
+    C = clean.acts[l + 1].shape[1]
+    P = clean.s_clean(l)[0].numel() // C
+    if attr == "bias":
+        X = torch.ones(len(uw), N, P, dtype=torch.float64)
+    else:
+        X = clean.cols(l).abs().index_select(1, uw % fan).transpose(0, 1)  # (W, N, P)
+    untouched = X.amax(2) == 0  # (W, N)
+    g = _gamma(_fan_in(m) + 2)
+    key = ("B", l)
+    if key not in clean.cache:
+        S = clean.s_clean(l).reshape(N, C, P).transpose(0, 1)
+        clean.cache[key] = _spread(clean, l, torch.arange(C), S * (2 * g) + 2 * TINY * (_fan_in(m) + 2), True)
+    Bfin, Btop = clean.cache[key]
+    per = max(1, ELEMENTS_PER_CHUNK // (N * max(a[0].numel() for a in clean.acts[l + 1:])))
+    parts = [_spread(clean, l, chans[s:s + per], X[s:s + per] * (1 + g), False) for s in range(0, len(uw), per)]
+    Afin = torch.cat([a for a, _ in parts])  # (W, N, classes)
+    Atop = torch.cat([t for _, t in parts])  # (W,)
+    mixing = [u for u in range(l, len(layers)) if isinstance(layers[u], MIXING)]
+    gammas = [_gamma(_fan_in(layers[u]) + 2) for u in mixing]
+    key = ("Stop", l)
+    if key not in clean.cache:
+        clean.cache[key] = max(float(clean.s_clean(u).max()) for u in mixing)
+    # overflow: no naive partial sum of the flipped run may reach SAFE_MAX
+    safe = (clean.cache[key] + dabs * Atop[inv] + Btop[chans][inv]) * (1 + max(gammas)) * (1 + 1e-9) < SAFE_MAX
+    # per weight and sample: the largest |delta| that certainly keeps the clean outcome. A clean
+    # right sample stays right while |delta| (A_y + A_k) < (z_y - z_k) - (B_y + B_k) for every
+    # k != y; a wrong one stays wrong while |delta| (A_y + A_k) < (z_k - z_y) - (B_y + B_k) for
+    # some k. With s = +1 (right) / -1 (wrong) both are one minimum over s * room_k / A'_k, and the
+    # threshold is s times it. 0/0 gives NaN, which compares false (not settled).
+    key = ("rooms", l)
+    if key not in clean.cache:
+        z = clean.a64(len(layers))  # (N, classes)
+        y = clean.y[:, None]
+        gap = (z.gather(1, y) - z) * (1 - 1e-12)  # z_y - z_k
+        Bw = Bfin * (1 + 1e-9)  # (C, N, classes)
+        Bsum = Bw.gather(2, y[None].expand(C, N, 1)) + Bw
+        right = (gap[None] - Bsum).scatter_(2, y[None].expand(C, N, 1), math.inf)
+        wrong = (-gap[None] - Bsum).scatter_(2, y[None].expand(C, N, 1), -math.inf)
+        sign = torch.where(clean.ok, 1.0, -1.0).double()
+        clean.cache[key] = (torch.where(clean.ok[None, :, None], right, -wrong), sign)
+    rooms, sign = clean.cache[key]
+    y = clean.y[None, :, None].expand(len(uw), N, 1)
+    D = (Afin + Afin.gather(2, y)).mul_(1 + 1e-9)
+    T = (rooms.index_select(0, chans) / D).amin(2).mul_(sign[None])  # (W, N)
+    T.masked_fill_(untouched, math.inf)
+    settled = ((dabs[:, None] < T[inv]) & safe[:, None]) | untouched[inv]
+    return _Bounds(settled, Afin, Bfin, inv, chans, dabs, safe, sum(gammas))
+
+
+def _change_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_: Tensor) -> Tensor:
+    """The change of the logits, in exact arithmetic on the clean naive activations (float64), of R
+    (flip, sample) rows: row j is sample ``nn_[j]`` with weight ``idx[j]`` of layer ``l`` reading
+    ``new[j]``. (R, classes)."""
+    m = clean.layers[l]
+    R = len(idx)
+    delta = new.double() - getattr(m, attr).detach().reshape(-1)[idx].double()
+    C = clean.acts[l + 1].shape[1]
+    P = clean.acts[l + 1][0].numel() // C
+    if attr == "bias":
+        ch = idx
+        e = delta[:, None].expand(R, P)
+    else:
+        ch, q = idx // _fan_in(m), idx % _fan_in(m)
+        e = delta[:, None] * clean.cols(l)[nn_, q, :]  # (R, P)
+    out, _ = _follow(clean, l, ch, e[:, None, :].contiguous(), nn_)
+    return out[:, 0]
 
 
 def _decide_rows(clean: _Clean, nn_: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -482,37 +538,88 @@ def _decide_rows(clean: _Clean, nn_: Tensor, c: Tensor, r: Tensor) -> tuple[Tens
     return right, wrong
 
 
-def _row_limit(clean: _Clean, l: int) -> tuple[int, int]:
-    """How many unsettled samples a flip may send to the interval bounds before the exact path is
-    cheaper (a cost heuristic only), and the float64 elements one such row needs."""
-    N = clean.y.shape[0]
+def _row_width(clean: _Clean, l: int) -> int:
+    """The widest float64 tensor per row of the row path: one channel of layer ``l``'s output, then
+    whole activations from the next mixing layer on."""
     _, t, _ = _route(clean, l)
-    dense = 0 if t is None else sum(a[0].numel() for a in clean.acts[t + 1:])
-    row = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1] + dense + 16
-    return max(1, min(N // 4, N * 32 // (32 + dense))), row
+    plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
+    dense = [a[0].numel() for a in clean.acts[t + 1:]] if t is not None else []
+    return max([plane] + dense) + 16
+
+
+def _row_limit(clean: _Clean, l: int) -> int:
+    """How many open samples a flip may send to the row path before its exact recompute is cheaper
+    (a rough cost model in float64-element units; it decides speed only, never a result)."""
+    N = clean.y.shape[0]
+    layers = clean.layers
+    _, t, _ = _route(clean, l)
+    plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
+    row = 1000 + 3 * plane + 10 * clean.acts[-1].shape[1]
+    exact = 100_000
+    for u in range(l + 1, len(layers)):
+        size = clean.acts[u + 1][0].numel()
+        if isinstance(layers[u], MIXING):
+            macs = size * _fan_in(layers[u])
+            exact += N * macs // 8
+            row += macs if u != t else (macs // clean.acts[u].shape[1])  # rank-1 at the next mixing layer
+        else:
+            exact += N * size
+            row += 4 * size if t is not None and u > t else 0
+    return max(8, exact // row)
+
+
+def _rows(clean: _Clean, l: int, attr: str, bd: _Bounds, kk: Tensor, idx: Tensor, new: Tensor, nn_: Tensor
+          ) -> tuple[Tensor, Tensor]:
+    """(certainly right, certainly wrong) of the rows (flip ``kk[j]``, sample ``nn_[j]``).
+
+    The flipped naive logits are within ``D = B + G |delta| A`` of ``c = z + change`` (``z`` the
+    clean naive logits, ``change`` from :func:`_change_rows`): the naive flipped and clean runs
+    differ from the exact change by their rounding only, and the flipped run's sums are at most
+    ``S + |W| e`` (``e`` the screen's bound), which is what ``B`` and ``G |delta| A`` add up layer
+    by layer. Flips with possible overflow must not come here."""
+    step = max(1, CACHE_ELEMENTS // _row_width(clean, l))
+    change = torch.cat([_change_rows(clean, l, attr, idx[kk[s:s + step]], new[kk[s:s + step]], nn_[s:s + step])
+                        for s in range(0, len(kk), step)]) if len(kk) else clean.a64(len(clean.layers))[:0]
+    w = bd.inv[kk]
+    c = clean.a64(len(clean.layers))[nn_] + change
+    D = bd.B[bd.chans[w], nn_] * (1 + 1e-9) + (bd.G + 1e-9) * bd.dabs[kk, None] * bd.A[w, nn_]
+    return _decide_rows(clean, nn_, c, D + 1e-12 * c.abs())
+
+
+def _certify_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """(certainly right, certainly wrong, possible overflow) of R rows: row j is sample ``nn_[j]``
+    with weight ``idx[j]`` of layer ``l`` reading ``new[j]`` (the screen's bounds plus the exact
+    change, as the census uses them)."""
+    bd = _bounds(clean, l, attr, idx, new)
+    right, wrong = _rows(clean, l, attr, bd, torch.arange(len(idx)), idx, new, nn_)
+    return right, wrong, ~bd.safe
 
 
 def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
     """Correct-sample counts of K flips (int64) and a mask of the flips left to the exact path.
 
-    The cheap screen settles most (flip, sample) pairs; a flip with a few unsettled samples gets
-    interval bounds on those rows; a flip with many goes to the exact path (cheaper than bounds)."""
+    The screen settles most (flip, sample) pairs; the others get the exact change of the logits
+    with a rounding radius; a flip with a sample still open (a near-tie), with a possible
+    overflow or a non-finite weight goes to the exact path."""
     K, N = len(idx), clean.y.shape[0]
     bad = ~torch.isfinite(new)
     new = torch.where(bad, torch.zeros_like(new), new)  # those flips go to the exact path anyway
     counts = torch.full((K,), int(clean.ok.sum()), dtype=torch.int64)
-    unsettled = ~_screen(clean, l, attr, idx, new)
-    limit, _ = _row_limit(clean, l)
-    per_flip = unsettled.sum(1)
-    bad |= per_flip > limit
+    try:
+        bd = _bounds(clean, l, attr, idx, new)
+    except _Untracked:
+        return counts, torch.ones(K, dtype=torch.bool)
+    unsettled = ~bd.settled
+    open_rows = unsettled.sum(1)
+    bad |= (~bd.safe & (open_rows > 0)) | (open_rows > _row_limit(clean, l))
     kk_all, nn_all = (unsettled & ~bad[:, None]).nonzero(as_tuple=True)
-    _, row = _row_limit(clean, l)
-    step = max(1, ELEMENTS_PER_CHUNK // (8 * row))
+    step = max(1, ELEMENTS_PER_CHUNK // (4 * clean.acts[-1].shape[1]))
     for s in range(0, len(kk_all), step):  # bounded memory however many rows are unsettled
         kk, nn_ = kk_all[s:s + step], nn_all[s:s + step]
-        right, wrong, unsafe = _certify_rows(clean, l, attr, idx[kk], new[kk], nn_)
+        right, wrong = _rows(clean, l, attr, bd, kk, idx, new, nn_)
         counts.index_add_(0, kk, right.long() - clean.ok[nn_].long())
-        bad[kk[unsafe | (~right & ~wrong)]] = True
+        bad[kk[~right & ~wrong]] = True
     return counts, bad
 
 
@@ -597,7 +704,7 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
     z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
     for u in elem:
         if not isinstance(layers[u], nn.Flatten):  # the splice below writes in flat layout anyway
-            z = layers[u](z)
+            z = _call_elementwise(layers[u], z)
     size = z[0, 0].numel() if z.dim() > 2 else 1
     z = z.reshape(z.shape[0], len(chans), -1)
     tt = len(layers) if t is None else t
@@ -611,10 +718,19 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
                 x[:, o * size:(o + 1) * size] = z[lo:hi, j]
             hs.append(x)
     for mu in layers[tt:]:
-        hs = [mu(h) for h in hs]
+        if isinstance(mu, MIXING) or len(hs) == 1:
+            hs = [mu(h) for h in hs]
+        else:  # elementwise: one call for all flips and batches gives the same values
+            sizes = [len(h) for h in hs]
+            hs = list(_call_elementwise(mu, torch.cat(hs)).split(sizes))
     h = torch.cat(hs).reshape(len(chans), clean.y.shape[0], -1)  # (flips, N, classes)
     ok = torch.isfinite(h).all(dim=2) & (h.argmax(dim=2) == clean.y[None, :])
     return ok.sum(1).tolist()
+
+
+def _call_elementwise(m: nn.Module, x: Tensor) -> Tensor:
+    """An elementwise / per-window module applied as the naive forward applies it (values equal)."""
+    return _pool(m, x) if isinstance(m, nn.MaxPool2d) else m(x)
 
 
 def _count(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> int:
