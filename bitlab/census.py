@@ -81,8 +81,8 @@ SAFETY = 2.0  # multiplies the classical gamma_n bound
 U32 = 2.0 ** -24  # unit roundoff of float32
 TINY = 2.0 ** -125  # per-term absolute slack for underflow / flushed subnormals
 ELEMENTS_PER_CHUNK = 1 << 24  # memory budget of one vectorized step (float64 elements)
-CACHE_ELEMENTS = 1 << 18  # float64 elements per row-path step: small tensors are reused by malloc, big
-#                           ones come back as fresh pages each time (page faults cost 5x the arithmetic)
+CACHE_ELEMENTS = 1 << 18  # float64 elements per vectorized screen step: small temporaries are reused by
+#                           malloc, big ones come back as fresh pages each time (page faults cost 5x the arithmetic)
 
 #: counts of the last :func:`bit_census` call: flips certified by the bounds, flips recomputed exactly
 LAST_STATS: dict[str, int] = {}
@@ -284,14 +284,11 @@ def _certifiable(clean: _Clean, l: int, attr: str) -> bool:
     return all(bool(torch.isfinite(a).all()) for a in clean.acts[l:])
 
 
-# ------------------------------------------------------------------------------- certified path
+# ---------------------------------------------------------------------------------------- screen
 #
-# Every quantity below is float64. For each activation of a flipped run we keep (c, r): the naive
-# float32 value lies in [c - r, c + r]; r == 0 means c *is* the naive value. A float32 dot product of
-# n terms (bias included) in any order is within g = SAFETY * gamma_n of sum|w||x| + |b| of the exact
-# one; 1e-12 relative terms cover our own float64 rounding.
-
-EPS64 = 1e-12
+# Every quantity below is float64 and a bound: a float32 dot product of n terms (bias included) in
+# any order is within g = SAFETY * gamma_n * (sum|w||x| + |b|) of the exact one; 1e-9 relative
+# factors cover our own float64 rounding.
 
 
 def _route(clean: _Clean, l: int) -> tuple[list[int], int | None, list[int]]:
@@ -308,7 +305,7 @@ def _route(clean: _Clean, l: int) -> tuple[list[int], int | None, list[int]]:
 
 @dataclass
 class _Bounds:
-    """Per-flip bounds of one chunk (see :func:`_bounds`)."""
+    """The screen's bounds for one chunk of flips (see :func:`_bounds`)."""
 
     settled: Tensor  # (K, N) bool: the sample's outcome is certainly the clean one
     A: Tensor  # (W, N, classes): logit change per unit |delta|, per distinct weight
@@ -320,39 +317,42 @@ class _Bounds:
     G: float  # sum of the gammas of the mixing layers from the flipped one on
 
 
-def _spread(clean: _Clean, l: int, chans: Tensor, e: Tensor, rounding: bool) -> tuple[Tensor, Tensor]:
+def _spread(clean: _Clean, l: int, chans: Tensor, e: Tensor, rounding: bool, planes: Tensor | None = None
+            ) -> tuple[Tensor, Tensor]:
     """Propagate per-sample bounds on |change| from output channel/unit ``chans[i]`` of mixing layer
     ``l`` to the logits, through |W| (every later op is monotone and 1-Lipschitz, or linear).
 
-    ``e``: (items, N, P) nonnegative bounds on channel ``chans[i]`` of layer ``l``'s output (P
-    positions). With ``rounding`` the propagated quantity is the flip-independent part ``B`` (both
-    runs' rounding bounds 2 g S + underflow slack at every later mixing layer); without it, ``A``
-    (the part proportional to |delta|, times (1 + g) at every mixing layer). Returns the bound on
-    the logits (items, N, classes) and the largest bound anywhere on the way (items,)."""
-    return _follow(clean, l, chans, e, None, rounding)
+    ``e``: (rows, N, P) nonnegative bounds on one channel of layer ``l``'s output (P positions);
+    item ``i`` reads row ``planes[i]`` (or row ``i``): channels that share an input plane share its
+    elementwise ops. With ``rounding`` the propagated quantity is the flip-independent part ``B``
+    (both runs' rounding bounds 2 g S + underflow slack at every later mixing layer); without it,
+    ``A`` (the part proportional to |delta|, times (1 + g) at every mixing layer). Returns the bound
+    on the logits (items, N, classes) and the largest bound anywhere on the way (items,)."""
+    return _follow(clean, l, chans, e, None, rounding, planes)
 
 
-def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None, rounding: bool = False
-            ) -> tuple[Tensor, Tensor]:
+def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None, rounding: bool = False,
+            planes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Follow a change of output channel/unit ``chans[i]`` of mixing layer ``l`` to the logits.
 
-    Two modes share the routing. ``nn_ is None``: ``e`` (items, N, P) are nonnegative *bounds*,
-    propagated through |W| (see :func:`_spread`). Otherwise ``e`` (R, 1, P) is the *change* itself
-    for sample ``nn_[i]`` (float64), propagated exactly as a change: through an elementwise op
-    ``phi`` it becomes ``phi(v + e) - phi(v)`` with ``v`` the clean activation, through a mixing
-    layer ``W e`` (no bias). Returns the logits' bound or change (items, N, classes) and, for
-    bounds, the largest value on the way (items,)."""
-    layers = clean.layers
-    items, N = e.shape[0], e.shape[1]
+    Two modes share the routing. ``nn_ is None``: ``e`` holds nonnegative *bounds* (see
+    :func:`_spread`). Otherwise ``e`` (R, 1, P) is the *change* itself for sample ``nn_[i]``
+    (float64): through an elementwise op ``phi`` it becomes ``phi(v + e) - phi(v)`` with ``v`` the
+    clean activation, through a mixing layer ``W e`` (no bias). Returns the logits' bound or change
+    (items, N, classes) and, for bounds, the largest value on the way (items,)."""
     change = nn_ is not None
+    layers = clean.layers
+    items, N = len(chans), e.shape[1]
     m = layers[l]
     kind = "chan" if isinstance(m, nn.Conv2d) else "feat"
     spatial = tuple(clean.acts[l + 1].shape[2:])
     start = chans
     top = e.flatten(1).amax(1)
+    top = top if planes is None else top[planes]
     elem, t, _ = _route(clean, l)
+    rows = e.shape[0]
 
-    def here(u: int) -> Tensor:  # clean activation at the input of layer u, the changed slice, (R, 1, len)
+    def here(u: int) -> Tensor:  # clean input of layer u, the changed slice of each row, (R, 1, len)
         a = clean.a64(u)
         if kind == "chan":
             return a.reshape(a.shape[0], a.shape[1], -1)[nn_, chans][:, None]
@@ -362,23 +362,24 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
         mu = layers[u]
         if isinstance(mu, nn.Flatten):
             if kind == "chan":
-                size = math.prod(spatial)
-                start, kind = chans * size, "feat"
+                start, kind = chans * math.prod(spatial), "feat"
         elif isinstance(mu, nn.MaxPool2d):
             if kind != "chan":  # a pool over a run of features cannot be tracked per channel
                 raise _Untracked
-            pool = lambda z: _pool(mu, z.reshape((items * N, 1) + spatial))  # noqa: E731
+            pool = lambda z: _pool(mu, z.reshape((rows * N, 1) + spatial))  # noqa: E731
             if change:
                 v = here(u)
                 z = pool(v + e) - pool(v)
             else:
                 z = pool(e)
             spatial = tuple(z.shape[2:])
-            e = z.reshape(items, N, -1)
+            e = z.reshape(rows, N, -1)
         elif isinstance(mu, nn.ReLU) and change:
             v = here(u)
             e = (v + e).clamp_min(0.0) - v.clamp_min(0.0)
         # ReLU on a bound, Identity, Dropout: |change| does not grow
+    if planes is not None:
+        e = e.index_select(0, planes)
     length = e.shape[-1]
     if t is None:  # the flipped layer feeds the logits directly
         if kind != "feat":
@@ -392,7 +393,7 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
     W = mt.weight.detach().double()
     W = W if change else W.abs()
     out = torch.empty((items, N) + tuple(clean.acts[t + 1].shape[1:]), dtype=torch.float64)
-    for o in chans.unique().tolist():
+    for o in chans.unique().tolist():  # the next mixing layer reads the channel through W[:, o]
         sel = (chans == o).nonzero().flatten()
         if isinstance(mt, nn.Linear):
             s0 = int(start[sel[0]])
@@ -409,16 +410,14 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
     e = out.reshape((items * N,) + tuple(out.shape[2:]))
     for u in range(t + 1, len(layers)):  # dense from here on
         mu = layers[u]
-        if isinstance(mu, MIXING):
-            Wu = mu.weight.detach().double()
-            if change:
-                e = _mix64(mu, e, Wu, None)
-            else:
-                g = _gamma(_fan_in(mu) + 2)
-                z = _mix64(mu, e, Wu.abs(), None).mul_(1 + g)
-                z = _next_bound(clean, u, z.reshape((items, N) + tuple(z.shape[1:])), g, rounding)
-                top = torch.maximum(top, z.flatten(1).amax(1))
-                e = z.reshape((items * N,) + tuple(z.shape[2:]))
+        if isinstance(mu, MIXING) and change:
+            e = _mix64(mu, e, mu.weight.detach().double(), None)
+        elif isinstance(mu, MIXING):
+            g = _gamma(_fan_in(mu) + 2)
+            z = _mix64(mu, e, mu.weight.detach().double().abs(), None).mul_(1 + g)
+            z = _next_bound(clean, u, z.reshape((items, N) + tuple(z.shape[1:])), g, rounding)
+            top = torch.maximum(top, z.flatten(1).amax(1))
+            e = z.reshape((items * N,) + tuple(z.shape[2:]))
         elif change and isinstance(mu, (nn.ReLU, nn.MaxPool2d)):
             v = clean.a64(u)[nn_]
             e = _elementwise(mu, v + e, v + e)[1] - clean.a64(u + 1)[nn_]
@@ -440,9 +439,19 @@ def _next_bound(clean: _Clean, u: int, e: Tensor, g: float, rounding: bool) -> T
     return e.add_(clean.s_clean(u)[None], alpha=2 * g).add_(2 * TINY * n)
 
 
+def _width(clean: _Clean, l: int) -> int:
+    """The widest bound per sample that :func:`_spread` carries for one weight of layer ``l``: one
+    channel of its output, then whole activations from the next mixing layer on."""
+    _, t, _ = _route(clean, l)
+    plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
+    dense = [a[0].numel() for a in clean.acts[t + 1:]] if t is not None else []
+    return max([plane] + dense) + 16
+
+
 def _bounds(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> _Bounds:
-    """Bounds on how far the flipped naive logits can be from the clean naive logits, and the
-    (flip, sample) pairs they settle. Raises :class:`_Untracked` if the chain cannot be followed.
+    """The screen: bounds on how far the flipped naive logits can be from the clean naive logits,
+    and the (flip, sample) pairs whose outcome they settle (certainly the clean one). Raises
+    :class:`_Untracked` if the chain cannot be followed.
 
     Per sample and class the change is at most ``e = |delta| A + B``: ``A`` propagates the
     flipped weight's inputs |x| through |W| of every later layer (ReLU and max-pooling are
@@ -464,27 +473,19 @@ def _bounds(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> _Boun
     C = clean.acts[l + 1].shape[1]
     P = clean.s_clean(l)[0].numel() // C
     if attr == "bias":
-        X = torch.ones(len(uw), N, P, dtype=torch.float64)
-    else:
-        X = clean.cols(l).abs().index_select(1, uw % fan).transpose(0, 1)  # (W, N, P)
-    untouched = X.amax(2) == 0  # (W, N)
+        planes, X = torch.zeros(len(uw), dtype=torch.int64), torch.ones(1, N, P, dtype=torch.float64)
+    else:  # the distinct input planes of the weights (shared by all output channels)
+        uq, planes = (uw % fan).unique(return_inverse=True)
+        X = clean.cols(l).abs().index_select(1, uq).transpose(0, 1)  # (Q, N, P)
+    untouched = (X.amax(2) == 0).index_select(0, planes)  # (W, N)
     g = _gamma(_fan_in(m) + 2)
     key = ("B", l)
     if key not in clean.cache:
         S = clean.s_clean(l).reshape(N, C, P).transpose(0, 1)
         clean.cache[key] = _spread(clean, l, torch.arange(C), S * (2 * g) + 2 * TINY * (_fan_in(m) + 2), True)
     Bfin, Btop = clean.cache[key]
-    per = max(1, ELEMENTS_PER_CHUNK // (N * max(a[0].numel() for a in clean.acts[l + 1:])))
-    parts = [_spread(clean, l, chans[s:s + per], X[s:s + per] * (1 + g), False) for s in range(0, len(uw), per)]
-    Afin = torch.cat([a for a, _ in parts])  # (W, N, classes)
-    Atop = torch.cat([t for _, t in parts])  # (W,)
     mixing = [u for u in range(l, len(layers)) if isinstance(layers[u], MIXING)]
     gammas = [_gamma(_fan_in(layers[u]) + 2) for u in mixing]
-    key = ("Stop", l)
-    if key not in clean.cache:
-        clean.cache[key] = max(float(clean.s_clean(u).max()) for u in mixing)
-    # overflow: no naive partial sum of the flipped run may reach SAFE_MAX
-    safe = (clean.cache[key] + dabs * Atop[inv] + Btop[chans][inv]) * (1 + max(gammas)) * (1 + 1e-9) < SAFE_MAX
     # per weight and sample: the largest |delta| that certainly keeps the clean outcome. A clean
     # right sample stays right while |delta| (A_y + A_k) < (z_y - z_k) - (B_y + B_k) for every
     # k != y; a wrong one stays wrong while |delta| (A_y + A_k) < (z_k - z_y) - (B_y + B_k) for
@@ -502,10 +503,23 @@ def _bounds(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> _Boun
         sign = torch.where(clean.ok, 1.0, -1.0).double()
         clean.cache[key] = (torch.where(clean.ok[None, :, None], right, -wrong), sign)
     rooms, sign = clean.cache[key]
-    y = clean.y[None, :, None].expand(len(uw), N, 1)
-    D = (Afin + Afin.gather(2, y)).mul_(1 + 1e-9)
-    T = (rooms.index_select(0, chans) / D).amin(2).mul_(sign[None])  # (W, N)
+    X = X * (1 + g)
+    n_cls = clean.acts[-1].shape[1]
+    Afin = torch.empty(len(uw), N, n_cls, dtype=torch.float64)
+    Atop = torch.empty(len(uw), dtype=torch.float64)
+    T = torch.empty(len(uw), N, dtype=torch.float64)
+    per = max(1, CACHE_ELEMENTS // (N * max(_width(clean, l), 4 * n_cls)))
+    for s in range(0, len(uw), per):  # in small steps: big temporaries cost page faults
+        a, Atop[s:s + per] = _spread(clean, l, chans[s:s + per], X, False, planes[s:s + per])
+        Afin[s:s + per] = a
+        D = a.add_(a.gather(2, clean.y[None, :, None].expand(a.shape[0], N, 1))).mul_(1 + 1e-9)
+        T[s:s + per] = (rooms.index_select(0, chans[s:s + per]) / D).amin(2).mul_(sign[None])
     T.masked_fill_(untouched, math.inf)
+    key = ("Stop", l)
+    if key not in clean.cache:
+        clean.cache[key] = max(float(clean.s_clean(u).max()) for u in mixing)
+    # overflow: no naive partial sum of the flipped run may reach SAFE_MAX
+    safe = (clean.cache[key] + dabs * Atop[inv] + Btop[chans][inv]) * (1 + max(gammas)) * (1 + 1e-9) < SAFE_MAX
     settled = ((dabs[:, None] < T[inv]) & safe[:, None]) | untouched[inv]
     return _Bounds(settled, Afin, Bfin, inv, chans, dabs, safe, sum(gammas))
 
@@ -538,18 +552,27 @@ def _decide_rows(clean: _Clean, nn_: Tensor, c: Tensor, r: Tensor) -> tuple[Tens
     return right, wrong
 
 
-def _row_width(clean: _Clean, l: int) -> int:
-    """The widest float64 tensor per row of the row path: one channel of layer ``l``'s output, then
-    whole activations from the next mixing layer on."""
-    _, t, _ = _route(clean, l)
-    plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
-    dense = [a[0].numel() for a in clean.acts[t + 1:]] if t is not None else []
-    return max([plane] + dense) + 16
+def _rows(clean: _Clean, l: int, attr: str, bd: _Bounds, kk: Tensor, idx: Tensor, new: Tensor, nn_: Tensor
+          ) -> tuple[Tensor, Tensor]:
+    """(certainly right, certainly wrong) of the rows (flip ``kk[j]``, sample ``nn_[j]``).
+
+    The flipped naive logits are within ``D = B + G |delta| A`` of ``c = z + change`` (``z`` the
+    clean naive logits, ``change`` from :func:`_change_rows`): the naive flipped and clean runs
+    differ from the exact change by their rounding only, and the flipped run's sums are at most
+    ``S + |W| e`` (``e`` the screen's bound), which is what ``B`` and ``G |delta| A`` add up layer
+    by layer. Flips that may overflow must not come here."""
+    step = max(1, CACHE_ELEMENTS // _width(clean, l))
+    change = torch.cat([_change_rows(clean, l, attr, idx[kk[s:s + step]], new[kk[s:s + step]], nn_[s:s + step])
+                        for s in range(0, len(kk), step)])
+    w = bd.inv[kk]
+    c = clean.a64(len(clean.layers))[nn_] + change
+    D = bd.B[bd.chans[w], nn_] * (1 + 1e-9) + (bd.G + 1e-9) * bd.dabs[kk, None] * bd.A[w, nn_]
+    return _decide_rows(clean, nn_, c, D + 1e-12 * c.abs())
 
 
 def _row_limit(clean: _Clean, l: int) -> int:
-    """How many open samples a flip may send to the row path before its exact recompute is cheaper
-    (a rough cost model in float64-element units; it decides speed only, never a result)."""
+    """How many open samples a flip may send to the row path before recomputing it exactly is
+    cheaper (a rough cost model in float64-element units; it decides speed only, never a result)."""
     N = clean.y.shape[0]
     layers = clean.layers
     _, t, _ = _route(clean, l)
@@ -568,59 +591,36 @@ def _row_limit(clean: _Clean, l: int) -> int:
     return max(8, exact // row)
 
 
-def _rows(clean: _Clean, l: int, attr: str, bd: _Bounds, kk: Tensor, idx: Tensor, new: Tensor, nn_: Tensor
-          ) -> tuple[Tensor, Tensor]:
-    """(certainly right, certainly wrong) of the rows (flip ``kk[j]``, sample ``nn_[j]``).
+def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[list[int], Tensor]:
+    """Correct-sample counts of K flips, and which of them had samples recomputed exactly (K,) bool.
 
-    The flipped naive logits are within ``D = B + G |delta| A`` of ``c = z + change`` (``z`` the
-    clean naive logits, ``change`` from :func:`_change_rows`): the naive flipped and clean runs
-    differ from the exact change by their rounding only, and the flipped run's sums are at most
-    ``S + |W| e`` (``e`` the screen's bound), which is what ``B`` and ``G |delta| A`` add up layer
-    by layer. Flips with possible overflow must not come here."""
-    step = max(1, CACHE_ELEMENTS // _row_width(clean, l))
-    change = torch.cat([_change_rows(clean, l, attr, idx[kk[s:s + step]], new[kk[s:s + step]], nn_[s:s + step])
-                        for s in range(0, len(kk), step)]) if len(kk) else clean.a64(len(clean.layers))[:0]
-    w = bd.inv[kk]
-    c = clean.a64(len(clean.layers))[nn_] + change
-    D = bd.B[bd.chans[w], nn_] * (1 + 1e-9) + (bd.G + 1e-9) * bd.dabs[kk, None] * bd.A[w, nn_]
-    return _decide_rows(clean, nn_, c, D + 1e-12 * c.abs())
-
-
-def _certify_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_: Tensor
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """(certainly right, certainly wrong, possible overflow) of R rows: row j is sample ``nn_[j]``
-    with weight ``idx[j]`` of layer ``l`` reading ``new[j]`` (the screen's bounds plus the exact
-    change, as the census uses them)."""
-    bd = _bounds(clean, l, attr, idx, new)
-    right, wrong = _rows(clean, l, attr, bd, torch.arange(len(idx)), idx, new, nn_)
-    return right, wrong, ~bd.safe
-
-
-def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
-    """Correct-sample counts of K flips (int64) and a mask of the flips left to the exact path.
-
-    The screen settles most (flip, sample) pairs; the others get the exact change of the logits
-    with a rounding radius; a flip with a sample still open (a near-tie), with a possible
-    overflow or a non-finite weight goes to the exact path."""
+    The screen (:func:`_bounds`) settles most (flip, sample) pairs; the row path (:func:`_rows`)
+    decides most of the others from the exact change of the logits; what is left (near-ties, flips
+    with too many open samples to be worth it, possible overflow, non-finite weights) is recomputed
+    exactly by :func:`_exact_packed`."""
     K, N = len(idx), clean.y.shape[0]
-    bad = ~torch.isfinite(new)
-    new = torch.where(bad, torch.zeros_like(new), new)  # those flips go to the exact path anyway
+    finite = torch.isfinite(new)
+    new0 = torch.where(finite, new, torch.zeros_like(new))
     counts = torch.full((K,), int(clean.ok.sum()), dtype=torch.int64)
     try:
-        bd = _bounds(clean, l, attr, idx, new)
+        bd = _bounds(clean, l, attr, idx, new0)
+        open_ = ~bd.settled
+        rows_ok = finite & bd.safe & (open_.sum(1) <= _row_limit(clean, l))
+        kk_all, nn_all = (open_ & rows_ok[:, None]).nonzero(as_tuple=True)
+        step = max(1, ELEMENTS_PER_CHUNK // (4 * clean.acts[-1].shape[1]))
+        for s in range(0, len(kk_all), step):  # bounded memory however many rows are open
+            kk, nn_ = kk_all[s:s + step], nn_all[s:s + step]
+            right, wrong = _rows(clean, l, attr, bd, kk, idx, new0, nn_)
+            done = right | wrong
+            counts.index_add_(0, kk[done], right[done].long() - clean.ok[nn_[done]].long())
+            open_[kk[done], nn_[done]] = False
     except _Untracked:
-        return counts, torch.ones(K, dtype=torch.bool)
-    unsettled = ~bd.settled
-    open_rows = unsettled.sum(1)
-    bad |= (~bd.safe & (open_rows > 0)) | (open_rows > _row_limit(clean, l))
-    kk_all, nn_all = (unsettled & ~bad[:, None]).nonzero(as_tuple=True)
-    step = max(1, ELEMENTS_PER_CHUNK // (4 * clean.acts[-1].shape[1]))
-    for s in range(0, len(kk_all), step):  # bounded memory however many rows are unsettled
-        kk, nn_ = kk_all[s:s + step], nn_all[s:s + step]
-        right, wrong = _rows(clean, l, attr, bd, kk, idx, new, nn_)
-        counts.index_add_(0, kk, right.long() - clean.ok[nn_].long())
-        bad[kk[~right & ~wrong]] = True
-    return counts, bad
+        open_ = torch.ones(K, N, dtype=torch.bool)
+    redo = open_.any(1) | ~finite  # a sample still open: recompute the flip exactly
+    if redo.any():
+        sel = redo.nonzero().flatten()
+        counts[sel] = torch.tensor(_exact_packed(clean, l, attr, idx[sel], new[sel]), dtype=torch.int64)
+    return counts.tolist(), redo
 
 
 # ----------------------------------------------------------------------------------- exact path
@@ -869,17 +869,12 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                     ii, vv = flat_idx[order[s:s + step]], flat_new[order[s:s + step]]
                     if fast or packed:
                         if fast:
-                            counts, unsure = _certify(clean, owner[0], owner[1], ii, vv)
-                            counts = counts.tolist()
+                            counts, redone = _certify(clean, owner[0], owner[1], ii, vv)
                         else:
-                            counts, unsure = [0] * len(ii), torch.ones(len(ii), dtype=torch.bool)
-                        redo = unsure.nonzero().flatten()
-                        LAST_STATS["certified"] += len(counts) - len(redo)
-                        LAST_STATS["recomputed"] += len(redo)
-                        if len(redo):
-                            exact = _exact_packed(clean, owner[0], owner[1], ii[redo], vv[redo])
-                            for k, c in zip(redo.tolist(), exact):
-                                counts[k] = c
+                            counts = _exact_packed(clean, owner[0], owner[1], ii, vv)
+                            redone = torch.ones(len(ii), dtype=torch.bool)
+                        LAST_STATS["certified"] += len(counts) - int(redone.sum())
+                        LAST_STATS["recomputed"] += int(redone.sum())
                     else:
                         start = owner[0] if owner is not None else 0
                         use = clean if owner is not None else None
