@@ -23,11 +23,15 @@ How (for models that are an ``nn.Sequential`` chain, nested ones included):
    2 x gamma_n plus underflow and float64 slack); ReLU and max-pooling are monotone and
    1-Lipschitz. Per flip and sample:
 
-   a. *screen*: a Lipschitz bound on how far the flipped naive logits can be from the clean naive
-      logits; below half the clean margin the outcome (finite, argmax == label) is the clean one;
-   b. *interval bounds* (float64 value +- radius containing the naive float32 value, propagated
-      through the rank-1 layers and then densely) for the few samples the screen leaves open;
-      certainly right / certainly wrong, with overflow to Inf excluded;
+   a. *screen* (:func:`_bounds`): per sample and class the flipped naive logits are within
+      ``|delta| A + B`` of the clean naive ones, where ``A`` carries the weight's inputs |x| through
+      |W| of every later layer and ``B`` both runs' rounding bounds. ``A`` and ``B`` depend on the
+      weight, not on the bit, so all bits of a weight are screened by one comparison per sample:
+      the outcome is the clean one when ``e_y + e_k`` stays below the clean gap ``z_y - z_k`` for
+      every class ``k`` (mirrored for a clean-wrong sample); overflow is excluded per flip;
+   b. *row path* (:func:`_rows`) for the samples the screen leaves open, when they are few: the
+      exact change of the logits in float64 (rank-1 through the next mixing layer, then dense),
+      with the radius ``B + G |delta| A`` around it: certainly right / certainly wrong;
    c. every flip with a sample still open (near-ties, possible Inf/NaN, a non-finite weight, or too
       many open samples to be worth bounding) is **recomputed exactly**: its layer is called with
       the naive shapes (flips in different output channels share one call: each output element
