@@ -152,6 +152,7 @@ class _Hessian:
         self.device = self.params[0].device
         self.batches = _batches(data)
         self.n_hvp = 0
+        self._vmap_ok = True
         self._grads: list[Tensor | None] | None = None
         if isinstance(self.batches, list):
             self._grads = self._grad_graph(*self.batches[0])
@@ -199,7 +200,26 @@ class _Hessian:
 
     def matmat(self, flat: Tensor, block: int = 32) -> Tensor:
         """``H V`` for the columns of a float64 ``(n, b)`` matrix, ``block`` columns per vmapped backward
-        (``is_grads_batched``); counts ``b`` products. Same values as column-by-column products."""
+        (``is_grads_batched``); counts ``b`` products. Same values as column-by-column products, which
+        are taken instead where an op's backward cannot be vmapped (e.g. max-pooling on a
+        channels-last model: "NYI: querying is_contiguous inside of vmap")."""
+        if not self._vmap_ok:
+            return self._matmat_columns(flat)
+        n_before = self.n_hvp
+        try:
+            return self._matmat_batched(flat, block)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            self._vmap_ok = False
+            self.n_hvp = n_before
+            return self._matmat_columns(flat)
+
+    def _matmat_columns(self, flat: Tensor) -> Tensor:
+        """``H V`` one column at a time (counts ``b`` products)."""
+        return torch.stack([self(flat[:, j]) for j in range(flat.shape[1])], dim=1)
+
+    def _matmat_batched(self, flat: Tensor, block: int) -> Tensor:
         cols = []
         for j in range(0, flat.shape[1], block):
             chunk = flat[:, j:j + block]

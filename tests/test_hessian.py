@@ -10,6 +10,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from bitlab import hessian as bh
+from bitlab.models import small_cnn
 
 LOSS = F.cross_entropy
 
@@ -404,3 +405,22 @@ def test_batched_products_match_single_products(setup):
     ref = ((Z @ H) * Z).sum(1)
     torch.testing.assert_close(batch.samples, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(loader.samples, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_products_fall_back_to_columns_where_vmap_cannot_run():
+    """Max-pooling on a channels-last model cannot run inside vmap ("NYI: querying is_contiguous");
+    the vmapped block of products falls back to one product per column, same values, same count."""
+    torch.manual_seed(0)
+    model = small_cnn().eval().to(memory_format=torch.channels_last)
+    x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 10, (24,))
+    with pytest.raises(RuntimeError, match="vmap"):  # the limitation this guards against is real
+        op = bh._Hessian(model, LOSS, (x, y))
+        op._matmat_batched(torch.randn(op.n, 2, dtype=torch.float64), 32)
+    op = bh._Hessian(model, LOSS, (x, y))
+    V = torch.randn(op.n, 3, dtype=torch.float64, generator=gen(1))
+    cols = op.matmat(V)
+    assert op.n_hvp == 3
+    ref = torch.stack([bh._Hessian(model, LOSS, (x, y))(V[:, j]) for j in range(3)], dim=1)
+    torch.testing.assert_close(cols, ref, rtol=1e-10, atol=1e-12)
+    est = bh.hutchinson_trace(model, LOSS, (x, y), n_probes=6, generator=gen(2))
+    assert est.n_hvp == 6 and math.isfinite(est.mean)
