@@ -703,7 +703,9 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
     Exact elementwise / per-channel modules (ReLU, max-pooling, Flatten, Identity, Dropout in eval)
     give the same value for each element whatever the shape of the call, so the pack's changed
     channels go through them together; from the next mixing layer on, every module runs per flip
-    and per batch on a fresh tensor of the naive run's shape, as the naive forward calls it."""
+    and per batch on a tensor of the naive run's shape and strides (one buffer per batch: the
+    changed channel is written in, and the clean one back after the flip), as the naive forward
+    calls it."""
     layers = clean.layers
     z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
     for u in elem:
@@ -712,22 +714,25 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
     size = z[0, 0].numel() if z.dim() > 2 else 1
     z = z.reshape(z.shape[0], len(chans), -1)
     tt = len(layers) if t is None else t
-    hs = []  # per flip and batch: the input of layer tt
-    for j, o in enumerate(chans):
-        for b, (lo, hi) in enumerate(clean.bounds):
-            x = clean.batch_acts[tt][b].clone()
-            if x.dim() > 2:  # channel o of an image batch
-                x[:, o] = z[lo:hi, j].reshape(x[:, o].shape)
-            else:  # unit o, or channel o flattened into a run of features
-                x[:, o * size:(o + 1) * size] = z[lo:hi, j]
-            hs.append(x)
-    for mu in layers[tt:]:
-        if isinstance(mu, MIXING) or len(hs) == 1:
-            hs = [mu(h) for h in hs]
-        else:  # elementwise: one call for all flips and batches gives the same values
-            sizes = [len(h) for h in hs]
-            hs = list(_call_elementwise(mu, torch.cat(hs)).split(sizes))
-    h = torch.cat(hs).reshape(len(chans), clean.y.shape[0], -1)  # (flips, N, classes)
+    N, nf = clean.y.shape[0], len(chans)
+    if tt == len(layers):  # the changed units are logits: splice all flips at once
+        h = clean.acts[tt].reshape(N, -1)[None].repeat(nf, 1, 1)
+        for j, o in enumerate(chans):
+            h[j, :, o * size:(o + 1) * size] = z[:, j]
+    else:
+        bufs = [a.clone() for a in clean.batch_acts[tt]]  # one input per batch (same strides), reused
+        outs = []
+        for j, o in enumerate(chans):
+            for b, (lo, hi) in enumerate(clean.bounds):
+                x = bufs[b]
+                part = x[:, o] if x.dim() > 2 else x[:, o * size:(o + 1) * size]  # channel o, or its run
+                part.copy_(z[lo:hi, j].reshape(part.shape))
+                for mu in layers[tt:]:
+                    x = mu(x) if isinstance(mu, MIXING) else _call_elementwise(mu, x)
+                outs.append(x)
+                src = clean.batch_acts[tt][b]
+                part.copy_(src[:, o] if src.dim() > 2 else src[:, o * size:(o + 1) * size])
+        h = torch.cat(outs).reshape(nf, N, -1)  # (flips, N, classes)
     ok = torch.isfinite(h).all(dim=2) & (h.argmax(dim=2) == clean.y[None, :])
     return ok.sum(1).tolist()
 
