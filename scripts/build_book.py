@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, src in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {src} ...", flush=True)
         dst = args.out / src.name
+        dst.unlink(missing_ok=True)  # a copy from an earlier run must not pass for this run's output
         ok, seconds, err = execute(src.resolve(), dst.resolve(), params, args.timeout)
         page = html_dir / (src.stem + ".html")
         page.unlink(missing_ok=True)
