@@ -179,7 +179,8 @@ plt.tight_layout()
 # Now the paper's experiment: flip every bit of every weight of the MLP (32 bits × 2,410 weights = 77,120
 # flips) and every exponent bit of the CNN (8 × 1,898 = 15,184 flips), one at a time, and measure the test
 # accuracy each time. `bit_census` gives exactly the numbers of the naive loop (flip, forward, restore) but
-# certifies most outcomes with interval bounds instead of recomputing them, so a census takes seconds here.
+# certifies most outcomes with rounding-error bounds (shared by all bits of a weight) instead of recomputing
+# them, and recomputes the rest exactly, so a census takes seconds here.
 #
 # We count, per model:
 # - **RAD > 10%**: flips that cost more than a tenth of the accuracy; and **parameters** with at least one such bit;
