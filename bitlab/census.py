@@ -76,6 +76,7 @@ from .formats import FP32, Format, resolve_bits
 from .inject import ParamSelection, Store, select_params
 from .progress import bar as progress_bar
 from .protect import Codec, Identity, subset_state
+from .train import correct
 
 __all__ = ["bit_census", "count_above"]
 
@@ -257,8 +258,7 @@ def _run_clean(layers: list[nn.Module], batches: list[tuple[Tensor, Tensor]]) ->
             start += len(x)
     acts = [torch.cat(a) for a in per_layer]
     y = torch.cat([b[1] for b in batches])
-    logits = acts[-1]
-    ok = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y)
+    ok = correct(acts[-1], y)
     return _Clean(layers, acts, bounds, per_layer, y, ok)
 
 
@@ -639,14 +639,13 @@ def _exact(model: nn.Module, p: nn.Parameter, index: int, value: Tensor, clean: 
     try:
         if clean is None:
             return _count(model, batches)
-        correct = 0
+        n_ok = 0
         for xb, (_, yb) in zip(clean.batch_acts[start], batches):
             logits = xb
             for m in clean.layers[start:]:
                 logits = m(logits)
-            finite = torch.isfinite(logits).all(dim=1)
-            correct += int(((logits.argmax(dim=1) == yb) & finite).sum())
-        return correct
+            n_ok += int(correct(logits, yb).sum())
+        return n_ok
     finally:
         flat[index] = old
 
@@ -733,8 +732,7 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
                 src = clean.batch_acts[tt][b]
                 part.copy_(src[:, o] if src.dim() > 2 else src[:, o * size:(o + 1) * size])
         h = torch.cat(outs).reshape(nf, N, -1)  # (flips, N, classes)
-    ok = torch.isfinite(h).all(dim=2) & (h.argmax(dim=2) == clean.y[None, :])
-    return ok.sum(1).tolist()
+    return correct(h.reshape(nf * N, -1), clean.y.repeat(nf)).reshape(nf, N).sum(1).tolist()
 
 
 def _call_elementwise(m: nn.Module, x: Tensor) -> Tensor:
@@ -744,12 +742,7 @@ def _call_elementwise(m: nn.Module, x: Tensor) -> Tensor:
 
 def _count(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> int:
     """Correct samples of a full forward, counted as :func:`bitlab.campaign.batch_accuracy` does."""
-    correct = 0
-    for x, yb in batches:
-        logits = model(x)
-        finite = torch.isfinite(logits).all(dim=1)
-        correct += int(((logits.argmax(dim=1) == yb) & finite).sum())
-    return correct
+    return sum(int(correct(model(x), yb).sum()) for x, yb in batches)
 
 
 # ------------------------------------------------------------------------------- checkpointing
