@@ -191,17 +191,6 @@ def _pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
     return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
 
 
-def _elementwise(m: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounds through a monotone elementwise module (lo, hi of shape (rows, ...))."""
-    if isinstance(m, nn.ReLU):
-        return lo.clamp_min(0.0), hi.clamp_min(0.0)
-    if isinstance(m, nn.MaxPool2d):
-        return _pool(m, lo), _pool(m, hi)
-    if isinstance(m, nn.Flatten):
-        return lo.flatten(1), hi.flatten(1)
-    return lo, hi  # Identity, Dropout in eval mode
-
-
 @dataclass
 class _Clean:
     """Clean activations of a chain: ``acts[l]`` is the input of layer ``l`` (``acts[-1]`` the logits)."""
@@ -295,16 +284,13 @@ def _certifiable(clean: _Clean, l: int, attr: str) -> bool:
 # factors cover our own float64 rounding.
 
 
-def _route(clean: _Clean, l: int) -> tuple[list[int], int | None, list[int]]:
-    """Layers after ``l``: the elementwise ones before the next mixing layer, that layer (or None),
-    and the mixing layers after it."""
+def _route(clean: _Clean, l: int) -> tuple[list[int], int | None]:
+    """Layers after ``l``: the elementwise ones before the next mixing layer, and that layer (or None)."""
     layers = clean.layers
     t = l + 1
     while t < len(layers) and isinstance(layers[t], ELEMENTWISE):
         t += 1
-    if t == len(layers):
-        return list(range(l + 1, t)), None, []
-    return list(range(l + 1, t)), t, [u for u in range(t + 1, len(layers)) if isinstance(layers[u], MIXING)]
+    return list(range(l + 1, t)), (None if t == len(layers) else t)
 
 
 @dataclass
@@ -353,7 +339,7 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
     start = chans
     top = e.flatten(1).amax(1)
     top = top if planes is None else top[planes]
-    elem, t, _ = _route(clean, l)
+    elem, t = _route(clean, l)
     rows = e.shape[0]
 
     def here(u: int) -> Tensor:  # clean input of layer u, the changed slice of each row, (R, 1, len)
@@ -423,10 +409,9 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
             top = torch.maximum(top, z.flatten(1).amax(1))
             e = z.reshape((items * N,) + tuple(z.shape[2:]))
         elif change and isinstance(mu, (nn.ReLU, nn.MaxPool2d)):
-            v = clean.a64(u)[nn_]
-            e = _elementwise(mu, v + e, v + e)[1] - clean.a64(u + 1)[nn_]
+            e = _call_elementwise(mu, clean.a64(u)[nn_] + e) - clean.a64(u + 1)[nn_]
         elif isinstance(mu, (nn.MaxPool2d, nn.Flatten)):  # ReLU etc. leave a bound >= 0 as it is
-            e = _elementwise(mu, e, e)[1]
+            e = _call_elementwise(mu, e)
     return e.reshape(items, N, -1), top
 
 
@@ -446,7 +431,7 @@ def _next_bound(clean: _Clean, u: int, e: Tensor, g: float, rounding: bool) -> T
 def _width(clean: _Clean, l: int) -> int:
     """The widest bound per sample that :func:`_spread` carries for one weight of layer ``l``: one
     channel of its output, then whole activations from the next mixing layer on."""
-    _, t, _ = _route(clean, l)
+    _, t = _route(clean, l)
     plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
     dense = [a[0].numel() for a in clean.acts[t + 1:]] if t is not None else []
     return max([plane] + dense) + 16
@@ -579,7 +564,7 @@ def _row_limit(clean: _Clean, l: int) -> int:
     cheaper (a rough cost model in float64-element units; it decides speed only, never a result)."""
     N = clean.y.shape[0]
     layers = clean.layers
-    _, t, _ = _route(clean, l)
+    _, t = _route(clean, l)
     plane = clean.acts[l + 1][0].numel() // clean.acts[l + 1].shape[1]
     row = 1000 + 3 * plane + 10 * clean.acts[-1].shape[1]
     exact = 100_000
@@ -657,7 +642,7 @@ def _packable(clean: _Clean, l: int, attr: str) -> bool:
         return False
     if clean.acts[l].dim() != (2 if isinstance(layers[l], nn.Linear) else 4):
         return False
-    elem, _, _ = _route(clean, l)
+    elem, _ = _route(clean, l)
     return all(_supported(layers[u]) for u in elem)
 
 
@@ -675,7 +660,7 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) ->
     flat = getattr(m, attr).data.view(-1)
     fan = 1 if attr == "bias" else _fan_in(m)
     ch = (idx // fan).tolist()
-    elem, t, _ = _route(clean, l)
+    elem, t = _route(clean, l)
     counts = [0] * len(idx)
     todo = list(range(len(idx)))
     while todo:
