@@ -86,6 +86,7 @@ SAFETY = 2.0  # multiplies the classical gamma_n bound
 U32 = 2.0 ** -24  # unit roundoff of float32
 TINY = 2.0 ** -125  # per-term absolute slack for underflow / flushed subnormals
 ELEMENTS_PER_CHUNK = 1 << 24  # memory budget of one vectorized step (float64 elements)
+RECHECK_ELEMENTS = 1 << 21
 CACHE_ELEMENTS = 1 << 18  # float64 elements per vectorized screen step: small temporaries are reused by
 #                           malloc, big ones come back as fresh pages each time (page faults cost 5x the arithmetic)
 
@@ -177,17 +178,16 @@ def _mix64(m: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tens
 
 def _pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
     """``m(x)``, the same value for every element (max is exact). The common 2x2 / stride 2 pool is
-    taken as the maximum of four strided slices, 5-10x faster than ``F.max_pool2d`` on small planes
-    on CPU; like it, it propagates NaN. (Where a window holds both -0.0 and +0.0 the sign of the
+    taken as the maximum of strided slices (pairs of rows, then pairs of columns), 3-25x faster than
+    ``F.max_pool2d`` on small planes on CPU; like it, it propagates NaN. (Where a window holds both -0.0 and +0.0 the sign of the
     zero may differ, which no later op can turn into a different class or finiteness.)"""
     two = (2, 2)
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     if (pair(m.kernel_size) == two and pair(m.stride or m.kernel_size) == two and pair(m.padding) == (0, 0)
             and pair(m.dilation) == (1, 1) and not m.ceil_mode and x.dim() >= 3):
         H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        x = x[..., :H, :W]
-        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
-                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        rows = torch.maximum(x[..., 0:H:2, :W], x[..., 1:H:2, :W])  # pairs of rows first: long inner runs
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
     return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
 
 
@@ -534,10 +534,15 @@ def _change_rows(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor, nn_
 
 def _decide_rows(clean: _Clean, nn_: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     """(certainly right, certainly wrong) per row from logit bounds c +- r of shape (R, classes)."""
-    y = clean.y[nn_][:, None]
+    return _decide(clean.y[nn_][:, None], c, r)
+
+
+def _decide(y: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """(certainly right, certainly wrong) from logit bounds ``c +- r`` (..., classes) and labels ``y``
+    (..., 1). NaN anywhere leaves a row undecided."""
     lo, hi = c - r, c + r
-    right = lo.gather(1, y)[:, 0] > hi.scatter(1, y, -math.inf).amax(1)
-    wrong = lo.scatter(1, y, -math.inf).amax(1) > hi.gather(1, y)[:, 0]
+    right = lo.gather(-1, y)[..., 0] > hi.scatter(-1, y, -math.inf).amax(-1)
+    wrong = lo.scatter(-1, y, -math.inf).amax(-1) > hi.gather(-1, y)[..., 0]
     return right, wrong
 
 
@@ -580,18 +585,40 @@ def _row_limit(clean: _Clean, l: int) -> int:
     return max(8, exact // row)
 
 
+def _screen_pays(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> bool:
+    """Whether the screen is worth running on this parameter's flips (speed only, never a result).
+    It is not where it leaves most samples open (first layers of a deep chain: |W| bounds compound
+    layer by layer), because then every flip goes to :func:`_recheck` anyway. Decided once per
+    parameter from all the flips of four weights spread over it: the screen pays when it leaves
+    them, on average, few enough open samples for the row path."""
+    key = ("screen pays", l, attr)
+    if key not in clean.cache:
+        uw = idx.unique()
+        pick = uw[torch.linspace(0, len(uw) - 1, min(len(uw), 4)).round().long()]
+        probe = torch.isin(idx, pick)
+        pays = True
+        if len(idx) >= 64 and bool(probe.any()):
+            bd = _bounds(clean, l, attr, idx[probe], new[probe])
+            pays = float((~bd.settled).sum(1).double().mean()) <= _row_limit(clean, l)
+        clean.cache[key] = pays
+    return clean.cache[key]
+
+
 def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[list[int], Tensor]:
     """Correct-sample counts of K flips, and which of them had samples recomputed exactly (K,) bool.
 
     The screen (:func:`_bounds`) settles most (flip, sample) pairs; the row path (:func:`_rows`)
-    decides most of the others from the exact change of the logits; what is left (near-ties, flips
-    with too many open samples to be worth it, possible overflow, non-finite weights) is recomputed
-    exactly by :func:`_exact_packed`."""
+    decides most of the others from the exact change of the logits; flips with samples still open
+    (too many to be worth the row path, near-ties, possible overflow, non-finite weights) go to
+    :func:`_exact_packed`, which computes the next mixing layer's input exactly, settles what it can
+    from there (:func:`_recheck`) and recomputes the rest exactly."""
     K, N = len(idx), clean.y.shape[0]
     finite = torch.isfinite(new)
     new0 = torch.where(finite, new, torch.zeros_like(new))
     counts = torch.full((K,), int(clean.ok.sum()), dtype=torch.int64)
     try:
+        if not _screen_pays(clean, l, attr, idx, new0):
+            raise _Untracked
         bd = _bounds(clean, l, attr, idx, new0)
         open_ = ~bd.settled
         rows_ok = finite & bd.safe & (open_.sum(1) <= _row_limit(clean, l))
@@ -605,10 +632,14 @@ def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tupl
             open_[kk[done], nn_[done]] = False
     except _Untracked:
         open_ = torch.ones(K, N, dtype=torch.bool)
-    redo = open_.any(1) | ~finite  # a sample still open: recompute the flip exactly
+    open_[~finite] = True  # the screen ran with a zero in place of a non-finite value
+    counts[~finite] = int(clean.ok.sum())
+    redo = open_.any(1)  # a sample still open: recheck from the next layer's exact input, or recompute
     if redo.any():
         sel = redo.nonzero().flatten()
-        counts[sel] = torch.tensor(_exact_packed(clean, l, attr, idx[sel], new[sel]), dtype=torch.int64)
+        got, exact = _exact_packed(clean, l, attr, idx[sel], new[sel], (open_[sel], counts[sel]))
+        counts[sel] = torch.tensor(got, dtype=torch.int64)
+        redo[sel] = torch.tensor(exact)
     return counts.tolist(), redo
 
 
@@ -647,22 +678,43 @@ def _packable(clean: _Clean, l: int, attr: str) -> bool:
 
 
 @torch.no_grad()
-def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> list[int]:
-    """Correct samples of each flip, computed exactly as the naive forward computes them.
+def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor,
+                  known: tuple[Tensor, Tensor] | None = None) -> tuple[list[int], list[bool]]:
+    """Correct samples of each flip, computed exactly as the naive forward computes them, and which
+    flips ran the rest of the network per flip (the others were settled by :func:`_recheck`).
 
     Flips that move different output units/channels share one call of the flipped layer (each
     output element of a Linear/Conv2d reads only its own weights, and the call has the naive
     shapes); ReLU / max-pooling / Flatten (exact, elementwise or per channel) then run on the
-    changed channel only, which is written into the cached clean input of the next layer; from
-    there the modules run on the naive batches."""
+    changed channel only, which gives the next mixing layer's input exactly as the naive run has it.
+    With ``known = (open_, counts)`` (what the screen and the row path left open, and the count they
+    imply when every open sample keeps its clean outcome) that input is first checked by
+    :func:`_recheck`; flips it settles are done. The others run the rest of the network on the
+    naive batches, as the naive forward does."""
     layers = clean.layers
     m = layers[l]
     flat = getattr(m, attr).data.view(-1)
     fan = 1 if attr == "bias" else _fan_in(m)
     ch = (idx // fan).tolist()
     elem, t = _route(clean, l)
-    counts = [0] * len(idx)
-    todo = list(range(len(idx)))
+    counts, exact = [0] * len(idx), [True] * len(idx)
+    pending: list[tuple[list[int], Tensor]] = []  # packs whose changed channels wait for the checks
+
+    def flush() -> None:
+        ks = [k for pack, _ in pending for k in pack]
+        z = torch.cat([z for _, z in pending], 1)
+        pending.clear()
+        if known is not None and t is not None:
+            left = _recheck(clean, t, z, [ch[k] for k in ks], known[0][ks], known[1][ks])
+            keep = [j for j, c in enumerate(left) if c is None]
+            for k, c in zip(ks, left):
+                counts[k], exact[k] = (0, True) if c is None else (c, False)
+            ks, z = [ks[j] for j in keep], z[:, keep]
+        if ks:
+            for k, c in zip(ks, _finish(clean, t, z, [ch[k] for k in ks])):
+                counts[k] = c
+
+    todo, held = list(range(len(idx))), 0
     while todo:
         pack, used, rest = [], set(), []
         for k in todo:
@@ -675,28 +727,36 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) ->
             outs = [m(xb) for xb in clean.batch_acts[l]]
         finally:
             flat[sel] = old
-        for k, c in zip(pack, _finish(clean, elem, t, outs, [ch[k] for k in pack])):
-            counts[k] = c
+        pending.append((pack, _changed(clean, elem, outs, [ch[k] for k in pack])))
+        held += pending[-1][1].numel()
         todo = rest
-    return counts
+        if held > ELEMENTS_PER_CHUNK // 8 or not todo:
+            flush()
+            held = 0
+    return counts, exact
 
 
-def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], chans: list[int]) -> list[int]:
-    """Correct samples of each flip of a pack, from the flipped layer's outputs ``outs`` (per batch).
-
-    Exact elementwise / per-channel modules (ReLU, max-pooling, Flatten, Identity, Dropout in eval)
-    give the same value for each element whatever the shape of the call, so the pack's changed
-    channels go through them together; from the next mixing layer on, every module runs per flip
-    and per batch on a tensor of the naive run's shape and strides (one buffer per batch: the
-    changed channel is written in, and the clean one back after the flip), as the naive forward
-    calls it."""
+def _changed(clean: _Clean, elem: list[int], outs: list[Tensor], chans: list[int]) -> Tensor:
+    """The changed channels of a pack after the exact elementwise / per-channel modules up to the
+    next mixing layer (ReLU, max-pooling, Identity, Dropout in eval give the same value for each
+    element whatever the shape of the call): (N, flips, size), flip ``j`` holding channel
+    ``chans[j]`` (or its run of features after Flatten) of the next mixing layer's input."""
     layers = clean.layers
     z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
     for u in elem:
-        if not isinstance(layers[u], nn.Flatten):  # the splice below writes in flat layout anyway
+        if not isinstance(layers[u], nn.Flatten):  # the channel is written in flat layout anyway
             z = _call_elementwise(layers[u], z)
-    size = z[0, 0].numel() if z.dim() > 2 else 1
-    z = z.reshape(z.shape[0], len(chans), -1)
+    return z.reshape(z.shape[0], len(chans), -1)
+
+
+def _finish(clean: _Clean, t: int | None, z: Tensor, chans: list[int]) -> list[int]:
+    """Correct samples of each flip of a pack, from the changed channels ``z`` (see :func:`_changed`)
+    at the input of mixing layer ``t`` (None: they are logits). From ``t`` on, every module runs per
+    flip and per batch on a tensor of the naive run's shape and strides (one buffer per batch: the
+    changed channel is written in, and the clean one back after the flip), as the naive forward
+    calls it."""
+    layers = clean.layers
+    size = z.shape[2]
     tt = len(layers) if t is None else t
     N, nf = clean.y.shape[0], len(chans)
     if tt == len(layers):  # the changed units are logits: splice all flips at once
@@ -720,6 +780,190 @@ def _finish(clean: _Clean, elem: list[int], t: int | None, outs: list[Tensor], c
     return correct(h.reshape(nf * N, -1), clean.y.repeat(nf)).reshape(nf, N).sum(1).tolist()
 
 
+def _bound_step(clean: _Clean, u: int, e: Tensor) -> Tensor:
+    """A bound ``e >= 0`` on |change| of layer ``u``'s input, carried to its output (no rounding
+    part): |W| e (1 + g) through a mixing layer, the window maximum through max-pooling."""
+    mu = clean.layers[u]
+    if isinstance(mu, MIXING):
+        return _mix64(mu, e, mu.weight.detach().double().abs(), None).mul_(1 + _gamma(_fan_in(mu) + 2))
+    if isinstance(mu, nn.MaxPool2d):
+        return _pool(mu, e)
+    if isinstance(mu, nn.Flatten):
+        return e.flatten(1)
+    return e  # ReLU, Identity, Dropout: 1-Lipschitz
+
+
+def _recheck_parts(clean: _Clean, t: int, size: int) -> dict:
+    """The flip-independent parts of :func:`_recheck`'s bound, for changes entering mixing layer
+    ``t`` through one input channel (or run of ``size`` features) ``o``.
+
+    At ``t`` both runs compute the same dot products of the same inputs ``x'``, each within
+    ``g S'`` of the exact ones, and ``S' = |W||x'| + |b| <= S + m w_o`` (``S`` the clean sums,
+    ``m`` the largest change of channel ``o``, ``w_o`` the sum of |W| over the weights that read
+    it): the two runs differ by at most ``E0 + m E1`` with ``E0 = 2 g S`` (+ underflow slack)
+    and ``E1[o] = 2 g w_o``. Both are carried to the logits by :func:`_bound_step` (``e0``: (N,
+    classes), ``e1``: (n_o, classes)); every later mixing layer adds the flip's own rounding part
+    (see :func:`_rerun`). When ``t`` is the last layer (a Linear) the logits are computed as the
+    clean ones plus the run's change, so ``e0``/``e1`` also hold the float64 slack on them."""
+    key = ("recheck", t, size)
+    if key in clean.cache:
+        return clean.cache[key]
+    layers = clean.layers
+    mt = layers[t]
+    g, n = _gamma(_fan_in(mt) + 2), _fan_in(mt) + 2
+    W = mt.weight.detach().double().abs()
+    a = clean.acts[t]
+    N, n_o = a.shape[0], a[0].numel() // size
+    if isinstance(mt, nn.Conv2d):
+        w_o = W.sum((2, 3))  # (out channels, n_o)
+    else:  # runs of features: one channel of a flattened (C, H, W) input, or one unit
+        w_o = W.reshape(W.shape[0], n_o, size).sum(2)
+    S = clean.s_clean(t)
+    e0 = S * (2 * g) + 2 * TINY * n
+    e1 = (2 * g) * w_o.T.reshape((n_o, w_o.shape[0]) + (1,) * (S.dim() - 2)).expand((n_o,) + tuple(S.shape[1:]))
+    e0max, e1max = [e0.flatten(1).amax(1)], [e1.flatten(1).amax(1)]
+    e0, e1 = e0.clone(), e1.contiguous()
+    for u in range(t + 1, len(layers)):
+        e0, e1 = _bound_step(clean, u, e0), _bound_step(clean, u, e1)
+        if isinstance(layers[u], MIXING):
+            e0.add_(4 * TINY * (_fan_in(layers[u]) + 2))  # underflow in both runs and in our sums
+            e0max.append(e0.flatten(1).amax(1))
+            e1max.append(e1.flatten(1).amax(1))
+    e0, e1 = e0.reshape(N, -1), e1.reshape(n_o, -1)
+    last = t == len(layers) - 1 and isinstance(mt, nn.Linear)
+    runs = None
+    if last:  # (n_o, size, out): the weights that read each run; float64 slack on z + change
+        runs = mt.weight.detach().double().reshape(-1, n_o, size).permute(1, 2, 0).contiguous()
+        e0 = e0 + 1e-12 * clean.a64(t + 1).abs()
+        e1 = e1 + 1e-12 * runs.abs().sum(1)
+    y = clean.y[None, :, None]
+    parts = dict(e0=e0 * (1 + 1e-9), e1=e1 * (1 + 1e-9), e0max=e0max, e1max=e1max, wmax=w_o.amax(0),
+                 smax=S.flatten(1).amax(1), g=g, base=a.contiguous().reshape(N, n_o, -1), runs=runs,
+                 last=last, y=y, ymask=torch.zeros(1, N, e0.shape[1], dtype=torch.bool).scatter_(2, y, True))
+    clean.cache[key] = parts
+    return parts
+
+
+def _recheck(clean: _Clean, t: int, z: Tensor, chans: list[int], open_: Tensor, base: Tensor
+             ) -> list[int | None]:
+    """Settle flips from the exact input of mixing layer ``t`` without the naive per-flip suffix.
+
+    ``z`` (N, flips, size): channel ``chans[j]`` of layer ``t``'s input in flip ``j``'s naive run,
+    bit for bit (see :func:`_changed`); ``open_`` (flips, N): the samples not yet settled;
+    ``base`` (flips,): the correct count if every open sample keeps its clean outcome. A sample
+    whose input is unchanged keeps its clean outcome exactly. For the others the rest of the
+    network runs here in float32 on several flips at once (any shapes), and the naive run's logits
+    are within ``E0 + m E1 + D`` of ours (:func:`_recheck_parts`, :func:`_rerun`). When ``t`` is
+    the last layer, ours are the clean logits plus the exact change of the run (float64).
+    Returns the count of each flip whose open samples are all settled, else None."""
+    layers = clean.layers
+    P = _recheck_parts(clean, t, z.shape[2])
+    base_x = P["base"]  # (N, n_o, size) clean input of t, contiguous
+    N, n_o, size = base_x.shape
+    o = torch.tensor(chans)
+    zz = z.transpose(0, 1)  # (flips, N, size)
+    # the largest change per flip and sample, rounded up (float32 subtraction: at most 1 ulp low)
+    m = (zz - base_x[:, o].transpose(0, 1)).abs_().amax(2).double().mul_(1 + 2.0 ** -22)  # NaN stays NaN
+    need = open_ & ~(m == 0)
+    res, done = base.clone(), ~need.any(1)
+    js = (~done).nonzero().flatten()
+    width = clean.acts[-1][0].numel() if P["last"] else max(a[0].numel() for a in clean.acts[t:])
+    step = max(1, min(len(js), (CACHE_ELEMENTS if P["last"] else RECHECK_ELEMENTS) // (N * width)))
+    buf = None if P["last"] else torch.empty((step, N, n_o, size))
+    g = P["g"]
+    for s in range(0, len(js), step):  # a few flips at a time: bounded temporaries
+        jj = js[s:s + step]
+        F_, oj, mj = len(jj), o[jj], m[jj]
+        # no partial sum at t overflows (S' <= S + m w_o), nor anything after it (see _rerun)
+        safe = (P["smax"][None] + mj * P["wmax"][oj][:, None]) * ((1 + 2 * g) * (1 + g) * (1 + 1e-9)) < SAFE_MAX
+        r = torch.addcmul(P["e0"][None], mj[..., None], P["e1"][oj][:, None])  # (F_, N, classes)
+        if P["last"]:  # the run feeds the logits: the clean logits plus the run's exact change
+            dx = zz[jj].double() - base_x[:, oj].transpose(0, 1).double()  # (F_, N, size), exact
+            c = torch.baddbmm(clean.a64(t + 1)[None], dx, P["runs"][oj])
+        else:
+            x = buf[:F_]
+            x.copy_(base_x.expand(F_, N, n_o, size))
+            x[torch.arange(F_), :, oj] = zz[jj]
+            c, d = _rerun(clean, t, x.view((F_ * N,) + tuple(clean.acts[t].shape[1:])), P, mj, oj, safe)
+            c = c.view(F_, N, -1).double()
+            r += d.view(F_, N, -1) if d is not None else c.abs().mul_(1e-12)
+        right, wrong = _decide_masked(P["y"].expand(F_, N, 1), P["ymask"], c, r)
+        nj = need[jj]
+        done[jj] = ((right | wrong) & safe | ~nj).all(1)  # safe implies finite logits in both runs
+        res[jj] += ((right.long() - clean.ok.long()[None]) * nj).sum(1)
+    return [int(c) if ok else None for c, ok in zip(res.tolist(), done.tolist())]
+
+
+def _rerun(clean: _Clean, t: int, x: Tensor, P: dict, mj: Tensor, oj: Tensor, safe: Tensor
+           ) -> tuple[Tensor, Tensor | None]:
+    """Our float32 run from mixing layer ``t`` on the flips' exact inputs ``x`` (F N, ...): the
+    logits and the per-flip part ``D`` of the bound (None if no mixing layer follows ``t``).
+    At each later mixing layer ``|naive - ours| <= |W| d (1 + g) + 2 g S'``, ``S'`` the sums
+    ``|W||x| + |b|`` of our run (Higham eq. 3.5 for both runs; the naive run's sums are at most
+    ours plus ``|W| d``); ``D`` also holds the float64 slack 1e-12 |logits|. Clears ``safe``
+    (F, N) where a naive partial sum could overflow."""
+    layers = clean.layers
+    F_, N = mj.shape
+    x = layers[t](x)
+    d, k, nonneg, u = None, 1, False, t + 1
+    while u < len(layers):
+        mu = layers[u]
+        if isinstance(mu, MIXING):
+            gu = _gamma(_fan_in(mu) + 2)
+            x, sx = _values_and_sums(clean, u, x, nonneg)
+            kappa = (2 * gu * (1 + gu) + 1e-12 * (1 + gu)) * (1 + 1e-9)
+            dn = sx.double().mul_(kappa)  # >= 2 g S' (and the slack on |logits| <= S')
+            top = sx.flatten(1).amax(1).double() * (1 + gu)
+            if d is None:
+                top = top * (1 + kappa)
+            else:
+                dn += _bound_step(clean, u, d)
+                top = top + dn.flatten(1).amax(1)
+            top = top.view(F_, N) + P["e0max"][k][None] + mj * P["e1max"][k][oj][:, None]
+            safe &= top * ((1 + gu) * (1 + 1e-9)) < SAFE_MAX
+            d, k, nonneg = dn, k + 1, False
+        elif isinstance(mu, nn.ReLU) and u + 1 < len(layers) and isinstance(layers[u + 1], nn.MaxPool2d):
+            x = torch.relu_(_pool(layers[u + 1], x))  # the same values, on a quarter of them
+            d = None if d is None else _bound_step(clean, u + 1, d)
+            nonneg, u = True, u + 1
+        else:
+            x = _call_elementwise(mu, x)
+            d = None if d is None else _bound_step(clean, u, d)
+            nonneg = nonneg or isinstance(mu, nn.ReLU)
+        u += 1
+    return x, d
+
+
+def _decide_masked(y: Tensor, ymask: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_decide` with the label positions given as a boolean mask too (fewer passes)."""
+    lo, hi = c - r, c + r
+    right = lo.gather(-1, y)[..., 0] > hi.masked_fill_(ymask, -math.inf).amax(-1)
+    wrong = lo.masked_fill(ymask, -math.inf).amax(-1) > (c.gather(-1, y) + r.gather(-1, y))[..., 0]
+    return right, wrong
+
+
+def _values_and_sums(clean: _Clean, u: int, x: Tensor, nonneg: bool) -> tuple[Tensor, Tensor]:
+    """Mixing layer ``u`` on ``x`` (float32, any shapes) and the sums ``|W||x| + |b|`` of its dot
+    products; one call with the two weights stacked when ``x >= 0`` (after a ReLU)."""
+    mu = clean.layers[u]
+    W, b = mu.weight.detach(), None if mu.bias is None else mu.bias.detach()
+    ba = None if b is None else b.abs()
+    if not nonneg:
+        return mu(x), _mix32(mu, x.abs(), W.abs(), ba)
+    key = ("stacked", u)
+    if key not in clean.cache:
+        clean.cache[key] = (torch.cat([W, W.abs()]), None if b is None else torch.cat([b, ba]))
+    both = _mix32(mu, x, *clean.cache[key])
+    return both[:, :W.shape[0]], both[:, W.shape[0]:]
+
+
+def _mix32(m: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The layer's op with the given weight and bias, in the input's dtype."""
+    if isinstance(m, nn.Linear):
+        return F.linear(x, weight, bias)
+    return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation)
+
+
 def _call_elementwise(m: nn.Module, x: Tensor) -> Tensor:
     """An elementwise / per-window module applied as the naive forward applies it (values equal)."""
     return _pool(m, x) if isinstance(m, nn.MaxPool2d) else m(x)
@@ -728,6 +972,16 @@ def _call_elementwise(m: nn.Module, x: Tensor) -> Tensor:
 def _count(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> int:
     """Correct samples of a full forward, counted as :func:`bitlab.campaign.batch_accuracy` does."""
     return sum(int(correct(model(x), yb).sum()) for x, yb in batches)
+
+
+def _heap_headroom(nbytes: int = 30 << 20) -> None:
+    """Allocate and free one block of ``nbytes``. glibc's malloc then serves blocks up to that size from
+    its heap and keeps up to twice as much free memory there (its dynamic mmap and trim thresholds
+    follow the largest block freed, up to 32 MB), instead of mapping fresh pages for every
+    temporary over 128 kB: on a small CPU the page faults cost several times the arithmetic of
+    the census's temporaries. Elsewhere it is a harmless allocation."""
+    del_ = torch.empty(nbytes // 4, dtype=torch.float32)
+    del del_
 
 
 # ------------------------------------------------------------------------------- checkpointing
@@ -809,6 +1063,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
     total = sum(len(idx) * nb for _, idx in plan)
     was_training = model.training
     model.eval()
+    _heap_headroom()
     store = Store(model, fmt, codec, params)
     bar = progress_bar(total=total, desc="bit census", progress=progress)
     try:
@@ -858,7 +1113,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                         if fast:
                             counts, redone = _certify(clean, owner[0], owner[1], ii, vv)
                         else:
-                            counts = _exact_packed(clean, owner[0], owner[1], ii, vv)
+                            counts, _ = _exact_packed(clean, owner[0], owner[1], ii, vv)
                             redone = torch.ones(len(ii), dtype=torch.bool)
                         LAST_STATS["certified"] += len(counts) - int(redone.sum())
                         LAST_STATS["recomputed"] += int(redone.sum())
