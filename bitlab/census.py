@@ -702,24 +702,25 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor,
 
     def flush() -> None:
         ks = [k for pack, _ in pending for k in pack]
-        z = torch.cat([z for _, z in pending], 1)
+        z = torch.cat([z for _, z in pending])
         pending.clear()
         if known is not None and t is not None:
             left = _recheck(clean, t, z, [ch[k] for k in ks], known[0][ks], known[1][ks])
             keep = [j for j, c in enumerate(left) if c is None]
             for k, c in zip(ks, left):
                 counts[k], exact[k] = (0, True) if c is None else (c, False)
-            ks, z = [ks[j] for j in keep], z[:, keep]
+            ks, z = [ks[j] for j in keep], z[keep]
         if ks:
             for k, c in zip(ks, _finish(clean, t, z, [ch[k] for k in ks])):
                 counts[k] = c
 
-    todo, held = list(range(len(idx))), 0
-    while todo:
-        pack, used, rest = [], set(), []
-        for k in todo:
-            (rest if ch[k] in used else pack).append(k)
-            used.add(ch[k])
+    queues: dict[int, list[int]] = {}  # per channel, its flips in order
+    for k, c in enumerate(ch):
+        queues.setdefault(c, []).append(k)
+    rounds = max(len(q) for q in queues.values()) if queues else 0
+    held = 0
+    for r in range(rounds):  # pack r: the r-th flip of every channel that has one
+        pack = sorted(q[r] for q in queues.values() if r < len(q))
         sel = idx[pack]
         old = flat[sel].clone()
         flat[sel] = new[pack].to(flat.dtype)
@@ -729,8 +730,7 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor,
             flat[sel] = old
         pending.append((pack, _changed(clean, elem, outs, [ch[k] for k in pack])))
         held += pending[-1][1].numel()
-        todo = rest
-        if held > ELEMENTS_PER_CHUNK // 8 or not todo:
+        if held > ELEMENTS_PER_CHUNK // 8 or r == rounds - 1:
             flush()
             held = 0
     return counts, exact
@@ -739,14 +739,20 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor,
 def _changed(clean: _Clean, elem: list[int], outs: list[Tensor], chans: list[int]) -> Tensor:
     """The changed channels of a pack after the exact elementwise / per-channel modules up to the
     next mixing layer (ReLU, max-pooling, Identity, Dropout in eval give the same value for each
-    element whatever the shape of the call): (N, flips, size), flip ``j`` holding channel
+    element whatever the shape of the call): (flips, N, size), flip ``j`` holding channel
     ``chans[j]`` (or its run of features after Flatten) of the next mixing layer's input."""
     layers = clean.layers
-    z = torch.cat([o[:, chans] for o in outs])  # the pack's channels (N, flips, ...)
+    pick = torch.tensor(chans)
+    z = outs[0] if len(outs) == 1 else torch.cat(outs)
+    whole = 2 * len(chans) >= z.shape[1]  # most channels changed: no gather before the ops
+    if not whole:
+        z = z.index_select(1, pick)  # the pack's channels (N, flips, ...)
     for u in elem:
         if not isinstance(layers[u], nn.Flatten):  # the channel is written in flat layout anyway
             z = _call_elementwise(layers[u], z)
-    return z.reshape(z.shape[0], len(chans), -1)
+    if whole:
+        z = z.index_select(1, pick)
+    return z.transpose(0, 1).reshape(len(chans), z.shape[0], -1)
 
 
 def _finish(clean: _Clean, t: int | None, z: Tensor, chans: list[int]) -> list[int]:
@@ -762,7 +768,7 @@ def _finish(clean: _Clean, t: int | None, z: Tensor, chans: list[int]) -> list[i
     if tt == len(layers):  # the changed units are logits: splice all flips at once
         h = clean.acts[tt].reshape(N, -1)[None].repeat(nf, 1, 1)
         for j, o in enumerate(chans):
-            h[j, :, o * size:(o + 1) * size] = z[:, j]
+            h[j, :, o * size:(o + 1) * size] = z[j]
     else:
         bufs = [a.clone() for a in clean.batch_acts[tt]]  # one input per batch (same strides), reused
         outs = []
@@ -770,7 +776,7 @@ def _finish(clean: _Clean, t: int | None, z: Tensor, chans: list[int]) -> list[i
             for b, (lo, hi) in enumerate(clean.bounds):
                 x = bufs[b]
                 part = x[:, o] if x.dim() > 2 else x[:, o * size:(o + 1) * size]  # channel o, or its run
-                part.copy_(z[lo:hi, j].reshape(part.shape))
+                part.copy_(z[j, lo:hi].reshape(part.shape))
                 for mu in layers[tt:]:
                     x = mu(x) if isinstance(mu, MIXING) else _call_elementwise(mu, x)
                 outs.append(x)
@@ -835,10 +841,11 @@ def _recheck_parts(clean: _Clean, t: int, size: int) -> dict:
     if last:  # (n_o, size, out): the weights that read each run; float64 slack on z + change
         runs = mt.weight.detach().double().reshape(-1, n_o, size).permute(1, 2, 0).contiguous()
         e0 = e0 + 1e-12 * clean.a64(t + 1).abs()
-        e1 = e1 + 1e-12 * runs.abs().sum(1)
+        e1 = e1 + (1e-12 + 2.0 ** -23) * runs.abs().sum(1)  # the change is read in float32 (rounded)
     y = clean.y[None, :, None]
     parts = dict(e0=e0 * (1 + 1e-9), e1=e1 * (1 + 1e-9), e0max=e0max, e1max=e1max, wmax=w_o.amax(0),
-                 smax=S.flatten(1).amax(1), g=g, base=a.contiguous().reshape(N, n_o, -1), runs=runs,
+                 smax=S.flatten(1).amax(1), g=g, base=a.contiguous().reshape(N, n_o, -1),
+                 base_t=a.reshape(N, n_o, -1).transpose(0, 1).contiguous(), runs=runs,
                  last=last, y=y, ymask=torch.zeros(1, N, e0.shape[1], dtype=torch.bool).scatter_(2, y, True))
     clean.cache[key] = parts
     return parts
@@ -848,50 +855,58 @@ def _recheck(clean: _Clean, t: int, z: Tensor, chans: list[int], open_: Tensor, 
              ) -> list[int | None]:
     """Settle flips from the exact input of mixing layer ``t`` without the naive per-flip suffix.
 
-    ``z`` (N, flips, size): channel ``chans[j]`` of layer ``t``'s input in flip ``j``'s naive run,
+    ``z`` (flips, N, size): channel ``chans[j]`` of layer ``t``'s input in flip ``j``'s naive run,
     bit for bit (see :func:`_changed`); ``open_`` (flips, N): the samples not yet settled;
     ``base`` (flips,): the correct count if every open sample keeps its clean outcome. A sample
     whose input is unchanged keeps its clean outcome exactly. For the others the rest of the
     network runs here in float32 on several flips at once (any shapes), and the naive run's logits
     are within ``E0 + m E1 + D`` of ours (:func:`_recheck_parts`, :func:`_rerun`). When ``t`` is
-    the last layer, ours are the clean logits plus the exact change of the run (float64).
+    the last layer, ours are the clean logits plus the change of the run (read in float32, so
+    rounded, which ``E1`` covers), in float64.
     Returns the count of each flip whose open samples are all settled, else None."""
     layers = clean.layers
     P = _recheck_parts(clean, t, z.shape[2])
-    base_x = P["base"]  # (N, n_o, size) clean input of t, contiguous
-    N, n_o, size = base_x.shape
+    N, n_o, size = P["base"].shape
     o = torch.tensor(chans)
-    zz = z.transpose(0, 1)  # (flips, N, size)
-    # the largest change per flip and sample, rounded up (float32 subtraction: at most 1 ulp low)
-    m = (zz - base_x[:, o].transpose(0, 1)).abs_().amax(2).double().mul_(1 + 2.0 ** -22)  # NaN stays NaN
+    diff = z - P["base_t"].index_select(0, o)  # (flips, N, size), float32: within 2^-24 relative
+    m = diff.abs().amax(2).double().mul_(1 + 2.0 ** -22)  # >= the largest change; NaN stays NaN
     need = open_ & ~(m == 0)
     res, done = base.clone(), ~need.any(1)
     js = (~done).nonzero().flatten()
-    width = clean.acts[-1][0].numel() if P["last"] else max(a[0].numel() for a in clean.acts[t:])
-    step = max(1, min(len(js), (CACHE_ELEMENTS if P["last"] else RECHECK_ELEMENTS) // (N * width)))
-    buf = None if P["last"] else torch.empty((step, N, n_o, size))
+    if not len(js):
+        return [int(c) for c in res.tolist()]
+    o, m, need = o[js], m[js], need[js]
+    last = P["last"]
+    zs = diff.index_select(0, js).double() if last else z.index_select(0, js)
+    width = clean.acts[-1][0].numel() if last else max(a[0].numel() for a in clean.acts[t:])
+    step = max(1, min(len(js), (CACHE_ELEMENTS if last else RECHECK_ELEMENTS) // (N * width)))
+    buf = None if last else torch.empty((step, N, n_o, size))
     g = P["g"]
+    gain = torch.zeros(len(js), dtype=torch.int64)
+    ok = torch.zeros(len(js), dtype=torch.bool)
     for s in range(0, len(js), step):  # a few flips at a time: bounded temporaries
-        jj = js[s:s + step]
-        F_, oj, mj = len(jj), o[jj], m[jj]
+        sl = slice(s, s + step)
+        oj, mj = o[sl], m[sl]
+        F_ = len(oj)
         # no partial sum at t overflows (S' <= S + m w_o), nor anything after it (see _rerun)
         safe = (P["smax"][None] + mj * P["wmax"][oj][:, None]) * ((1 + 2 * g) * (1 + g) * (1 + 1e-9)) < SAFE_MAX
         r = torch.addcmul(P["e0"][None], mj[..., None], P["e1"][oj][:, None])  # (F_, N, classes)
-        if P["last"]:  # the run feeds the logits: the clean logits plus the run's exact change
-            dx = zz[jj].double() - base_x[:, oj].transpose(0, 1).double()  # (F_, N, size), exact
-            c = torch.baddbmm(clean.a64(t + 1)[None], dx, P["runs"][oj])
+        if last:  # the run feeds the logits: the clean logits plus the run's change
+            c = torch.baddbmm(clean.a64(t + 1)[None], zs[sl], P["runs"][oj])
         else:
             x = buf[:F_]
-            x.copy_(base_x.expand(F_, N, n_o, size))
-            x[torch.arange(F_), :, oj] = zz[jj]
+            x.copy_(P["base"].expand(F_, N, n_o, size))
+            x[torch.arange(F_), :, oj] = zs[sl]
             c, d = _rerun(clean, t, x.view((F_ * N,) + tuple(clean.acts[t].shape[1:])), P, mj, oj, safe)
             c = c.view(F_, N, -1).double()
             r += d.view(F_, N, -1) if d is not None else c.abs().mul_(1e-12)
         right, wrong = _decide_masked(P["y"].expand(F_, N, 1), P["ymask"], c, r)
-        nj = need[jj]
-        done[jj] = ((right | wrong) & safe | ~nj).all(1)  # safe implies finite logits in both runs
-        res[jj] += ((right.long() - clean.ok.long()[None]) * nj).sum(1)
-    return [int(c) if ok else None for c, ok in zip(res.tolist(), done.tolist())]
+        nj = need[sl]
+        ok[sl] = ((right | wrong) & safe | ~nj).all(1)  # safe implies finite logits in both runs
+        gain[sl] = ((right.long() - clean.ok.long()[None]) * nj).sum(1)
+    res[js] += gain
+    done[js] = ok
+    return [int(c) if d else None for c, d in zip(res.tolist(), done.tolist())]
 
 
 def _rerun(clean: _Clean, t: int, x: Tensor, P: dict, mj: Tensor, oj: Tensor, safe: Tensor
