@@ -705,6 +705,16 @@ def _exact_packed(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor,
         ks = [k for pack, _ in pending for k in pack]
         z = torch.cat([z for _, z in pending])
         pending.clear()
+        first: dict[tuple[int, bytes], int] = {}  # flips whose changed channel is bit for bit the same
+        same = [first.setdefault((ch[k], z[j].numpy().tobytes()), j) for j, k in enumerate(ks)]
+        twins = [(ks[j], ks[i]) for j, i in enumerate(same) if i != j]  # run the same naive suffix
+        keep = sorted(set(same))
+        ks, z = [ks[j] for j in keep], z[keep]
+        run(ks, z)
+        for k, k0 in twins:
+            counts[k], exact[k] = counts[k0], exact[k0]
+
+    def run(ks: list[int], z: Tensor) -> None:
         if known is not None and t is not None:
             left = _recheck(clean, t, z, [ch[k] for k in ks], known[0][ks], known[1][ks])
             keep = [j for j, c in enumerate(left) if c is None]
@@ -768,8 +778,7 @@ def _finish(clean: _Clean, t: int | None, z: Tensor, chans: list[int]) -> list[i
     N, nf = clean.y.shape[0], len(chans)
     if tt == len(layers):  # the changed units are logits: splice all flips at once
         h = clean.acts[tt].reshape(N, -1)[None].repeat(nf, 1, 1)
-        for j, o in enumerate(chans):
-            h[j, :, o * size:(o + 1) * size] = z[j]
+        h.view(nf, N, -1, size)[torch.arange(nf), :, torch.tensor(chans)] = z
     else:
         bufs = [a.clone() for a in clean.batch_acts[tt]]  # one input per batch (same strides), reused
         outs = []
