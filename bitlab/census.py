@@ -87,9 +87,9 @@ SAFETY = 2.0  # multiplies the classical gamma_n bound
 U32 = 2.0 ** -24  # unit roundoff of float32
 TINY = 2.0 ** -125  # per-term absolute slack for underflow / flushed subnormals
 ELEMENTS_PER_CHUNK = 1 << 24  # memory budget of one vectorized step (float64 elements)
-RECHECK_ELEMENTS = 1 << 21
-CACHE_ELEMENTS = 1 << 18  # float64 elements per vectorized screen step: small temporaries are reused by
-#                           malloc, big ones come back as fresh pages each time (page faults cost 5x the arithmetic)
+CACHE_ELEMENTS = 1 << 19  # float64 elements per vectorized screen / row step (4 MB: stays in the heap
+#                           that _heap_headroom keeps; fresh pages cost several times the arithmetic)
+RECHECK_ELEMENTS = 1 << 21  # float32 elements of the widest activation per step of the recheck's rerun
 
 #: counts of the last :func:`bit_census` call: flips certified by the bounds, flips recomputed exactly
 LAST_STATS: dict[str, int] = {}
