@@ -266,3 +266,65 @@ def test_screen_is_sound_on_near_ties_and_wrong_samples(seed):
                 assert torch.equal(ok[settled[j]], clean.ok[settled[j]]), (layer, attr, j)
         settled_total += int(settled.sum())
     assert settled_total > 0
+
+
+def _near_tie_chain(kind: str, g: torch.Generator) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A random chain whose classes 0 and 1 differ by about one rounding error in the last layer."""
+    if kind == "mlp":
+        model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+        x = torch.rand(64, 24, generator=g)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(24, 3))
+        x = torch.rand(64, 1, 8, 8, generator=g)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=g) - 0.3)
+        last = model[-1]
+        last.weight.mul_(3.0)  # weights above 1: a unit near float32's largest value overflows the logits
+        last.weight[1] = last.weight[0] * (1 + (torch.rand(last.weight.shape[1], generator=g) - 0.5) * 2.0 ** -21)
+        last.bias[1] = last.bias[0]
+    return model, x, torch.randint(0, 3, (64,), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recheck_is_sound_on_near_ties_and_wrong_samples(kind, seed):
+    """The recheck (the next mixing layer's exact input, our float32 rerun of the rest and a
+    rounding bound) settles flips with the naive loop's count, on near-tie logits, clean-wrong
+    samples and changes from 1e-8x to 1e30x or to near float32's largest value (sums that overflow),
+    for a flip one layer before the logits (rerun through one more mixing layer) and for one
+    feeding the logits' layer directly.
+    It must settle some flips, and leave some to the exact path."""
+    g = torch.Generator().manual_seed(seed)
+    model, x, y = _near_tie_chain(kind, g)
+    layers = census_mod._leaves(model)
+    clean = census_mod._run_clean(layers, [(x, y)])
+    assert 0 < int(clean.ok.sum()) < 64
+    mixing = [u for u, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    settled = exact = 0
+    for layer in mixing[:-1]:
+        for attr in ("weight", "bias"):
+            w = getattr(layers[layer], attr)
+            idx = torch.randint(0, w.numel(), (48,), generator=g)
+            scale = 10.0 ** torch.empty(48).uniform_(-8, 30, generator=g) * torch.sign(torch.randn(48, generator=g))
+            new = (w.detach().reshape(-1)[idx].double() * (1 + scale.double())).float()
+            # a third of the flips push their unit to 1e-4 to 0.9 of float32's largest value: sums after it overflow
+            near = torch.rand(48, generator=g) < 1 / 3
+            top = torch.finfo(torch.float32).max * 10.0 ** torch.empty(48).uniform_(-4, -0.05, generator=g)
+            new = torch.where(near, (top / clean.acts[layer].abs().max()).float(), new)
+            known = (torch.ones(48, len(y), dtype=torch.bool), torch.full((48,), int(clean.ok.sum())))
+            with torch.no_grad():
+                counts, redone = census_mod._exact_packed(clean, layer, attr, idx, new, known)
+                for j in range(48):
+                    flat = w.data.view(-1)
+                    old = flat[idx[j]].clone()
+                    flat[idx[j]] = new[j]
+                    z = model(x)
+                    flat[idx[j]] = old
+                    assert counts[j] == int((torch.isfinite(z).all(1) & (z.argmax(1) == y)).sum()), (layer, attr, j)
+            settled += redone.count(False)
+            exact += redone.count(True)
+    assert settled > 0 and exact > 0
