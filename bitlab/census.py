@@ -338,8 +338,10 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
     kind = "chan" if isinstance(m, nn.Conv2d) else "feat"
     spatial = tuple(clean.acts[l + 1].shape[2:])
     start = chans
-    top = e.flatten(1).amax(1)
-    top = top if planes is None else top[planes]
+    top = None
+    if not change:
+        top = e.flatten(1).amax(1)
+        top = top if planes is None else top[planes]
     elem, t = _route(clean, l)
     rows = e.shape[0]
 
@@ -383,13 +385,14 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
     g = _gamma(_fan_in(mt) + 2)
     W = mt.weight.detach().double()
     W = W if change else W.abs()
-    out = torch.empty((items, N) + tuple(clean.acts[t + 1].shape[1:]), dtype=torch.float64)
-    for o in chans.unique().tolist():  # the next mixing layer reads the channel through W[:, o]
+    if isinstance(mt, nn.Linear):  # each item's run of features is read by its own columns of W
+        runs = W.reshape(W.shape[0], -1, length)  # (out, runs, length): the runs tile the features
+        out = torch.bmm(e, runs[:, start // length].permute(1, 2, 0))
+    else:
+        out = torch.empty((items, N) + tuple(clean.acts[t + 1].shape[1:]), dtype=torch.float64)
+    for o in [] if isinstance(mt, nn.Linear) else chans.unique().tolist():  # a conv reads channel o through W[:, o]
         sel = (chans == o).nonzero().flatten()
-        if isinstance(mt, nn.Linear):
-            s0 = int(start[sel[0]])
-            out[sel] = e[sel] @ W[:, s0:s0 + length].T
-        elif kind == "chan":
+        if kind == "chan":
             z = F.conv2d(e[sel].reshape((len(sel) * N, 1) + spatial), W[:, o:o + 1], None, mt.stride,
                          mt.padding, mt.dilation)
             out[sel] = z.reshape((len(sel), N) + tuple(z.shape[1:]))
