@@ -28,23 +28,33 @@ How (for models that are an ``nn.Sequential`` chain, nested ones included):
       |W| of every later layer and ``B`` both runs' rounding bounds. ``A`` and ``B`` depend on the
       weight, not on the bit, so all bits of a weight are screened by one comparison per sample:
       the outcome is the clean one when ``e_y + e_k`` stays below the clean gap ``z_y - z_k`` for
-      every class ``k`` (mirrored for a clean-wrong sample); overflow is excluded per flip;
+      every class ``k`` (mirrored for a clean-wrong sample); overflow is excluded per flip. Where
+      the screen leaves most samples open (a first layer: |W| bounds compound layer by layer; a
+      probe on four weights decides, :func:`_screen_pays`) it is skipped;
    b. *row path* (:func:`_rows`) for the samples the screen leaves open, when they are few: the
       exact change of the logits in float64 (rank-1 through the next mixing layer, then dense),
       with the radius ``B + G |delta| A`` around it: certainly right / certainly wrong;
-   c. every flip with a sample still open (near-ties, possible Inf/NaN, a non-finite weight, or too
-      many open samples to be worth bounding) is **recomputed exactly**: its layer is called with
-      the naive shapes (flips in different output channels share one call: each output element
-      reads only its own weights), the changed channel goes through the exact per-channel ops,
-      is spliced into the cached clean input of the next layer, and the rest of the network runs
-      per flip on the naive batches -- the same calls on the same shapes as the naive loop.
+   c. every flip with a sample still open gets the **exact input of the next mixing layer**: its
+      layer is called with the naive shapes (flips in different output channels share one call:
+      each output element reads only its own weights) and the changed channel goes through the
+      exact per-channel ops (ReLU, max-pooling). Flips whose changed channel is bit for bit the
+      same share everything from here on;
+   d. *recheck* (:func:`_recheck`): from that exact input the rest of the network runs in float32
+      on many flips at once, in any shapes, and the naive run's logits are within a rounding
+      radius of ours (both runs compute the same dot products of the same inputs at the next
+      layer; at every later layer the radius grows by ``|W| d (1 + g) + 2 g S'``). A sample whose
+      input did not change keeps its clean outcome exactly;
+   e. what is still open (near-ties closer than the radius, possible Inf/NaN or overflow) is
+      **recomputed exactly**: the changed channel is spliced into the cached clean input of the
+      next layer, and the rest of the network runs per flip on the naive batches -- the same
+      calls on the same shapes as the naive loop.
 
    An element whose dot product does not involve the changed weight with a nonzero input is
    bit-identical to the clean run (same kernel, same shapes, the changed term is an exact zero),
    so samples that never touch the weight keep their clean outcome.
 
 A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm) takes the exact path
-(3c) for every flip; a parameter of any other module of a Sequential reruns the network from its
+(3c, 3e) for every flip; a parameter of any other module of a Sequential reruns the network from its
 module on the cached input; any other model (not a Sequential) runs the full forward per flip,
 like the naive loop but without its per-flip bookkeeping. Codecs whose check spans several words
 (one flip changes several weights) are delegated to the naive loop. As in the naive census the
@@ -91,7 +101,8 @@ CACHE_ELEMENTS = 1 << 19  # float64 elements per vectorized screen / row step (4
 #                           that _heap_headroom keeps; fresh pages cost several times the arithmetic)
 RECHECK_ELEMENTS = 1 << 21  # float32 elements of the widest activation per step of the recheck's rerun
 
-#: counts of the last :func:`bit_census` call: flips certified by the bounds, flips recomputed exactly
+#: counts of the last :func:`bit_census` call: flips certified by bounds (``rechecked`` of them from the
+#: next layer's exact input), flips recomputed exactly
 LAST_STATS: dict[str, int] = {}
 
 ELEMENTWISE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -608,8 +619,9 @@ def _screen_pays(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> 
     return clean.cache[key]
 
 
-def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[list[int], Tensor]:
-    """Correct-sample counts of K flips, and which of them had samples recomputed exactly (K,) bool.
+def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tuple[list[int], Tensor, int]:
+    """Correct-sample counts of K flips, which of them were recomputed exactly (K,) bool, and how many
+    :func:`_recheck` settled.
 
     The screen (:func:`_bounds`) settles most (flip, sample) pairs; the row path (:func:`_rows`)
     decides most of the others from the exact change of the logits; flips with samples still open
@@ -639,12 +651,14 @@ def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tupl
     open_[~finite] = True  # the screen ran with a zero in place of a non-finite value
     counts[~finite] = int(clean.ok.sum())
     redo = open_.any(1)  # a sample still open: recheck from the next layer's exact input, or recompute
+    rechecked = 0
     if redo.any():
         sel = redo.nonzero().flatten()
         got, exact = _exact_packed(clean, l, attr, idx[sel], new[sel], (open_[sel], counts[sel]))
         counts[sel] = torch.tensor(got, dtype=torch.int64)
         redo[sel] = torch.tensor(exact)
-    return counts.tolist(), redo
+        rechecked = exact.count(False)
+    return counts.tolist(), redo, rechecked
 
 
 # ----------------------------------------------------------------------------------- exact path
@@ -1107,7 +1121,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
             acc_clean = clean_correct / n_total
             n_new = 0
             LAST_STATS.clear()
-            LAST_STATS.update(certified=0, recomputed=0)
+            LAST_STATS.update(certified=0, rechecked=0, recomputed=0)
             steps: dict[str, int] = {}
             orders: dict[str, Tensor] = {}
             for name, idx in plan:
@@ -1139,7 +1153,8 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                     ii, vv = flat_idx[order[s:s + step]], flat_new[order[s:s + step]]
                     if fast or packed:
                         if fast:
-                            counts, redone = _certify(clean, owner[0], owner[1], ii, vv)
+                            counts, redone, rechecked = _certify(clean, owner[0], owner[1], ii, vv)
+                            LAST_STATS["rechecked"] += rechecked
                         else:
                             counts, _ = _exact_packed(clean, owner[0], owner[1], ii, vv)
                             redone = torch.ones(len(ii), dtype=torch.bool)
