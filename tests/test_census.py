@@ -231,6 +231,26 @@ def test_count_above_on_a_hand_made_frame():
         count_above(df, by="layer")
 
 
+def _wide_changes(w: torch.Tensor, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """k random elements of w and new values 1e-8x to 1e30x away from theirs, either sign."""
+    idx = torch.randint(0, w.numel(), (k,), generator=g)
+    scale = 10.0 ** torch.empty(k).uniform_(-8, 30, generator=g) * torch.sign(torch.randn(k, generator=g))
+    return idx, (w.detach().reshape(-1)[idx].double() * (1 + scale.double())).float()
+
+
+def _naive_ok(model: nn.Module, w: torch.Tensor, i: int, value: torch.Tensor, x: torch.Tensor,
+              y: torch.Tensor) -> torch.Tensor:
+    """Per-sample correctness of the model with element i of w set to value (the naive loop's step)."""
+    flat = w.data.view(-1)
+    old = flat[i].clone()
+    flat[i] = value
+    try:
+        z = model(x)
+    finally:
+        flat[i] = old
+    return torch.isfinite(z).all(1) & (z.argmax(1) == y)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_screen_is_sound_on_near_ties_and_wrong_samples(seed):
     """Every (flip, sample) pair the screen settles keeps the clean outcome in the float32 forward,
@@ -251,18 +271,11 @@ def test_screen_is_sound_on_near_ties_and_wrong_samples(seed):
     settled_total = 0
     for layer, attr in [(0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")]:
         w = getattr(model[layer], attr)
-        idx = torch.randint(0, w.numel(), (96,), generator=g)
-        scale = 10.0 ** torch.empty(96).uniform_(-8, 30, generator=g) * torch.sign(torch.randn(96, generator=g))
-        new = (w.detach().reshape(-1)[idx].double() * (1 + scale.double())).float()
+        idx, new = _wide_changes(w, 96, g)
         with torch.no_grad():
             settled = census_mod._bounds(clean, layer, attr, idx, new).settled
             for j in range(96):
-                flat = w.data.view(-1)
-                old = flat[idx[j]].clone()
-                flat[idx[j]] = new[j]
-                z = model(x)
-                flat[idx[j]] = old
-                ok = torch.isfinite(z).all(1) & (z.argmax(1) == y)
+                ok = _naive_ok(model, w, int(idx[j]), new[j], x, y)
                 assert torch.equal(ok[settled[j]], clean.ok[settled[j]]), (layer, attr, j)
         settled_total += int(settled.sum())
     assert settled_total > 0
@@ -308,9 +321,7 @@ def test_recheck_is_sound_on_near_ties_and_wrong_samples(kind, seed):
     for layer in mixing[:-1]:
         for attr in ("weight", "bias"):
             w = getattr(layers[layer], attr)
-            idx = torch.randint(0, w.numel(), (48,), generator=g)
-            scale = 10.0 ** torch.empty(48).uniform_(-8, 30, generator=g) * torch.sign(torch.randn(48, generator=g))
-            new = (w.detach().reshape(-1)[idx].double() * (1 + scale.double())).float()
+            idx, new = _wide_changes(w, 48, g)
             # a third of the flips push their unit to 1e-4 to 0.9 of float32's largest value: sums after it overflow
             near = torch.rand(48, generator=g) < 1 / 3
             top = torch.finfo(torch.float32).max * 10.0 ** torch.empty(48).uniform_(-4, -0.05, generator=g)
@@ -319,12 +330,7 @@ def test_recheck_is_sound_on_near_ties_and_wrong_samples(kind, seed):
             with torch.no_grad():
                 counts, redone = census_mod._exact_packed(clean, layer, attr, idx, new, known)
                 for j in range(48):
-                    flat = w.data.view(-1)
-                    old = flat[idx[j]].clone()
-                    flat[idx[j]] = new[j]
-                    z = model(x)
-                    flat[idx[j]] = old
-                    assert counts[j] == int((torch.isfinite(z).all(1) & (z.argmax(1) == y)).sum()), (layer, attr, j)
+                    assert counts[j] == int(_naive_ok(model, w, int(idx[j]), new[j], x, y).sum()), (layer, attr, j)
             settled += redone.count(False)
             exact += redone.count(True)
     assert settled > 0 and exact > 0
