@@ -190,9 +190,10 @@ def _mix64(m: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tens
 
 def _pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
     """``m(x)``, the same value for every element (max is exact). The common 2x2 / stride 2 pool is
-    taken as the maximum of strided slices (pairs of rows, then pairs of columns), 3-25x faster than
-    ``F.max_pool2d`` on small planes on CPU; like it, it propagates NaN. (Where a window holds both -0.0 and +0.0 the sign of the
-    zero may differ, which no later op can turn into a different class or finiteness.)"""
+    taken as the maximum of strided slices (pairs of rows, then pairs of columns), 3-25x faster
+    than ``F.max_pool2d`` on small planes on CPU; like it, it propagates NaN. (Where a window holds
+    both -0.0 and +0.0 the sign of the zero may differ, which no later op can turn into a different
+    class or finiteness.)"""
     two = (2, 2)
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     if (pair(m.kernel_size) == two and pair(m.stride or m.kernel_size) == two and pair(m.padding) == (0, 0)
@@ -401,14 +402,13 @@ def _follow(clean: _Clean, l: int, chans: Tensor, e: Tensor, nn_: Tensor | None,
         out = torch.bmm(e, runs[:, start // length].permute(1, 2, 0))
     else:
         out = torch.empty((items, N) + tuple(clean.acts[t + 1].shape[1:]), dtype=torch.float64)
-    for o in [] if isinstance(mt, nn.Linear) else chans.unique().tolist():  # a conv reads channel o through W[:, o]
-        sel = (chans == o).nonzero().flatten()
-        if kind == "chan":
+        for o in chans.unique().tolist():  # a conv reads channel o through W[:, o]
+            if kind != "chan":
+                raise _Untracked
+            sel = (chans == o).nonzero().flatten()
             z = F.conv2d(e[sel].reshape((len(sel) * N, 1) + spatial), W[:, o:o + 1], None, mt.stride,
                          mt.padding, mt.dilation)
             out[sel] = z.reshape((len(sel), N) + tuple(z.shape[1:]))
-        else:
-            raise _Untracked
     if not change:
         out = _next_bound(clean, t, out.mul_(1 + g), g, rounding)
         top = torch.maximum(top, out.flatten(1).amax(1))
@@ -552,12 +552,16 @@ def _decide_rows(clean: _Clean, nn_: Tensor, c: Tensor, r: Tensor) -> tuple[Tens
     return _decide(clean.y[nn_][:, None], c, r)
 
 
-def _decide(y: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+def _decide(y: Tensor, c: Tensor, r: Tensor, ymask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(certainly right, certainly wrong) from logit bounds ``c +- r`` (..., classes) and labels ``y``
-    (..., 1). NaN anywhere leaves a row undecided."""
+    (..., 1); ``ymask``, the label positions as a boolean mask broadcastable to ``c``, saves building
+    it when the caller has it. NaN anywhere leaves a row undecided."""
+    if ymask is None:
+        ymask = torch.zeros(c.shape, dtype=torch.bool).scatter_(-1, y, True)
     lo, hi = c - r, c + r
-    right = lo.gather(-1, y)[..., 0] > hi.scatter(-1, y, -math.inf).amax(-1)
-    wrong = lo.scatter(-1, y, -math.inf).amax(-1) > hi.gather(-1, y)[..., 0]
+    hi_y = hi.gather(-1, y)[..., 0]
+    right = lo.gather(-1, y)[..., 0] > hi.masked_fill_(ymask, -math.inf).amax(-1)
+    wrong = lo.masked_fill_(ymask, -math.inf).amax(-1) > hi_y
     return right, wrong
 
 
@@ -648,8 +652,7 @@ def _certify(clean: _Clean, l: int, attr: str, idx: Tensor, new: Tensor) -> tupl
             open_[kk[done], nn_[done]] = False
     except _Untracked:
         open_ = torch.ones(K, N, dtype=torch.bool)
-    open_[~finite] = True  # the screen ran with a zero in place of a non-finite value
-    counts[~finite] = int(clean.ok.sum())
+    open_[~finite] = True  # the screen ran with a zero in place of a non-finite value (the row path skipped it)
     redo = open_.any(1)  # a sample still open: recheck from the next layer's exact input, or recompute
     rechecked = 0
     if redo.any():
@@ -927,7 +930,7 @@ def _recheck(clean: _Clean, t: int, z: Tensor, chans: list[int], open_: Tensor, 
             c, d = _rerun(clean, t, x.view((F_ * N,) + tuple(clean.acts[t].shape[1:])), P, mj, oj, safe)
             c = c.view(F_, N, -1).double()
             r += d.view(F_, N, -1) if d is not None else c.abs().mul_(1e-12)
-        right, wrong = _decide_masked(P["y"].expand(F_, N, 1), P["ymask"], c, r)
+        right, wrong = _decide(P["y"].expand(F_, N, 1), c, r, P["ymask"])
         nj = need[sl]
         ok[sl] = ((right | wrong) & safe | ~nj).all(1)  # safe implies finite logits in both runs
         gain[sl] = ((right.long() - clean.ok.long()[None]) * nj).sum(1)
@@ -976,14 +979,6 @@ def _rerun(clean: _Clean, t: int, x: Tensor, P: dict, mj: Tensor, oj: Tensor, sa
     return x, d
 
 
-def _decide_masked(y: Tensor, ymask: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_decide` with the label positions given as a boolean mask too (fewer passes)."""
-    lo, hi = c - r, c + r
-    right = lo.gather(-1, y)[..., 0] > hi.masked_fill_(ymask, -math.inf).amax(-1)
-    wrong = lo.masked_fill(ymask, -math.inf).amax(-1) > (c.gather(-1, y) + r.gather(-1, y))[..., 0]
-    return right, wrong
-
-
 def _values_and_sums(clean: _Clean, u: int, x: Tensor, nonneg: bool) -> tuple[Tensor, Tensor]:
     """Mixing layer ``u`` on ``x`` (float32, any shapes) and the sums ``|W||x| + |b|`` of its dot
     products; one call with the two weights stacked when ``x >= 0`` (after a ReLU)."""
@@ -1022,8 +1017,7 @@ def _heap_headroom(nbytes: int = 30 << 20) -> None:
     follow the largest block freed, up to 32 MB), instead of mapping fresh pages for every
     temporary over 128 kB: on a small CPU the page faults cost several times the arithmetic of
     the census's temporaries. Elsewhere it is a harmless allocation."""
-    del_ = torch.empty(nbytes // 4, dtype=torch.float32)
-    del del_
+    torch.empty(nbytes // 4, dtype=torch.float32)  # freed as soon as it is made
 
 
 # ------------------------------------------------------------------------------- checkpointing
