@@ -20,12 +20,12 @@ os.environ.setdefault("CI", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from bitlab import census as census_mod  # noqa: E402
-from bitlab.campaign import naive_bit_census  # noqa: E402
-from bitlab.census import bit_census, count_above  # noqa: E402
-from bitlab.data import digits  # noqa: E402
-from bitlab.models import small_cnn  # noqa: E402
-from bitlab.train import fit  # noqa: E402
+from bitlab.campaigns.census import engine as census_mod  # noqa: E402
+from bitlab.campaigns import naive_bit_census  # noqa: E402
+from bitlab.campaigns.census import bit_census, count_above  # noqa: E402
+from bitlab.zoo.data import digits  # noqa: E402
+from bitlab.zoo.models import small_cnn  # noqa: E402
+from bitlab.training import fit  # noqa: E402
 
 TARGET = 30.0
 SAMPLE_WEIGHTS = 12  # per parameter tensor, for the naive loop

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from bitlab.optim import SAM, SAR, frozen_bn  # noqa: E402
+from bitlab.training.optim import SAM, SAR, frozen_bn  # noqa: E402
 
 TARGET = 2.1
 

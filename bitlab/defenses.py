@@ -26,11 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .checksum import GroupChecksum
+from .codecs import SECDED, Codec, GroupChecksum, Identity, ParityNulling, RangeNulling, WeightScaling
+from .curvature.hessian import hessian_regularizer
 from .formats import Format
-from .protect import Codec, Identity, ParityNulling, RangeNulling
-from .scaling import WeightScaling
-from .secded import SECDED
+from .training.optim import SAM, SAR
 
 __all__ = ["Defense", "DEFENSES", "defense", "overhead_table", "training_cost", "decode_seconds"]
 
@@ -44,17 +43,14 @@ def _weight_decay(seed: int) -> dict[str, Any]:
 
 
 def _sam(seed: int) -> dict[str, Any]:
-    from .optim import SAM
     return {"optimizer": lambda p: SAM(p, torch.optim.Adam, rho=0.05, lr=1e-3)}
 
 
 def _sar(seed: int) -> dict[str, Any]:
-    from .optim import SAR
     return {"optimizer": lambda p: SAR(p, torch.optim.Adam, rho=1.0, fraction=0.01, lr=1e-3)}
 
 
 def _hessian(seed: int) -> dict[str, Any]:
-    from .hessian import hessian_regularizer
     return {"optimizer": "rmsprop", "regularizer": hessian_regularizer(0.01, n_probes=1, seed=seed)}
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .campaign import summarize
+from .campaigns.sweep import summarize
 
 __all__ = ["accuracy_vs_ber", "bit_position_effect", "style"]
 

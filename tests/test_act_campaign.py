@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bitlab.act_campaign import (act_fault_fn, activation_sizes, activation_sweep, flips_per_inference_fn,
+from bitlab.campaigns.activations import (act_fault_fn, activation_sizes, activation_sweep, flips_per_inference_fn,
                                  resilience_auc)
 from bitlab.faults import BitErrorRate, SingleBitFlip
 from bitlab.formats import Int
-from bitlab.quant import quantize_model
+from bitlab.training.quant import quantize_model
 
 
 def _cnn():

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitlab.adversarial import fgsm, fgsm_adversary, pgd, pgd_adversary, robust_accuracy
+from bitlab.training.adversarial import fgsm, fgsm_adversary, pgd, pgd_adversary, robust_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import bitlab as bl
-from bitlab.attack import AttackResult, attack_loss, bit_flip_attack
-from bitlab.campaign import batch_accuracy, materialize
+from bitlab.campaigns.attack import AttackResult, attack_loss, bit_flip_attack
+from bitlab.campaigns import batch_accuracy, materialize
 
 
 def snapshot(model):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bitlab as bl
-from bitlab.campaign import batch_accuracy, ber_sweep, materialize, naive_bit_census, summarize, tolerable_ber
+from bitlab.campaigns import batch_accuracy, ber_sweep, materialize, naive_bit_census, summarize, tolerable_ber
 
 
 def test_batch_accuracy_counts_non_finite_logits_as_wrong():

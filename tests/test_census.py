@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 import bitlab as bl
-from bitlab import census as census_mod
-from bitlab.campaign import naive_bit_census
-from bitlab.census import bit_census, count_above
-from bitlab.data import digits
+from bitlab.campaigns.census import engine as census_mod
+from bitlab.campaigns import naive_bit_census
+from bitlab.campaigns.census import bit_census, count_above
+from bitlab.zoo.data import digits
 from bitlab.formats import FP16
-from bitlab.models import mlp, small_cnn
-from bitlab.train import fit
+from bitlab.zoo.models import mlp, small_cnn
+from bitlab.training import fit
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import bitlab as bl
-from bitlab.checksum import group_checksums, missed
+from bitlab.codecs.checksum import group_checksums, missed
 
 FORMATS = [bl.FP32, bl.FP16, bl.Q(2, 5), bl.Int(8), bl.Int(4, per_channel=True)]
 

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 import bitlab as bl
 from bitlab.defenses import DEFENSES, decode_seconds, defense, overhead_table, training_cost
-from bitlab.optim import SAM, SAR
+from bitlab.training.optim import SAM, SAR
 
 
 def _secded_overhead(k: int) -> int:

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import bitlab as bl
-from bitlab.hessian import flip_loss_prediction
+from bitlab.curvature import flip_loss_prediction
 
 
 def tiny(seed: int = 0):

@@ -9,8 +9,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from bitlab import hessian as bh
-from bitlab.models import small_cnn
+from bitlab.curvature import hessian as bh
+from bitlab.zoo.models import small_cnn
 
 LOSS = F.cross_entropy
 
@@ -282,7 +282,7 @@ def test_trace_penalty_gradient_matches_finite_differences(setup):
 
 
 def test_hessian_regularizer_in_fit():
-    from bitlab.train import fit
+    from bitlab.training import fit
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     g = gen(1)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from bitlab.landscape import bitflip_direction, loss_slice, random_direction
+from bitlab.curvature.landscape import bitflip_direction, loss_slice, random_direction
 
 
 def _linear(seed: int = 0) -> nn.Module:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from bitlab.optim import SAM, SAR, frozen_bn, hit_fraction
+from bitlab.training.optim import SAM, SAR, frozen_bn, hit_fraction
 
 DT = torch.float64
 
@@ -379,11 +379,11 @@ def test_hit_fraction():
         hit_fraction(1e-3, 0)
 
 
-# -- through bitlab.train.fit ---------------------------------------------------------------------------------
+# -- through bitlab.training.fit -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [SAM, SAR])
 def test_fit_with_sam_equals_a_manual_two_pass_loop(cls):
-    train = pytest.importorskip("bitlab.train", reason="bitlab.train (helper infra) is not available")
+    from bitlab import training as train
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 import bitlab as bl
 from bitlab.faults import fault_words
-from bitlab.protect import popcount
+from bitlab.codecs import popcount
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8)]
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bitlab.formats import Int
-from bitlab.quant import (calibrate_activations, dequantize, fake_quantize, qmax, quantize, quantize_model,
+from bitlab.training.quant import (calibrate_activations, dequantize, fake_quantize, qmax, quantize, quantize_model,
                           quantizable_layers, scale_report, weight_scale)
 
 floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, strategies as st
 
 import bitlab as bl
-from bitlab.scaling import (DEFAULT_T, WeightScaling, balance_factors, best_t, default_t, max_t,
-                            rescale_relu_network, sweep_t)
-from bitlab.secded import SECDED
+from bitlab.campaigns.scaling import best_t, sweep_t
+from bitlab.codecs.scaling import DEFAULT_T, WeightScaling, default_t, max_t
+from bitlab.codecs.secded import SECDED
+from bitlab.rescale import balance_factors, rescale_relu_network
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Q(3, 12), bl.Int(8), bl.Int(4, per_channel=True)]
 

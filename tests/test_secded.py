@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 import bitlab as bl
 from bitlab.formats import Format
-from bitlab.secded import CORRECTED, DETECTED, OK, SECDED, layout, secded_decode, secded_encode
+from bitlab.codecs.secded import CORRECTED, DETECTED, OK, SECDED, layout, secded_decode, secded_encode
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8), bl.Int(4, per_channel=True)]
 

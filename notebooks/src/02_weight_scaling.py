@@ -42,8 +42,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import bitlab as bl
-from bitlab.scaling import WeightScaling, sweep_t, rescale_relu_network, balance_factors
-from bitlab.secded import SECDED, secded_decode, CORRECTED, DETECTED
+from bitlab.codecs import WeightScaling
+from bitlab.campaigns.scaling import sweep_t
+from bitlab.rescale import rescale_relu_network, balance_factors
+from bitlab.codecs.secded import SECDED, secded_decode, CORRECTED, DETECTED
 
 bl.plot.style()
 torch.set_num_threads(1)  # small convolutions gain little from a second thread on a busy machine

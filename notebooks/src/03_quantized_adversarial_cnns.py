@@ -48,9 +48,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import bitlab as bl
-from bitlab.adversarial import pgd_adversary, robust_accuracy
-from bitlab.quant import quantize_model, scale_report
-from bitlab.campaign import activation_sweep, resilience_auc
+from bitlab.training.adversarial import pgd_adversary, robust_accuracy
+from bitlab.training.quant import quantize_model, scale_report
+from bitlab.campaigns import activation_sweep, resilience_auc
 
 bl.plot.style()
 torch.set_num_threads(1)  # small convolutions gain little from a second thread on a busy machine

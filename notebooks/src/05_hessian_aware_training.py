@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from scipy import stats
 
 import bitlab as bl
-from bitlab.census import bit_census, count_above
-from bitlab.hessian import flip_loss_prediction, hessian_regularizer, hutchinson_trace, slq_density, top_eigenvalues
+from bitlab.campaigns.census import bit_census, count_above
+from bitlab.curvature import flip_loss_prediction, hessian_regularizer, hutchinson_trace, slq_density, top_eigenvalues
 
 bl.plot.style()
 torch.set_num_threads(1)   # tiny models: a second thread costs more in synchronization than it gains

@@ -50,8 +50,8 @@ import seaborn as sns
 import torch
 
 import bitlab as bl
-from bitlab.attack import bit_flip_attack
-from bitlab.census import bit_census, count_above
+from bitlab.campaigns.attack import bit_flip_attack
+from bitlab.campaigns.census import bit_census, count_above
 from bitlab.defenses import DEFENSES, defense, overhead_table, training_cost, decode_seconds
 
 bl.plot.style()

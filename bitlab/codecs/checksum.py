@@ -28,8 +28,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .formats import Format
-from .protect import Codec, State
+from ..formats import Format
+from .base import Codec, State
 
 __all__ = ["GroupChecksum", "group_checksums", "group_ids", "missed"]
 

@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .faults import BitErrorRate, Fault, fault_words, sample_distinct
-from .formats import BitSelection, Int, resolve_bits
-from .progress import bar as progress_bar
-from .quant import ActFault, QuantizedModel
+from ..evaluate import batch_accuracy, eval_mode, materialize
+from ..faults import BitErrorRate, Fault, fault_words, sample_distinct
+from ..formats import BitSelection, Int, resolve_bits
+from ..progress import bar as progress_bar
+from ..training.quant import ActFault, QuantizedModel
 
 __all__ = ["act_fault_fn", "flips_per_inference_fn", "activation_sizes", "activation_sweep", "resilience_auc",
            "MODES"]
@@ -181,13 +182,8 @@ def activation_sizes(qm: QuantizedModel, x: Tensor, layers: Sequence[str] | None
         seen.setdefault(name, []).append(words[0].numel())
         return words
 
-    was_training = qm.training
-    qm.eval()
-    try:
-        with qm.act_fault(probe):
-            qm(x[:1])
-    finally:
-        qm.train(was_training)
+    with eval_mode(qm), qm.act_fault(probe):
+        qm(x[:1])
     bad = [n for n in names if len(seen.get(n, [])) != 1]
     if bad:
         raise ValueError(f"layers: {bad} are not called exactly once per forward pass; "
@@ -231,7 +227,6 @@ def activation_sweep(qm: QuantizedModel, data: object, rates: Sequence[float], t
     and :func:`bitlab.plot.accuracy_vs_ber` apply; + ``model`` if ``label``). ``attrs``: ``clean_accuracy``
     (quantized, fault-free), ``mode``, ``layers``, ``bits_per_inference``. The model's previous fault hook
     is restored on exit, also when evaluation raises."""
-    from .campaign import batch_accuracy, materialize
 
     if not isinstance(qm, QuantizedModel):
         raise TypeError(f"qm: expected a QuantizedModel (from bitlab.quant.quantize_model), got {type(qm).__name__}")

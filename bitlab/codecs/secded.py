@@ -34,8 +34,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .formats import Format
-from .protect import Codec, State, popcount
+from ..formats import Format
+from .base import Codec, State, popcount
 
 __all__ = ["SECDED", "Layout", "layout", "secded_encode", "secded_decode", "OK", "CORRECTED", "DETECTED",
            "MAX_STORED_BITS"]

@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import as_loader
-from .inject import ParamSelection, select_params
+from .. import evaluate
+from ..params import ParamSelection, select_params
+from ..zoo.data import as_loader
 
 __all__ = ["hvp", "flatten", "unflatten", "hessian_params", "TraceEstimate", "top_eigenvalues",
            "hutchinson_trace", "hutchpp_trace", "slq_nodes", "slq_density", "per_layer", "layer_groups",
@@ -119,13 +120,8 @@ def eval_mode(model: nn.Module, mode: str = "check") -> Iterator[nn.Module]:
                              "temporarily")
         yield model
         return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with evaluate.eval_mode(model):
         yield model
-    finally:
-        for m, t in flags:
-            m.training = t
 
 
 def _batches(data: Data) -> list[tuple[Tensor, Tensor]] | DataLoader:

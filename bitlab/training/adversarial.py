@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import as_loader
-from .train import correct as predicted_right
+from ..evaluate import correct as predicted_right, eval_mode, model_device
+from ..zoo.data import as_loader
 
 __all__ = ["fgsm", "pgd", "robust_accuracy", "pgd_adversary", "fgsm_adversary"]
 
@@ -74,16 +74,12 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, clamp: Clamp = (0.0
     """FGSM (Goodfellow et al. 2015, Eq. 3): ``clamp(x + eps * sign(grad_x CE(model(x), y)))``.
     The model runs in eval mode; its previous mode is restored."""
     eps, clamp = _check_eps(eps), _check_clamp(clamp)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x0 = x.detach()
         if eps == 0:
             return x0.clamp(*clamp) if clamp is not None else x0.clone()
         g = _input_grad(model, x0, y)
         return _project(x0 + eps * g.sign(), x0, eps, clamp).detach()
-    finally:
-        model.train(was_training)
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, step_size: float | None = None,
@@ -95,9 +91,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, ste
     ball drawn from ``generator``. Returns the last iterate (in the ball and the clamp range)."""
     eps, steps, clamp = _check_eps(eps), _check_steps(steps), _check_clamp(clamp)
     alpha = _step_size(step_size, eps, steps)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x0 = x.detach()
         x_adv = x0.clone()
         if random_start and eps > 0:
@@ -111,13 +105,6 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, ste
             g = _input_grad(model, x_adv, y)
             x_adv = _project(x_adv + alpha * g.sign(), x0, eps, clamp)
         return x_adv.detach()
-    finally:
-        model.train(was_training)
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def robust_accuracy(model: nn.Module, data: Dataset | DataLoader, eps: float, steps: int = 10,
@@ -130,24 +117,20 @@ def robust_accuracy(model: nn.Module, data: Dataset | DataLoader, eps: float, st
     _check_steps(steps)
     if attack not in ("pgd", "fgsm"):
         raise ValueError(f"attack: {attack!r}; allowed 'pgd', 'fgsm'")
-    device = _device(model)
+    device = model_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
     correct = seen = 0
-    try:
+    with eval_mode(model):
         for x, y in as_loader(data, batch_size):
             x, y = x.to(device), y.to(device)
             if attack == "pgd":
                 x_adv = pgd(model, x, y, eps, steps, step_size, random_start, clamp, gen)
             else:
                 x_adv = fgsm(model, x, y, eps, clamp)
-            model.eval()
             with torch.no_grad():
                 out = model(x_adv)
             correct += int(predicted_right(out, y).sum())
             seen += len(y)
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("data: is empty")
     return correct / seen

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .formats import to_signed, to_unsigned
+from ..evaluate import eval_mode, model_device
+from ..formats import to_signed, to_unsigned
 
 __all__ = ["qmax", "quantize", "dequantize", "fake_quantize", "weight_scale", "quantizable_layers",
            "calibrate_activations", "quantize_model", "QuantizedModel", "scale_report", "ActFault",
@@ -138,11 +139,6 @@ def _batches(data: Tensor | Dataset | DataLoader, batch_size: int = 256) -> Iter
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, calib_data: Tensor | Dataset | DataLoader,
                           layers: str | Sequence[str] | None = None, bits: int = 8, method: str = "max",
@@ -173,18 +169,16 @@ def calibrate_activations(model: nn.Module, calib_data: Tensor | Dataset | DataL
         return hook
 
     handles = [modules[n].register_forward_pre_hook(make_hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    device = _device(model)
+    device = model_device(model)
     batches = 0
     try:
-        for x in _batches(calib_data):
-            if len(x) == 0:
-                continue
-            model(x.to(device))
-            batches += 1
+        with eval_mode(model):
+            for x in _batches(calib_data):
+                if len(x) == 0:
+                    continue
+                model(x.to(device))
+                batches += 1
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if batches == 0:
@@ -349,7 +343,7 @@ def quantize_model(model: nn.Module, calib_data: Tensor | Dataset | DataLoader, 
     finally:
         qm.quantize_activations = True
     qm.act_scales, qm.act_max_abs = scales, amax
-    qm.train(model.training)
+    qm.training = model.training  # the wrapped deep copy keeps every submodule's own mode
     return qm
 
 

@@ -2,7 +2,7 @@
 
 Pranto et al. 2025 measure a model's sensitivity to parameter corruption by flipping each bit of
 each parameter on its own and recording RAD = (acc_clean - acc_flipped) / acc_clean. The naive
-loop (:func:`bitlab.campaign.naive_bit_census`: flip, full forward, restore) costs one forward
+loop (:func:`bitlab.campaigns.census.naive_bit_census`: flip, full forward, restore) costs one forward
 pass per flip. :func:`bit_census` returns *the same frame* (same rows, same accuracy floats,
 NaN/Inf flips included) much faster, by sharing work across flips.
 
@@ -82,12 +82,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .faults import BitErrorRate
-from .formats import FP32, Format, resolve_bits
-from .inject import ParamSelection, Store, select_params
-from .progress import bar as progress_bar
-from .protect import Codec, Identity, subset_state
-from .train import correct
+from ...codecs.base import Codec, Identity
+from ...evaluate import correct, eval_mode, materialize
+from ...faults import BitErrorRate
+from ...formats import FP32, Format, resolve_bits
+from ...inject import Store
+from ...params import ParamSelection, select_params
+from ...progress import bar as progress_bar
+from .naive import naive_bit_census
+from .plan import flipped_values, weight_plan
 
 __all__ = ["bit_census", "count_above"]
 
@@ -110,37 +113,6 @@ MIXING = (nn.Linear, nn.Conv2d)
 
 
 # ----------------------------------------------------------------------------------------- plan
-
-def weight_plan(chosen: list[tuple[str, nn.Parameter]], n_weights: int | None, seed: int
-                ) -> list[tuple[str, Tensor]]:
-    """The weights a census visits per parameter: all of them, or ``n_weights`` drawn without
-    replacement (seeded) and sorted. Shared by the naive and the fast census."""
-    g = torch.Generator().manual_seed(seed)
-    plan = []
-    for name, p in chosen:
-        idx = torch.arange(p.numel())
-        if n_weights is not None and n_weights < p.numel():
-            idx = torch.randperm(p.numel(), generator=g)[:n_weights].sort().values
-        plan.append((name, idx))
-    return plan
-
-
-def _flipped_values(orig: Tensor, idx: Tensor, positions: tuple[int, ...], fmt: Format,
-                    codec: Codec) -> Tensor:
-    """What each selected weight reads back as with each bit flipped: shape (len(idx), n_bits)."""
-    flat = orig.detach().reshape(-1)
-    state = codec.fit(orig.detach(), fmt)
-    sub = subset_state(state, idx, flat.numel())
-    words = codec.encode(flat[idx], fmt, sub)
-    masks = torch.ones(len(positions), dtype=torch.int64).bitwise_left_shift(
-        torch.tensor(positions, dtype=torch.int64))
-    faulty = words[:, None] ^ masks[None, :]
-    sub_rep = subset_state(state, idx.repeat_interleave(len(positions)), flat.numel())
-    out = codec.decode(faulty.reshape(-1), fmt, sub_rep).to(orig.dtype)
-    return out.reshape(len(idx), len(positions))
-
-
-# ------------------------------------------------------------------------------- chain analysis
 
 def _leaves(model: nn.Module) -> list[nn.Module] | None:
     """The modules an ``nn.Sequential`` (nested ones flattened) calls in order, or None."""
@@ -1067,7 +1039,7 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                batch_flips: int = 2048, codec: Codec | None = None,
                on_chunk: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Single-bit census of Pranto et al. 2025 (RAD of every single-bit flip), equal to
-    :func:`bitlab.campaign.naive_bit_census` row for row and float for float, but fast.
+    :func:`bitlab.campaigns.census.naive_bit_census` row for row and float for float, but fast.
 
     Returns one row per (param, index, bit): ``value``, ``flipped``, ``accuracy`` and ``rad`` =
     (acc_clean - acc_flipped) / acc_clean; ``attrs["clean_accuracy"]``. ``n_weights`` samples that
@@ -1080,8 +1052,6 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
     batch_flips = _check_batch_flips(batch_flips)
     if n_weights is not None and (isinstance(n_weights, bool) or not isinstance(n_weights, int) or n_weights < 1):
         raise ValueError(f"n_weights: {n_weights!r}; allowed None or ints >= 1")
-    from .campaign import materialize, naive_bit_census  # late import: campaign re-exports this module
-
     codec = Identity() if codec is None else codec
     if not getattr(codec, "elementwise", True):  # one flip may change several weights: no shortcut
         return naive_bit_census(model, data, fmt=fmt, bits=bits, params=params, n_weights=n_weights,
@@ -1094,16 +1064,14 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
     done = _load_checkpoint(checkpoint, key)
     nb = len(positions)
     values = {name: p.detach().reshape(-1)[idx].clone() for (name, p), (_, idx) in zip(chosen, plan)}
-    flipped = {name: _flipped_values(p, idx, positions, fmt, codec) for (name, p), (_, idx) in zip(chosen, plan)}
+    flipped = {name: flipped_values(p, idx, positions, fmt, codec) for (name, p), (_, idx) in zip(chosen, plan)}
     lookup = dict(chosen)
     total = sum(len(idx) * nb for _, idx in plan)
-    was_training = model.training
-    model.eval()
     _heap_headroom()
     store = Store(model, fmt, codec, params)
     bar = progress_bar(total=total, desc="bit census", progress=progress)
     try:
-        with store.corrupted(BitErrorRate(0.0)), torch.no_grad():
+        with eval_mode(model), store.corrupted(BitErrorRate(0.0)), torch.no_grad():
             layers = _leaves(model)
             clean = _run_clean(layers, batches) if layers is not None else None
             if clean is None:
@@ -1168,7 +1136,6 @@ def bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object 
                         on_chunk(n_new)
     finally:
         bar.close()
-        model.train(was_training)
     frames = []
     for name, idx in plan:  # the naive census's rows, built column by column (same values and dtypes)
         step, order = steps[name], orders[name]

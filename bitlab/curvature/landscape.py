@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inject import ParamSelection, select_params
-from .train import correct
+from ..evaluate import correct, eval_mode, materialize
+from ..params import ParamSelection, select_params
 
 __all__ = ["Direction", "loss_slice", "random_direction", "bitflip_direction"]
 
@@ -105,7 +105,6 @@ def bitflip_direction(model: nn.Module, fraction: float = 0.01, eta: float = 0.0
 
 
 def _batches(data: object) -> list[tuple[Tensor, Tensor]]:
-    from .campaign import materialize  # late import: campaign imports train
 
     return materialize(data)
 
@@ -138,11 +137,9 @@ def loss_slice(model: nn.Module, loss_fn: LossFn | None, data: object, direction
         raise ValueError("alphas must be a non-empty sequence of finite numbers")
     batches = _batches(data)
     saved = {name: params[name].detach().clone() for name in direction}
-    was_training = model.training
-    model.eval()
     rows = []
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for a in alphas:
                 for name, d in direction.items():
                     params[name].copy_(saved[name] + a * d.to(saved[name]))
@@ -157,5 +154,4 @@ def loss_slice(model: nn.Module, loss_fn: LossFn | None, data: object, direction
         with torch.no_grad():
             for name, w in saved.items():
                 params[name].copy_(w)
-        model.train(was_training)
     return pd.DataFrame(rows)

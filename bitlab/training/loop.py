@@ -1,11 +1,11 @@
-"""Training and evaluation: the models that the fault pipeline tests.
+"""Training: the models that the fault pipeline tests.
 
 * :func:`fit` -- mini-batch training; every step is ``opt.step(closure)``, so closure-based optimizers
   such as SAM (Foret et al. 2021) and SAR work unchanged. Hooks: ``regularizer(model, x, y)`` adds a
   scalar penalty to the loss (e.g. lambda * Tr(H), Pranto et al. 2025); ``adversary(model, x, y)``
   replaces the inputs (adversarial training, Fasfous et al. 2022).
-* :func:`accuracy`, :func:`evaluate`, :func:`logits`, :func:`predict` -- evaluation; non-finite logits
-  (a flipped exponent bit can produce them) count as wrong predictions, never as an error.
+* :func:`set_seed`, :func:`make_optimizer` -- the small pieces around it. Evaluation lives in
+  :mod:`bitlab.evaluate`.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from .data import as_loader, loader
-from .progress import bar as progress_bar
+from ..evaluate import correct, model_device
+from ..progress import bar as progress_bar
+from ..zoo.data import loader
 
-__all__ = ["OPTIMIZERS", "fit", "correct", "make_optimizer", "accuracy", "evaluate", "logits", "predict", "set_seed"]
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "Hook", "fit", "make_optimizer", "set_seed"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop,
@@ -60,11 +61,6 @@ def make_optimizer(params: Iterable[nn.Parameter], optimizer: OptimizerSpec = "a
     raise TypeError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable, got {type(optimizer).__name__}")
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optimizer: OptimizerSpec = "adam",
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64, seed: int = 0,
         regularizer: Hook | None = None, adversary: Hook | None = None, progress: bool | None = None,
@@ -98,7 +94,7 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
 
     torch.manual_seed(seed)
     opt = make_optimizer(model.parameters(), optimizer, lr=lr, weight_decay=weight_decay, **opt_kwargs)
-    device = _device(model)
+    device = model_device(model)
     rows = []
     bar = progress_bar(range(1, epochs + 1), progress, desc="fit", unit="epoch")
     for epoch in bar:
@@ -145,59 +141,3 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_acc']:.3f}")
     model.eval()
     return pd.DataFrame(rows)
-
-
-def correct(out: Tensor, y: Tensor) -> Tensor:
-    """Boolean per example: the arg-max is the label and every logit is finite."""
-    return (out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)
-
-
-@torch.no_grad()
-def logits(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """All logits and labels of ``data`` (eval mode; the model's previous mode is restored)."""
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    outs, ys = [], []
-    try:
-        for x, y in as_loader(data, batch_size):
-            outs.append(model(x.to(device)).float().cpu())
-            ys.append(y)
-    finally:
-        model.train(was_training)
-    return torch.cat(outs), torch.cat(ys)
-
-
-def predict(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> Tensor:
-    """Predicted class per example; ``-1`` where the logits are not all finite."""
-    out, _ = logits(model, data, batch_size)
-    pred = out.argmax(dim=1)
-    pred[~torch.isfinite(out).all(dim=1)] = -1
-    return pred
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> float:
-    """Fraction of ``data`` classified correctly, in eval mode; examples with NaN/Inf logits count as wrong."""
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    hits = seen = 0
-    try:
-        for x, y in as_loader(data, batch_size):
-            hits += int(correct(model(x.to(device)), y.to(device)).sum())
-            seen += len(y)
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("data must not be empty")
-    return hits / seen
-
-
-def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 1024) -> dict[str, float]:
-    """``{"loss": mean cross-entropy, "accuracy": ...}`` on ``data`` (the loss may be inf/nan for a
-    corrupted model; the accuracy then counts the non-finite rows as wrong)."""
-    out, y = logits(model, data, batch_size)
-    if len(y) == 0:
-        raise ValueError("data must not be empty")
-    return {"loss": float(F.cross_entropy(out, y)), "accuracy": float(correct(out, y).float().mean())}

@@ -44,12 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .campaign import batch_accuracy, materialize
-from .faults import FlipList
-from .formats import Format, Int
-from .inject import InjectionReport, ParamSelection, corrupted, select_params
-from .progress import bar as progress_bar
-from .protect import Codec, Identity
+from ..codecs.base import Codec, Identity
+from ..evaluate import batch_accuracy, eval_mode, materialize
+from ..faults import FlipList
+from ..formats import Format, Int
+from ..inject import InjectionReport, corrupted
+from ..params import ParamSelection, select_params
+from ..progress import bar as progress_bar
 
 __all__ = ["bit_flip_attack", "AttackResult", "attack_params", "attack_loss", "CHANCE_MARGIN", "LOSS_CAP"]
 
@@ -215,76 +216,74 @@ def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget
     eval_batches = materialize(data if eval_data is None else eval_data)
     codec = Identity()
     saved = [(p, p.data.clone(), p.requires_grad) for _, p in layers]
-    was_training = model.training
     start = time.perf_counter()
-    try:
-        model.eval()
-        states, words = [], []
-        with torch.no_grad():
-            for _, p in layers:
-                st = codec.fit(p.data, fmt)
-                w = codec.encode(p.data.reshape(-1), fmt, st)
-                p.data.copy_(codec.decode(w, fmt, st).view_as(p.data))
-                states.append(st)
-                words.append(w)
-        for _, p in layers:
-            p.requires_grad_(True)
-        with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[1])
-        clean_loss, clean_acc = _loss(model, x, y), batch_accuracy(model, eval_batches)
-        target = (1.0 / num_classes + CHANCE_MARGIN) if target_accuracy == "chance" else target_accuracy
-        done: list[set[tuple[int, int]]] = [set() for _ in layers]
-        rows, loss, stopped = [], clean_loss, "budget"
-        bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
-        for step in range(1, budget + 1):
-            if target is not None and (rows[-1]["accuracy"] if rows else clean_acc) <= target:
-                stopped = "target"
-                break
-            with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
-                live = torch.isfinite(model(x)).all(dim=1)
-            if not live.any():
-                stopped = "stalled"
-                break
-            grads = torch.autograd.grad(attack_loss(model(x[live]), y[live]), [p for _, p in layers],
-                                        allow_unused=True)
-            best = None  # (loss, layer, index, bit, new, estimate)
+    with eval_mode(model):
+        try:
+            states, words = [], []
             with torch.no_grad():
-                for li, (_, p) in enumerate(layers):
-                    if grads[li] is None:
-                        continue
-                    flat = p.data.view(-1)
-                    for est, i, b, new in _rank(words[li], flat, grads[li], fmt, states[li],
-                                                candidates_per_layer, done[li]):
-                        old = flat[i].clone()
-                        flat[i] = new
-                        trial = _loss(model, x, y)
-                        flat[i] = old
-                        if best is None or trial > best[0]:
-                            best = (trial, li, i, b, new, est)
-                if best is None or not best[0] > loss:
+                for _, p in layers:
+                    st = codec.fit(p.data, fmt)
+                    w = codec.encode(p.data.reshape(-1), fmt, st)
+                    p.data.copy_(codec.decode(w, fmt, st).view_as(p.data))
+                    states.append(st)
+                    words.append(w)
+            for _, p in layers:
+                p.requires_grad_(True)
+            with torch.no_grad():
+                num_classes = int(model(x[:1]).shape[1])
+            clean_loss, clean_acc = _loss(model, x, y), batch_accuracy(model, eval_batches)
+            target = (1.0 / num_classes + CHANCE_MARGIN) if target_accuracy == "chance" else target_accuracy
+            done: list[set[tuple[int, int]]] = [set() for _ in layers]
+            rows, loss, stopped = [], clean_loss, "budget"
+            bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
+            for step in range(1, budget + 1):
+                if target is not None and (rows[-1]["accuracy"] if rows else clean_acc) <= target:
+                    stopped = "target"
+                    break
+                with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
+                    live = torch.isfinite(model(x)).all(dim=1)
+                if not live.any():
                     stopped = "stalled"
                     break
-                trial, li, i, b, new, est = best
-                name, p = layers[li]
-                old_value = float(p.data.view(-1)[i])
-                words[li][i] ^= 1 << b
-                p.data.view(-1)[i] = new
-                done[li].add((i, b))
-                loss = trial
-                acc = batch_accuracy(model, eval_batches)
-            rows.append({"step": step, "param": name, "index": i, "bit": b, "old": old_value, "new": new,
-                         "estimate": est, "loss": loss, "accuracy": acc})
-            bar.update()
-        else:
-            if target is not None and rows and rows[-1]["accuracy"] <= target:
-                stopped = "target"
-        bar.close()
-    finally:
-        with torch.no_grad():
-            for p, values, req in saved:
-                p.data.copy_(values)
-                p.requires_grad_(req)
-        model.train(was_training)
+                grads = torch.autograd.grad(attack_loss(model(x[live]), y[live]), [p for _, p in layers],
+                                            allow_unused=True)
+                best = None  # (loss, layer, index, bit, new, estimate)
+                with torch.no_grad():
+                    for li, (_, p) in enumerate(layers):
+                        if grads[li] is None:
+                            continue
+                        flat = p.data.view(-1)
+                        for est, i, b, new in _rank(words[li], flat, grads[li], fmt, states[li],
+                                                    candidates_per_layer, done[li]):
+                            old = flat[i].clone()
+                            flat[i] = new
+                            trial = _loss(model, x, y)
+                            flat[i] = old
+                            if best is None or trial > best[0]:
+                                best = (trial, li, i, b, new, est)
+                    if best is None or not best[0] > loss:
+                        stopped = "stalled"
+                        break
+                    trial, li, i, b, new, est = best
+                    name, p = layers[li]
+                    old_value = float(p.data.view(-1)[i])
+                    words[li][i] ^= 1 << b
+                    p.data.view(-1)[i] = new
+                    done[li].add((i, b))
+                    loss = trial
+                    acc = batch_accuracy(model, eval_batches)
+                rows.append({"step": step, "param": name, "index": i, "bit": b, "old": old_value, "new": new,
+                             "estimate": est, "loss": loss, "accuracy": acc})
+                bar.update()
+            else:
+                if target is not None and rows and rows[-1]["accuracy"] <= target:
+                    stopped = "target"
+            bar.close()
+        finally:
+            with torch.no_grad():
+                for p, values, req in saved:
+                    p.data.copy_(values)
+                    p.requires_grad_(req)
     columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", "accuracy"]
     df = pd.DataFrame(rows, columns=columns)
     df.attrs.update(clean_accuracy=clean_acc, clean_loss=clean_loss, fmt=fmt.name)

@@ -1,67 +1,30 @@
-"""Fault campaigns: run the store -> fault -> read -> evaluate pipeline many times and return tidy
+"""BER sweeps: run the store -> fault -> read -> evaluate pipeline many times and return tidy
 pandas DataFrames (one row per trial), ready for seaborn.
 
 * :func:`ber_sweep` -- accuracy at a range of bit error rates, many trials each (Qin et al. 2017).
 * :func:`summarize` -- mean and 95% confidence interval per group.
 * :func:`tolerable_ber` -- the highest BER whose mean accuracy stays within ``drop`` of clean.
-* :func:`naive_bit_census` -- flip single bits one at a time (flip, full forward, restore):
-  the reference that faster censuses are checked against.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
-from .faults import BitErrorRate, Fault, SingleBitFlip
-from .formats import FP32, Format, resolve_bits
-from .inject import ParamSelection, Store, select_params
-from .progress import bar as progress_bar, enabled as show_progress
-from .protect import Codec, Identity
-from .train import correct
+from scipy import stats
+from torch import nn
 
-__all__ = ["materialize", "batch_accuracy", "ber_sweep", "summarize", "tolerable_ber", "naive_bit_census",
-           "show_progress"]
+from ..codecs.base import Codec, Identity
+from ..evaluate import batch_accuracy, materialize
+from ..faults import BitErrorRate, Fault
+from ..formats import FP32, Format
+from ..inject import Store
+from ..params import ParamSelection
+from ..progress import bar as progress_bar
 
-Batches = list[tuple[Tensor, Tensor]]
-
-
-def materialize(data: object, batch_size: int = 2048) -> Batches:
-    """The data as a list of ``(x, y)`` tensor batches, built once and reused by every trial.
-    Accepts a Dataset (e.g. a TensorDataset), a DataLoader, or a list of batches."""
-    if isinstance(data, list) and all(isinstance(b, tuple) and len(b) == 2 for b in data):
-        return data
-    if isinstance(data, torch.utils.data.TensorDataset):
-        x, y = data.tensors[0], data.tensors[1]
-        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    if isinstance(data, torch.utils.data.Dataset):
-        data = torch.utils.data.DataLoader(data, batch_size=batch_size)
-    if isinstance(data, Iterable):
-        batches = [(b[0], b[1]) for b in data]
-        if not batches:
-            raise ValueError("data: it holds no batch; pass a non-empty Dataset or DataLoader")
-        return batches
-    raise TypeError(f"data: expected a Dataset, a DataLoader or a list of (x, y) batches, "
-                    f"got {type(data).__name__}")
-
-
-@torch.no_grad()
-def batch_accuracy(model: nn.Module, batches: Batches) -> float:
-    """Fraction of correct predictions; a sample whose logits hold NaN or Inf counts as wrong."""
-    was_training = model.training
-    model.eval()
-    try:
-        hits = total = 0
-        for x, y in batches:
-            hits += int(correct(model(x), y).sum())
-            total += len(y)
-    finally:
-        model.train(was_training)
-    return hits / total
-
+__all__ = ["ber_sweep", "summarize", "tolerable_ber"]
 
 def _fault_for(fault: Callable[[float], Fault] | None, ber: float) -> Fault:
     return BitErrorRate(ber) if fault is None else fault(ber)
@@ -121,8 +84,6 @@ def summarize(df: pd.DataFrame, by: Sequence[str] | None = None, value: str = "a
     """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group.
 
     ``by`` defaults to the descriptive columns present among ``model, format, codec, ber``."""
-    from scipy import stats
-
     if by is None:
         by = [c for c in ("model", "format", "codec", "ber") if c in df.columns]
     missing = [c for c in list(by) + [value] if c not in df.columns]
@@ -159,40 +120,3 @@ def tolerable_ber(df: pd.DataFrame, clean: float | None = None, drop: float = 0.
     m0, m1 = means.iloc[j - 1], means.iloc[j]
     frac = (m0 - threshold) / (m0 - m1) if m0 != m1 else 0.0
     return float(10 ** (b0 + frac * (b1 - b0)))
-
-
-def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object = "all",
-                     params: ParamSelection = None, n_weights: int | None = None, seed: int = 0,
-                     codec: Codec | None = None, progress: bool | None = None) -> pd.DataFrame:
-    """Flip every selected bit of every selected weight, one at a time: flip, full forward, restore.
-
-    Returns one row per (param, index, bit): ``value`` (the stored weight), ``flipped`` (what it reads
-    back as), ``accuracy`` and ``rad`` = (acc_clean - acc_flipped) / acc_clean, the relative accuracy
-    drop of Pranto et al. 2025. ``n_weights`` samples that many weights per parameter (without
-    replacement, seeded) instead of all of them. ``acc_clean`` is the fault-free accuracy in ``fmt``.
-    """
-    codec = Identity() if codec is None else codec
-    chosen = select_params(model, params)
-    positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
-    batches = materialize(data)
-    store = Store(model, fmt, codec, params)
-    with store.corrupted(BitErrorRate(0.0)):
-        clean = batch_accuracy(model, batches)
-    from .census import weight_plan  # the fast census visits the same weights, drawn the same way
-
-    plan = [(name, int(i), b) for name, idx in weight_plan(chosen, n_weights, seed)
-            for i in idx for b in positions]
-    rows = []
-    lookup = dict(chosen)
-    for name, i, b in progress_bar(plan, desc="naive census", progress=progress):
-        value = lookup[name].detach().reshape(-1)[i].item()
-        with store.corrupted(SingleBitFlip(name, i, b)):
-            flipped = lookup[name].detach().reshape(-1)[i].item()
-            acc = batch_accuracy(model, batches)
-        rows.append({"param": name, "index": i, "bit": b, "value": value, "flipped": flipped,
-                     "accuracy": acc, "rad": (clean - acc) / clean if clean > 0 else float("nan")})
-    df = pd.DataFrame(rows)
-    df.attrs["clean_accuracy"] = clean
-    return df
-from .census import bit_census  # noqa: E402,F401  (the fast exact census; see bitlab.census)
-from .act_campaign import activation_sweep, resilience_auc  # noqa: E402,F401  (activation faults; bitlab.act_campaign)

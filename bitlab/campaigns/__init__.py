@@ -1,0 +1,20 @@
+"""Campaigns: the pipeline run many times, returning tidy DataFrames (one row per trial or flip).
+
+* :mod:`.sweep` -- BER sweeps, summaries with confidence intervals, the tolerable BER (Qin et al. 2017).
+* :mod:`.activations` -- activation bit-flip campaigns on quantized models (Fasfous et al. 2022).
+* :mod:`.census` -- the exact single-bit census (Pranto et al. 2025) and its naive reference.
+* :mod:`.attack` -- the progressive bit-flip attack (Rakin et al. 2019).
+* :mod:`.scaling` -- choosing the weight-scaling constant ``t`` (Fuengfusin 2024).
+"""
+from __future__ import annotations
+
+from ..evaluate import batch_accuracy, materialize
+from .activations import activation_sweep, resilience_auc
+from .attack import bit_flip_attack
+from .census import bit_census, count_above, naive_bit_census
+from .scaling import best_t, sweep_t
+from .sweep import ber_sweep, summarize, tolerable_ber
+
+__all__ = ["ber_sweep", "summarize", "tolerable_ber", "activation_sweep", "resilience_auc", "bit_census",
+           "count_above", "naive_bit_census", "bit_flip_attack", "sweep_t", "best_t", "materialize",
+           "batch_accuracy"]

@@ -1,0 +1,54 @@
+"""Choosing the weight-scaling constant ``t`` (Fuengfusin 2024) on held-out data: a BER sweep per
+``t`` under :class:`~bitlab.codecs.WeightScaling`, every ``t`` seeing the same fault draws.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+from torch import nn
+
+from ..codecs.scaling import WeightScaling
+from ..formats import Format
+from .sweep import ber_sweep
+
+__all__ = ["sweep_t", "best_t"]
+
+
+def sweep_t(model: nn.Module, val_data: object, ts: Sequence[float], fmt: Format, ber: float | Sequence[float],
+            trials: int = 20, seed: int = 0, params: object = None, pow2: bool = False,
+            progress: bool | None = None) -> pd.DataFrame:
+    """Accuracy on held-out ``val_data`` with weights stored in ``fmt`` under :class:`WeightScaling`
+    for each ``t`` in ``ts`` (``None`` means no scaling), at bit error rate(s) ``ber``, ``trials``
+    draws each. Every ``t`` sees the same fault draws (same ``seed``), so differences come from ``t``.
+
+    Returns one row per trial (the :func:`~bitlab.campaigns.sweep.ber_sweep` columns plus ``t`` and
+    ``clean_accuracy``, the fault-free accuracy with that ``t``); ``df.attrs["best_t"]`` is
+    :func:`best_t` of the frame. ``t`` values that do not fit the format are an error (see ``max_t``).
+    """
+    bers = [float(ber)] if isinstance(ber, (int, float)) else [float(b) for b in ber]
+    if not ts:
+        raise ValueError("ts: empty; give at least one t > 0 (or None for no scaling)")
+    frames = []
+    for t in ts:
+        codec = None if t is None else WeightScaling(t, pow2=pow2)
+        if codec is not None:
+            codec.t_for(fmt)
+        df = ber_sweep(model, val_data, bers, trials=trials, fmt=fmt, codec=codec, params=params, seed=seed,
+                       progress=progress)
+        df["t"] = float("nan") if t is None else float(t)
+        df["clean_accuracy"] = df.attrs["clean_accuracy"]
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["best_t"] = best_t(out)
+    return out
+
+
+def best_t(df: pd.DataFrame) -> float:
+    """The ``t`` with the highest mean accuracy in a :func:`sweep_t` frame (ties: higher fault-free
+    accuracy, then the smaller ``t``). ``nan`` means no scaling was best."""
+    g = df.groupby("t", dropna=False).agg(acc=("accuracy", "mean"), clean=("clean_accuracy", "first"))
+    g = g.reset_index()
+    g["neg_t"] = -g["t"].fillna(0.0)
+    top = g.sort_values(["acc", "clean", "neg_t"], ascending=False).iloc[0]
+    return float(top["t"])
