@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .codecs import SECDED, Codec, GroupChecksum, Identity, ParityNulling, RangeNulling, WeightScaling
-from .curvature.hessian import hessian_regularizer
+from .curvature import hessian_regularizer
 from .formats import Format
 from .training.optim import SAM, SAR
 
