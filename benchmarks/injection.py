@@ -7,6 +7,7 @@ same run; the target is a ratio >= 1000x.
 
     python benchmarks/injection.py [--weights 10000000] [--ber 1e-6] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse

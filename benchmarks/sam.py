@@ -7,6 +7,7 @@ many repeats. Target: SAM / SGD <= 2.1 (PASS/FAIL is printed; the exit code is 0
 
     python benchmarks/sam.py [--model resnet20|small_cnn] [--batch 128] [--repeats 20] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,14 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from bitlab.training.optim import SAM, SAR, frozen_bn  # noqa: E402
+from bitlab.training.optim import SAM, SAR, frozen_bn
 
 TARGET = 2.1
 
@@ -30,9 +31,17 @@ def make_model(name: str) -> nn.Module:
     try:
         from bitlab import models
     except ImportError:  # bitlab.models not available: a tiny inline CNN with BatchNorm
-        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
     return models.resnet20(in_channels=1) if name == "resnet20" else models.small_cnn()
 
 
@@ -42,6 +51,7 @@ def stepper(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         return loss
+
     return lambda: opt.step(closure)
 
 
@@ -63,10 +73,16 @@ def main() -> None:
         m.load_state_dict(base.state_dict())
     opts = {
         "sgd": torch.optim.SGD(models["sgd"].parameters(), lr=0.01, momentum=0.9),
-        "sam": SAM(models["sam"].parameters(), torch.optim.SGD, rho=0.05, model=models["sam"], lr=0.01,
-                   momentum=0.9),
-        "sar": SAR(models["sar"].parameters(), torch.optim.SGD, rho=0.5, fraction=0.01, model=models["sar"],
-                   lr=0.01, momentum=0.9),
+        "sam": SAM(models["sam"].parameters(), torch.optim.SGD, rho=0.05, model=models["sam"], lr=0.01, momentum=0.9),
+        "sar": SAR(
+            models["sar"].parameters(),
+            torch.optim.SGD,
+            rho=0.5,
+            fraction=0.01,
+            model=models["sar"],
+            lr=0.01,
+            momentum=0.9,
+        ),
     }
     steps = {k: stepper(models[k], opts[k], x, y) for k in opts}
     for _ in range(3):  # warm-up
@@ -96,12 +112,16 @@ def main() -> None:
         sam._restore()  # second_step without the base SGD update, which the SGD step pays as well
         over.append(time.perf_counter() - t0)
     over_ms = statistics.median(over) * 1e3
-    print(f"  SAM bookkeeping (perturb + backup + BN snapshot + restore): {over_ms:.2f} ms "
-          f"= {over_ms / (med['wall', 'sgd'] * 1e3):.1%} of an SGD step")
+    print(
+        f"  SAM bookkeeping (perturb + backup + BN snapshot + restore): {over_ms:.2f} ms "
+        f"= {over_ms / (med['wall', 'sgd'] * 1e3):.1%} of an SGD step"
+    )
     for c in clocks:
         ratio = med[c, "sam"] / med[c, "sgd"]
-        print(f"SAM / SGD ({c:4s}) = {ratio:.3f}  (SAR / SGD = {med[c, 'sar'] / med[c, 'sgd']:.3f}, not targeted)"
-              f"   target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'}")
+        print(
+            f"SAM / SGD ({c:4s}) = {ratio:.3f}  (SAR / SGD = {med[c, 'sar'] / med[c, 'sgd']:.3f}, not targeted)"
+            f"   target <= {TARGET}: {'PASS' if ratio <= TARGET else 'FAIL'}"
+        )
 
 
 if __name__ == "__main__":

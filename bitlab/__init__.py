@@ -12,6 +12,7 @@ the rest loads on first use. Short names kept for readers of the notebooks: ``bl
 ``bl.hessian`` (:mod:`bitlab.curvature`), ``bl.landscape``, ``bl.optim``, ``bl.quant``,
 ``bl.adversarial``, ``bl.data``, ``bl.models`` and ``bl.protect`` (:mod:`bitlab.codecs`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 from . import codecs, faults, formats, inject, params
 from ._version import __version__
@@ -31,37 +33,97 @@ from .inject import corrupted, corrupted_activations
 
 #: attribute name -> submodule (relative to ``bitlab``), imported on first access
 _SUBMODULES: dict[str, str] = {
-    "evaluate": "evaluate", "campaigns": "campaigns", "curvature": "curvature", "training": "training",
-    "zoo": "zoo", "plot": "plot", "progress": "progress", "defenses": "defenses", "rescale": "rescale",
+    "evaluate": "evaluate",
+    "campaigns": "campaigns",
+    "curvature": "curvature",
+    "training": "training",
+    "zoo": "zoo",
+    "plot": "plot",
+    "progress": "progress",
+    "defenses": "defenses",
+    "rescale": "rescale",
     # short names
-    "train": "training", "campaign": "campaigns", "census": "campaigns.census", "attack": "campaigns.attack",
-    "hessian": "curvature", "landscape": "curvature.landscape", "optim": "training.optim",
-    "quant": "training.quant", "adversarial": "training.adversarial", "data": "zoo.data", "models": "zoo.models",
+    "train": "training",
+    "campaign": "campaigns",
+    "census": "campaigns.census",
+    "attack": "campaigns.attack",
+    "hessian": "curvature",
+    "landscape": "curvature.landscape",
+    "optim": "training.optim",
+    "quant": "training.quant",
+    "adversarial": "training.adversarial",
+    "data": "zoo.data",
+    "models": "zoo.models",
     "protect": "codecs",
 }
 #: the flat module paths of bitlab 0.1 that still import (``from bitlab.census import bit_census``)
 _OLD_PATHS: dict[str, str] = {
-    old: _SUBMODULES[old] for old in ("train", "campaign", "census", "attack", "hessian", "landscape", "optim",
-                                      "quant", "adversarial", "data", "models", "protect")
+    old: _SUBMODULES[old]
+    for old in (
+        "train",
+        "campaign",
+        "census",
+        "attack",
+        "hessian",
+        "landscape",
+        "optim",
+        "quant",
+        "adversarial",
+        "data",
+        "models",
+        "protect",
+    )
 } | {"act_campaign": "campaigns.activations", "secded": "codecs.secded", "checksum": "codecs.checksum"}
 #: function or class name -> submodule it is re-exported from, imported on first access
 _LAZY: dict[str, str] = {
-    "accuracy": "evaluate", "fit": "training.loop", "ber_sweep": "campaigns.sweep",
-    "summarize": "campaigns.sweep", "tolerable_ber": "campaigns.sweep", "bit_census": "campaigns.census",
-    "SAM": "training.optim", "SAR": "training.optim",
+    "accuracy": "evaluate",
+    "fit": "training.loop",
+    "ber_sweep": "campaigns.sweep",
+    "summarize": "campaigns.sweep",
+    "tolerable_ber": "campaigns.sweep",
+    "bit_census": "campaigns.census",
+    "SAM": "training.optim",
+    "SAR": "training.optim",
 }
 
-__all__ = ["__version__", "codecs", "faults", "formats", "inject", "params", "Codec", "Identity", "RangeNulling",
-           "ParityNulling", "Unary", "WeightScaling", "SECDED", "GroupChecksum", "BitErrorRate", "BitFlips",
-           "FlipList", "SingleBitFlip", "StuckAt", "FP32", "FP16", "BF16", "Q", "Int", "corrupted",
-           "corrupted_activations", *_SUBMODULES, *_LAZY]
+__all__ = [
+    "__version__",
+    "codecs",
+    "faults",
+    "formats",
+    "inject",
+    "params",
+    "Codec",
+    "Identity",
+    "RangeNulling",
+    "ParityNulling",
+    "Unary",
+    "WeightScaling",
+    "SECDED",
+    "GroupChecksum",
+    "BitErrorRate",
+    "BitFlips",
+    "FlipList",
+    "SingleBitFlip",
+    "StuckAt",
+    "FP32",
+    "FP16",
+    "BF16",
+    "Q",
+    "Int",
+    "corrupted",
+    "corrupted_activations",
+    *_SUBMODULES,
+    *_LAZY,
+]
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Resolves ``bitlab.<old flat name>`` to the module that now holds it (the same module object)."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-                  ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         head, _, old = fullname.partition(".")
         if head != __name__ or old not in _OLD_PATHS:
             return None

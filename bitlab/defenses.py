@@ -16,12 +16,14 @@ Adam (Foret et al. 2021), SAR ``rho = 1, fraction = 0.01`` (our reading of Zhou 
 :class:`bitlab.optim.SAR`), Hessian-aware ``lambda = 0.01`` with one Rademacher probe and RMSProp
 (Pranto et al. 2025).
 """
+
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -82,25 +84,56 @@ class Defense:
         return float(self.codec().overhead_bits(fmt))
 
 
-DEFENSES: dict[str, Defense] = {d.name: d for d in [
-    Defense("none", "none", "-", "01", "none"),
-    Defense("range nulling", "storage", "Qin et al. 2017", "01",
-            "two compares per weight read (value against the tensor's trained [min, max]); "
-            "stores 2 numbers per tensor", RangeNulling),
-    Defense("parity nulling", "storage", "Qin et al. 2017", "01",
-            "a parity (popcount) per word read", lambda: ParityNulling("extra")),
-    Defense("weight scaling", "storage", "Fuengfusin 2024", "02",
-            "a division (or multiplication by 1/c) per weight read; stores 1 number per tensor", WeightScaling),
-    Defense("SECDED", "storage", "Hamming 1950 (baseline in Fuengfusin 2024)", "02",
-            "a syndrome (one popcount per check bit) and a conditional correction per word read", SECDED),
-    Defense("group checksum", "storage", "Li et al. 2021 (RADAR; synergy in Pranto et al. 2025)", "05",
+DEFENSES: dict[str, Defense] = {
+    d.name: d
+    for d in [
+        Defense("none", "none", "-", "01", "none"),
+        Defense(
+            "range nulling",
+            "storage",
+            "Qin et al. 2017",
+            "01",
+            "two compares per weight read (value against the tensor's trained [min, max]); stores 2 numbers per tensor",
+            RangeNulling,
+        ),
+        Defense(
+            "parity nulling",
+            "storage",
+            "Qin et al. 2017",
+            "01",
+            "a parity (popcount) per word read",
+            lambda: ParityNulling("extra"),
+        ),
+        Defense(
+            "weight scaling",
+            "storage",
+            "Fuengfusin 2024",
+            "02",
+            "a division (or multiplication by 1/c) per weight read; stores 1 number per tensor",
+            WeightScaling,
+        ),
+        Defense(
+            "SECDED",
+            "storage",
+            "Hamming 1950 (baseline in Fuengfusin 2024)",
+            "02",
+            "a syndrome (one popcount per check bit) and a conditional correction per word read",
+            SECDED,
+        ),
+        Defense(
+            "group checksum",
+            "storage",
+            "Li et al. 2021 (RADAR; synergy in Pranto et al. 2025)",
+            "05",
             "an XOR-fold per group of 16 words and a compare; keeps 2 secure bits per group",
-            lambda: GroupChecksum(16, 2)),
-    Defense("weight decay", "training", "Fasfous et al. 2022", "03", "none", recipe=_weight_decay),
-    Defense("SAM", "training", "Foret et al. 2021 (in Zhou et al. 2024)", "04", "none", recipe=_sam),
-    Defense("SAR", "training", "Zhou et al. 2024 (our reading)", "04", "none", recipe=_sar),
-    Defense("Hessian-aware", "training", "Pranto et al. 2025", "05", "none", recipe=_hessian),
-]}
+            lambda: GroupChecksum(16, 2),
+        ),
+        Defense("weight decay", "training", "Fasfous et al. 2022", "03", "none", recipe=_weight_decay),
+        Defense("SAM", "training", "Foret et al. 2021 (in Zhou et al. 2024)", "04", "none", recipe=_sam),
+        Defense("SAR", "training", "Zhou et al. 2024 (our reading)", "04", "none", recipe=_sar),
+        Defense("Hessian-aware", "training", "Pranto et al. 2025", "05", "none", recipe=_hessian),
+    ]
+}
 
 
 def defense(name: str) -> Defense:
@@ -114,17 +147,26 @@ def overhead_table(fmt: Format, names: Sequence[str] | None = None) -> pd.DataFr
     """One row per defense: kind, paper, notebook, extra stored bits per weight in ``fmt``, stored bits
     per weight in total, and the extra work per read."""
     rows = []
-    for n in (list(DEFENSES) if names is None else names):
+    for n in list(DEFENSES) if names is None else names:
         d = defense(n)
         extra = d.overhead_bits(fmt)
-        rows.append({"defense": d.name, "kind": d.kind, "paper": d.paper, "notebook": d.notebook,
-                     "extra bits / weight": extra, "stored bits / weight": fmt.width + extra,
-                     "inference work": d.inference})
+        rows.append(
+            {
+                "defense": d.name,
+                "kind": d.kind,
+                "paper": d.paper,
+                "notebook": d.notebook,
+                "extra bits / weight": extra,
+                "stored bits / weight": fmt.width + extra,
+                "inference work": d.inference,
+            }
+        )
     return pd.DataFrame(rows).set_index("defense")
 
 
-def training_cost(histories: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], baseline: str = "none"
-                  ) -> pd.DataFrame:
+def training_cost(
+    histories: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], baseline: str = "none"
+) -> pd.DataFrame:
     """Mean seconds per epoch of each recipe from :func:`bitlab.train.fit` histories (one frame or a
     list of frames, e.g. one per seed), and the ratio to ``baseline``'s."""
     if baseline not in histories:
@@ -136,11 +178,12 @@ def training_cost(histories: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame]
             raise ValueError(f"histories[{name!r}]: expected fit() histories with a 'seconds' column")
         per[name] = float(pd.concat(frames)["seconds"].mean())
     base = per[baseline]
-    return pd.DataFrame([{"recipe": n, "s / epoch": s, "x baseline": s / base} for n, s in per.items()]
-                        ).set_index("recipe")
+    return pd.DataFrame([{"recipe": n, "s / epoch": s, "x baseline": s / base} for n, s in per.items()]).set_index(
+        "recipe"
+    )
 
 
-def decode_seconds(codec: Codec, fmt: Format, n: int = 2 ** 16, repeats: int = 5, seed: int = 0) -> float:
+def decode_seconds(codec: Codec, fmt: Format, n: int = 2**16, repeats: int = 5, seed: int = 0) -> float:
     """Median wall time of ``codec.decode`` on ``n`` stored words of random weights (normal, std 0.1),
     in seconds per million weights: the read-side cost of a storage defense on this machine."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -2,10 +2,11 @@
 mode. A sample whose logits hold NaN or Inf (a flipped exponent bit can produce them) counts as
 wrong, never as an error; :func:`eval_mode` restores every submodule's own train/eval mode.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from .zoo.data import as_loader
 
-__all__ = ["Batches", "eval_mode", "model_device", "correct", "materialize", "batch_accuracy", "logits",
-           "predict", "accuracy", "evaluate"]
+__all__ = [
+    "Batches",
+    "eval_mode",
+    "model_device",
+    "correct",
+    "materialize",
+    "batch_accuracy",
+    "logits",
+    "predict",
+    "accuracy",
+    "evaluate",
+]
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -52,7 +63,7 @@ def materialize(data: object, batch_size: int = 2048) -> Batches:
         return data
     if isinstance(data, torch.utils.data.TensorDataset):
         x, y = data.tensors[0], data.tensors[1]
-        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     if isinstance(data, torch.utils.data.Dataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size)
     if isinstance(data, Iterable):
@@ -60,8 +71,7 @@ def materialize(data: object, batch_size: int = 2048) -> Batches:
         if not batches:
             raise ValueError("data: it holds no batch; pass a non-empty Dataset or DataLoader")
         return batches
-    raise TypeError(f"data: expected a Dataset, a DataLoader or a list of (x, y) batches, "
-                    f"got {type(data).__name__}")
+    raise TypeError(f"data: expected a Dataset, a DataLoader or a list of (x, y) batches, got {type(data).__name__}")
 
 
 @torch.no_grad()

@@ -6,18 +6,28 @@ bit error rate the number of flips is drawn from a binomial and then that many d
 positions are drawn, so the cost grows with the number of flips, not with the number of bits
 (Qin et al. 2017 model storage errors as i.i.d. bit flips at a given BER).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .formats import BitSelection
 
-__all__ = ["Sites", "Fault", "BitErrorRate", "BitFlips", "SingleBitFlip", "StuckAt", "sample_distinct",
-           "fault_words", "FlipList"]
+__all__ = [
+    "Sites",
+    "Fault",
+    "BitErrorRate",
+    "BitFlips",
+    "SingleBitFlip",
+    "StuckAt",
+    "sample_distinct",
+    "fault_words",
+    "FlipList",
+]
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,13 @@ class Fault:
     #: "flip" (XOR) or "stuck0"/"stuck1"
     mode: str = "flip"
 
-    def sample(self, names: Sequence[str], shapes: Sequence[torch.Size], bits: tuple[int, ...],
-               generator: torch.Generator | None = None) -> Sites:
+    def sample(
+        self,
+        names: Sequence[str],
+        shapes: Sequence[torch.Size],
+        bits: tuple[int, ...],
+        generator: torch.Generator | None = None,
+    ) -> Sites:
         """Sites in the tensors ``names`` of ``shapes``, among the stored bit positions ``bits``."""
         raise NotImplementedError
 
@@ -131,8 +146,13 @@ class BitErrorRate(Fault):
         total = int(sum(sizes)) * len(bits)
         if total == 0 or self.p == 0.0:
             return _empty_sites()
-        k = int(torch.binomial(torch.tensor(float(total), dtype=torch.float64),
-                               torch.tensor(self.p, dtype=torch.float64), generator=generator).item())
+        k = int(
+            torch.binomial(
+                torch.tensor(float(total), dtype=torch.float64),
+                torch.tensor(self.p, dtype=torch.float64),
+                generator=generator,
+            ).item()
+        )
         return _locate(sample_distinct(total, min(k, total), generator), sizes, bits)
 
     def label(self) -> str:
@@ -174,8 +194,10 @@ class SingleBitFlip(Fault):
 
     def sample(self, names, shapes, bits, generator=None):
         if self.param not in names:
-            raise ValueError(f"param: {self.param!r} is not among the selected tensors; allowed: "
-                             f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+            raise ValueError(
+                f"param: {self.param!r} is not among the selected tensors; allowed: "
+                f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+            )
         i = list(names).index(self.param)
         shape = tuple(shapes[i])
         index = self.index
@@ -185,8 +207,9 @@ class SingleBitFlip(Fault):
             index = sum(j * s for j, s in zip(index, _strides(shape)))
         n = _sizes([shape])[0]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
-            raise ValueError(f"index: {index!r} is outside {self.param!r}; allowed 0..{n - 1} or a "
-                             f"multi-index within shape {shape}")
+            raise ValueError(
+                f"index: {index!r} is outside {self.param!r}; allowed 0..{n - 1} or a multi-index within shape {shape}"
+            )
         if isinstance(self.bit, bool) or not isinstance(self.bit, int) or self.bit not in bits:
             raise ValueError(f"bit: {self.bit!r} is not a stored bit; allowed {bits[0]}..{bits[-1]}")
         one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
@@ -252,8 +275,7 @@ class FlipList(Fault):
 def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "flip") -> Tensor:
     """Faulty copies of ``words`` (one per unique word) given the sites: ``word_of_site[j]``
     indexes into ``words`` and ``bits[j]`` is the bit hit. Distinct sites in one word combine."""
-    masks = torch.zeros_like(words).index_add_(0, word_of_site,
-                                                torch.ones_like(bits).bitwise_left_shift(bits))
+    masks = torch.zeros_like(words).index_add_(0, word_of_site, torch.ones_like(bits).bitwise_left_shift(bits))
     if mode == "flip":
         return words ^ masks
     if mode == "stuck1":

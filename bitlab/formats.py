@@ -11,19 +11,31 @@ again. Formats name their bit fields so that a notebook can say ``bits="exponent
 * :class:`Int`: symmetric integer quantization ``x = q * scale`` (8-bit, 4-bit, ...),
   per tensor or per output channel.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
-BitSelection = Union[str, int, Sequence[int], None]
+BitSelection = str | int | Sequence[int] | None
 
-__all__ = ["Format", "FloatFormat", "Q", "Int", "FP32", "FP16", "BF16", "FORMATS", "resolve_bits", "to_unsigned",
-           "to_signed"]
+__all__ = [
+    "Format",
+    "FloatFormat",
+    "Q",
+    "Int",
+    "FP32",
+    "FP16",
+    "BF16",
+    "FORMATS",
+    "resolve_bits",
+    "to_unsigned",
+    "to_signed",
+]
 
 
 def to_unsigned(q: Tensor, width: int) -> Tensor:
@@ -47,8 +59,10 @@ def resolve_bits(sel: BitSelection, width: int, fields: Mapping[str, tuple[int, 
         return tuple(range(width))
     if isinstance(sel, str):
         if sel not in fields:
-            raise ValueError(f"bits: unknown field {sel!r}; allowed: 'all', "
-                             f"{', '.join(repr(k) for k in fields)} or bit indices 0..{width - 1}")
+            raise ValueError(
+                f"bits: unknown field {sel!r}; allowed: 'all', "
+                f"{', '.join(repr(k) for k in fields)} or bit indices 0..{width - 1}"
+            )
         return tuple(fields[sel])
     if isinstance(sel, bool) or not isinstance(sel, (int, Iterable)):
         raise TypeError(f"bits: expected a field name, a bit index or a list of them, got {type(sel).__name__}")
@@ -169,12 +183,14 @@ class Q(Format):
         _check_int(m, "m", 0)
         _check_int(n, "n", 0)
         if 1 + m + n > 32:
-            raise ValueError(f"Q(m={m}, n={n}): a fixed-point format is at most 32 bits wide "
-                             f"(1 + m + n = {1 + m + n}); allowed 1 + m + n <= 32")
+            raise ValueError(
+                f"Q(m={m}, n={n}): a fixed-point format is at most 32 bits wide "
+                f"(1 + m + n = {1 + m + n}); allowed 1 + m + n <= 32"
+            )
         self.m, self.n = m, n
         self.width = 1 + m + n
         self.name = f"Q{m}.{n}"
-        self.step = 2.0 ** -n
+        self.step = 2.0**-n
         self.fields = {
             "sign": (self.width - 1,),
             "integer": tuple(range(n, n + m)),
@@ -184,11 +200,11 @@ class Q(Format):
 
     @property
     def max_value(self) -> float:
-        return 2.0 ** self.m - self.step
+        return 2.0**self.m - self.step
 
     @property
     def min_value(self) -> float:
-        return -(2.0 ** self.m)
+        return -(2.0**self.m)
 
     def encode(self, x: Tensor, scale: Tensor | float | None = None) -> Tensor:
         lo, hi = -(1 << (self.m + self.n)), (1 << (self.m + self.n)) - 1
@@ -210,7 +226,8 @@ class Int(Format):
     """Symmetric integer quantization ``x ~= q * scale`` with ``q`` in ``[-(2**(b-1)-1), 2**(b-1)-1]``.
 
     The scale is ``max|x| / (2**(b-1) - 1)``, per tensor or per output channel (``axis``, default 0,
-    the output dimension of Linear/Conv weights); a scale of 0 (all-zero data) is replaced by 1. Words are ``bits`` wide, two's complement.
+    the output dimension of Linear/Conv weights); a scale of 0 (all-zero data) is replaced by 1.
+    Words are ``bits`` wide, two's complement.
     Encoding rounds half to even and saturates; a flipped word may decode to ``-2**(b-1) * scale``.
     """
 
@@ -250,19 +267,23 @@ class Int(Format):
 
     def decode(self, words: Tensor, scale: Tensor | float | None = None) -> Tensor:
         if scale is None:
-            raise ValueError(f"scale: {self.name} words cannot be decoded without the scale factor "
-                             "they were encoded with; pass scale=fmt.calibrate(x)")
+            raise ValueError(
+                f"scale: {self.name} words cannot be decoded without the scale factor "
+                "they were encoded with; pass scale=fmt.calibrate(x)"
+            )
         q = to_signed(words, self.width).to(torch.float32)
         return q * torch.as_tensor(scale, dtype=torch.float32)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Int) and (self.width, self.per_channel, self.axis) == (
-            other.width, other.per_channel, other.axis)
+            other.width,
+            other.per_channel,
+            other.axis,
+        )
 
     def __hash__(self) -> int:
         return hash(("Int", self.width, self.per_channel, self.axis))
 
 
 #: the formats by name, for command lines and notebook parameters
-FORMATS: dict[str, Format] = {"FP32": FP32, "FP16": FP16, "BF16": BF16, "Q2.5": Q(2, 5), "int8": Int(8),
-                              "int4": Int(4)}
+FORMATS: dict[str, Format] = {"FP32": FP32, "FP16": FP16, "BF16": BF16, "Q2.5": Q(2, 5), "int8": Int(8), "int4": Int(4)}

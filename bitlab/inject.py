@@ -11,11 +11,12 @@ For a lossless store (FP32 without a codec) only the words that are hit are touc
 grows with the number of flips. A lossy format (FP16, Q2.5, int8) or a codec changes every weight
 on the clean read too, so the whole tensor is read back through the store (and saved first).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,17 +49,22 @@ class InjectionReport:
 
 def _check_args(fault: object, fmt: object, codec: object) -> Codec:
     if fault is not None and not isinstance(fault, Fault):
-        raise TypeError(f"fault: expected a bitlab fault (BitErrorRate, BitFlips, SingleBitFlip, StuckAt), "
-                        f"got {type(fault).__name__}")
+        raise TypeError(
+            f"fault: expected a bitlab fault (BitErrorRate, BitFlips, SingleBitFlip, StuckAt), "
+            f"got {type(fault).__name__}"
+        )
     if not isinstance(fmt, Format):
-        raise TypeError(f"fmt: expected a bitlab number format (FP32, FP16, BF16, Q(m, n), Int(bits)), "
-                        f"got {type(fmt).__name__}")
+        raise TypeError(
+            f"fmt: expected a bitlab number format (FP32, FP16, BF16, Q(m, n), Int(bits)), got {type(fmt).__name__}"
+        )
     codec = Identity() if codec is None else codec
     if not isinstance(codec, Codec):
         raise TypeError(f"codec: expected a bitlab codec (see bitlab.codecs), got {type(codec).__name__}")
     if codec.width(fmt) > MAX_STORED_WIDTH:
-        raise ValueError(f"codec: {codec.name} stores {codec.width(fmt)}-bit words for {fmt.name}; "
-                         f"allowed widths are at most {MAX_STORED_WIDTH} bits")
+        raise ValueError(
+            f"codec: {codec.name} stores {codec.width(fmt)}-bit words for {fmt.name}; "
+            f"allowed widths are at most {MAX_STORED_WIDTH} bits"
+        )
     return codec
 
 
@@ -84,8 +90,9 @@ class Store:
     the model while a store of it is in use. :func:`corrupted` is the one-shot form.
     """
 
-    def __init__(self, model: nn.Module, fmt: Format = FP32, codec: Codec | None = None,
-                 params: ParamSelection = None) -> None:
+    def __init__(
+        self, model: nn.Module, fmt: Format = FP32, codec: Codec | None = None, params: ParamSelection = None
+    ) -> None:
         self.codec = _check_args(None, fmt, codec)
         self.fmt = fmt
         self.model = model
@@ -115,8 +122,9 @@ class Store:
         words = self.codec.encode(orig[uidx], self.fmt, sub)
         return uidx, self.codec.decode(fault_words(words, inv, bit, mode), self.fmt, sub)
 
-    def _write(self, slot: _Slot, word: Tensor, bit: Tensor, mode: str,
-               saved: list[tuple[Tensor, Tensor | None, Tensor]]) -> None:
+    def _write(
+        self, slot: _Slot, word: Tensor, bit: Tensor, mode: str, saved: list[tuple[Tensor, Tensor | None, Tensor]]
+    ) -> None:
         data = slot.data
         if slot.sparse:
             if word.numel() == 0:
@@ -163,9 +171,14 @@ class Store:
 
 
 @contextmanager
-def corrupted(model: nn.Module, fault: Fault, fmt: Format = FP32, codec: Codec | None = None,
-              params: ParamSelection = None, generator: torch.Generator | None = None
-              ) -> Iterator[InjectionReport]:
+def corrupted(
+    model: nn.Module,
+    fault: Fault,
+    fmt: Format = FP32,
+    codec: Codec | None = None,
+    params: ParamSelection = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[InjectionReport]:
     """Hold ``model``'s weights as read back from a faulty store; restore them bit for bit on exit.
 
     ``fmt`` is the number format the weights are stored in, ``codec`` the protection on top of it
@@ -191,9 +204,14 @@ class ActivationReport:
 
 
 @contextmanager
-def corrupted_activations(model: nn.Module, fault: Fault, modules: str | Sequence[str], fmt: Format = FP32,
-                          scales: Mapping[str, float] | None = None,
-                          generator: torch.Generator | None = None) -> Iterator[ActivationReport]:
+def corrupted_activations(
+    model: nn.Module,
+    fault: Fault,
+    modules: str | Sequence[str],
+    fmt: Format = FP32,
+    scales: Mapping[str, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[ActivationReport]:
     """Faults in the activations (outputs) of the chosen ``modules``, stored in ``fmt``.
 
     At every forward pass each chosen module's output is encoded (with ``scales[name]`` for
@@ -229,6 +247,7 @@ def corrupted_activations(model: nn.Module, fault: Fault, modules: str | Sequenc
                     words = fault_words(fmt.encode(flat[uidx], s), inv, sites.bit, fault.mode)
                     new[uidx] = fmt.decode(words, s).to(out.dtype)
             return new.view_as(out)
+
         return hook
 
     handles = []

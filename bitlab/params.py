@@ -1,16 +1,18 @@
 """Which parameters and submodules a fault, an estimator or an attack may touch: selection by name
 glob(s) or by a predicate, with errors that list the valid names.
 """
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 __all__ = ["ParamSelection", "select_params", "select_modules"]
 
-ParamSelection = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
+ParamSelection = None | str | Sequence[str] | Callable[[str, nn.Parameter], bool]
+
 
 def _match(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -34,8 +36,10 @@ def select_params(model: nn.Module, params: ParamSelection = None) -> list[tuple
         raise ValueError(f"params: {params!r} selects no parameter; the model's parameters are: {names}")
     for n, p in chosen:
         if not p.is_floating_point():
-            raise TypeError(f"params: {n!r} has dtype {p.dtype}; only floating-point parameters can be "
-                            "stored in a number format (select float parameters only)")
+            raise TypeError(
+                f"params: {n!r} has dtype {p.dtype}; only floating-point parameters can be "
+                "stored in a number format (select float parameters only)"
+            )
     return chosen
 
 

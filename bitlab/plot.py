@@ -1,8 +1,9 @@
 """Figures the notebooks draw (matplotlib + seaborn). Each function takes a tidy DataFrame from
 :mod:`bitlab.campaign` and returns the matplotlib Axes it drew on."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,9 +21,14 @@ def style() -> None:
     plt.rcParams["figure.dpi"] = 90
 
 
-def accuracy_vs_ber(df: pd.DataFrame, hue: str | Sequence[str] | None = None, ax: plt.Axes | None = None,
-                    value: str = "accuracy", clean: dict[str, float] | float | None = None,
-                    title: str | None = None) -> plt.Axes:
+def accuracy_vs_ber(
+    df: pd.DataFrame,
+    hue: str | Sequence[str] | None = None,
+    ax: plt.Axes | None = None,
+    value: str = "accuracy",
+    clean: dict[str, float] | float | None = None,
+    title: str | None = None,
+) -> plt.Axes:
     """Mean accuracy against bit error rate (log axis) with a 95% confidence band per ``hue``
     group (e.g. ``"codec"``, ``"model"`` or ``["format", "codec"]``); BER 0 is left out of the log axis.
     ``clean`` draws the fault-free accuracy as a dotted line (one number, or one per hue value)."""
@@ -50,8 +56,13 @@ def accuracy_vs_ber(df: pd.DataFrame, hue: str | Sequence[str] | None = None, ax
     return ax
 
 
-def bit_position_effect(census: pd.DataFrame, value: str = "rad", ax: plt.Axes | None = None,
-                        thresholds: Sequence[float] = (0.1, 0.9), title: str | None = None) -> plt.Axes:
+def bit_position_effect(
+    census: pd.DataFrame,
+    value: str = "rad",
+    ax: plt.Axes | None = None,
+    thresholds: Sequence[float] = (0.1, 0.9),
+    title: str | None = None,
+) -> plt.Axes:
     """Effect of a single flip by bit position: mean ``value`` (default the relative accuracy drop)
     per bit as bars, and the share of flips above each threshold as lines."""
     if ax is None:

@@ -1,9 +1,11 @@
 """Progress bars for long work (training, campaigns, censuses): on by default, quiet when the
 ``CI`` environment variable is set or when a function is called with ``progress=False``."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tqdm import tqdm
 

@@ -2,11 +2,12 @@
 a division at read time): scale layer ``i`` up and layer ``i+1`` down, since ReLU is positively
 homogeneous, so the stored network computes the same function with rebalanced weight ranges.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -15,9 +16,23 @@ __all__ = ["rescale_relu_network", "balance_factors", "weight_layers"]
 
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # modules f with f(a x) = a f(x) for every a > 0 (positive homogeneity), and that hold no weights
-_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
-                nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
-                nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_HOMOGENEOUS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+)
 
 
 def _flatten(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -34,23 +49,28 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     flatten, dropout). Anything else -- BatchNorm, tanh, a residual model -- is a ValueError/TypeError
     naming the module, because scaling through it would change the network's function."""
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model: function-preserving rescaling needs an nn.Sequential of Linear/Conv layers "
-                        f"joined by ReLU/pooling/flatten; got {type(model).__name__} (residual connections and "
-                        "other non-sequential graphs are not supported: use the WeightScaling codec instead)")
+        raise TypeError(
+            f"model: function-preserving rescaling needs an nn.Sequential of Linear/Conv layers "
+            f"joined by ReLU/pooling/flatten; got {type(model).__name__} (residual connections and "
+            "other non-sequential graphs are not supported: use the WeightScaling codec instead)"
+        )
     mods = _flatten(model)
     idx = [i for i, (_, m) in enumerate(mods) if isinstance(m, _WEIGHT)]
     if len(idx) < 2:
         raise ValueError(f"model: needs at least two Linear/Conv layers to move scale between; found {len(idx)}")
-    for name, m in mods[idx[0]:idx[-1] + 1]:
+    for name, m in mods[idx[0] : idx[-1] + 1]:
         if isinstance(m, _WEIGHT):
             if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and m.padding_mode != "zeros":
-                raise ValueError(f"model: layer {name!r} pads with {m.padding_mode!r}; only zero padding "
-                                 "commutes with scaling")
+                raise ValueError(
+                    f"model: layer {name!r} pads with {m.padding_mode!r}; only zero padding commutes with scaling"
+                )
             continue
         if not isinstance(m, _HOMOGENEOUS):
-            raise ValueError(f"model: module {name!r} ({type(m).__name__}) sits between weight layers and is not "
-                             "positively homogeneous (f(a x) != a f(x)), so rescaling would change the function; "
-                             "allowed in between: ReLU, LeakyReLU, max/avg pooling, Flatten, Dropout, Identity")
+            raise ValueError(
+                f"model: module {name!r} ({type(m).__name__}) sits between weight layers and is not "
+                "positively homogeneous (f(a x) != a f(x)), so rescaling would change the function; "
+                "allowed in between: ReLU, LeakyReLU, max/avg pooling, Flatten, Dropout, Identity"
+            )
     return [mods[i] for i in idx]
 
 
@@ -67,8 +87,10 @@ def rescale_relu_network(model: nn.Module, factors: Sequence[float]) -> nn.Modul
     layers = weight_layers(model)
     a = [float(f) for f in factors]
     if len(a) != len(layers) - 1:
-        raise ValueError(f"factors: {len(a)} given; allowed exactly one per weight layer but the last "
-                         f"({len(layers) - 1} for this model)")
+        raise ValueError(
+            f"factors: {len(a)} given; allowed exactly one per weight layer but the last "
+            f"({len(layers) - 1} for this model)"
+        )
     if not all(f > 0 and math.isfinite(f) for f in a):
         raise ValueError(f"factors: {a}; allowed finite numbers > 0 (ReLU is homogeneous for positive factors only)")
     new = copy.deepcopy(model)

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, settings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("CI", "1")  # no progress bars in test logs
 
-settings.register_profile("bitlab", deadline=None, max_examples=60,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "bitlab", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile("bitlab")
 torch.set_num_threads(1)
 

@@ -1,4 +1,5 @@
 """Tests for bitlab.act_campaign: activation bit-flip campaigns on quantized models."""
+
 import math
 
 import pandas as pd
@@ -8,8 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bitlab.campaigns.activations import (act_fault_fn, activation_sizes, activation_sweep, flips_per_inference_fn,
-                                 resilience_auc)
+from bitlab.campaigns.activations import (
+    act_fault_fn,
+    activation_sizes,
+    activation_sweep,
+    flips_per_inference_fn,
+    resilience_auc,
+)
 from bitlab.faults import BitErrorRate, SingleBitFlip
 from bitlab.formats import Int
 from bitlab.training.quant import quantize_model
@@ -17,8 +23,14 @@ from bitlab.training.quant import quantize_model
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
 
 
 @pytest.fixture
@@ -54,13 +66,15 @@ def test_sweep_restores_clean_behaviour_and_previous_hook(setup):
 
     def prev(name, words):
         return words
+
     qm.set_act_fault(prev)
     activation_sweep(qm, ds, [1e-2], trials=1, progress=False)
     assert qm.set_act_fault(None) is prev
 
 
 def test_hook_restored_when_evaluation_raises(setup):
-    qm, ds, x = setup
+    qm, _ds, x = setup
+
     class Flaky(list):  # data that fails while the faulty evaluation runs
         def __iter__(self):
             if qm._act_fault is not None:
@@ -183,7 +197,7 @@ def test_deterministic(setup):
 
 
 def test_bad_input(setup):
-    qm, ds, x = setup
+    qm, ds, _x = setup
     with pytest.raises(ValueError, match="layers"):
         activation_sweep(qm, ds, [0.1], layers=["nope"], progress=False)
     with pytest.raises(ValueError, match="rates"):
@@ -193,7 +207,7 @@ def test_bad_input(setup):
     with pytest.raises(ValueError, match="rates"):
         activation_sweep(qm, ds, [0.5], mode="flips", progress=False)
     with pytest.raises(ValueError, match="rates"):
-        activation_sweep(qm, ds, [10 ** 6], mode="flips", progress=False)
+        activation_sweep(qm, ds, [10**6], mode="flips", progress=False)
     with pytest.raises(ValueError, match="mode"):
         activation_sweep(qm, ds, [0.1], mode="burst", progress=False)
     with pytest.raises(ValueError, match="trials"):

@@ -1,4 +1,5 @@
 """Tests for bitlab.adversarial (FGSM, PGD, robust accuracy, adversarial-training hook)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,7 @@ def test_bad_arguments(trained):
 
 def test_pgd_adversary_in_fit_is_reproducible():
     from bitlab import train
+
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 8, generator=g)
     y = (x[:, 0] > 0.5).long()
@@ -149,8 +151,9 @@ def test_pgd_adversary_in_fit_is_reproducible():
     for _ in range(2):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-        hist = train.fit(model, ds, epochs=2, batch_size=32, adversary=pgd_adversary(0.05, steps=3, seed=1),
-                         progress=False)
+        hist = train.fit(
+            model, ds, epochs=2, batch_size=32, adversary=pgd_adversary(0.05, steps=3, seed=1), progress=False
+        )
         finals.append((hist["loss"].tolist(), [p.detach().clone() for p in model.parameters()]))
     assert finals[0][0] == finals[1][0]
     assert all(torch.equal(a, b) for a, b in zip(finals[0][1], finals[1][1]))

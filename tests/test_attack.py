@@ -1,5 +1,7 @@
 """Bit-flip attack (progressive bit search): it breaks the model, the flips it reports are real,
 and the model handed in is restored bit for bit."""
+
+import itertools
 import struct
 
 import pandas as pd
@@ -7,13 +9,15 @@ import pytest
 import torch
 
 import bitlab as bl
-from bitlab.campaigns.attack import AttackResult, attack_loss, bit_flip_attack
 from bitlab.campaigns import batch_accuracy, materialize
+from bitlab.campaigns.attack import AttackResult, attack_loss, bit_flip_attack
 
 
 def snapshot(model):
-    return {k: v.detach().clone().view(torch.int32) if v.dtype == torch.float32 else v.clone()
-            for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().clone().view(torch.int32) if v.dtype == torch.float32 else v.clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def same(a, b):
@@ -37,8 +41,16 @@ def trained(digits):
 @pytest.fixture(scope="module")
 def int8_attack(trained, digits):
     before = snapshot(trained)
-    r = bit_flip_attack(trained, digits.test, fmt=bl.Int(8), budget=60, target_accuracy="chance",
-                        candidates_per_layer=6, seed=0, progress=False)
+    r = bit_flip_attack(
+        trained,
+        digits.test,
+        fmt=bl.Int(8),
+        budget=60,
+        target_accuracy="chance",
+        candidates_per_layer=6,
+        seed=0,
+        progress=False,
+    )
     assert same(before, snapshot(trained))
     return r
 
@@ -65,10 +77,10 @@ def test_int8_attack_reaches_chance_with_rising_loss(int8_attack, trained, digit
     assert (r.flips["accuracy"].iloc[:-1] > 0.12).all()
     # the search only keeps flips that raise the attack loss
     losses = [r.clean_loss] + r.flips["loss"].tolist()
-    assert all(b > a for a, b in zip(losses, losses[1:]))
+    assert all(b > a for a, b in itertools.pairwise(losses))
     # observed on this model (not guaranteed by the algorithm: it maximizes the attack-batch loss)
     accs = [r.clean_accuracy] + r.flips["accuracy"].tolist()
-    assert all(b <= a for a, b in zip(accs, accs[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(accs))
     assert r.flips["estimate"].gt(0).all()
     assert list(r.curve()["step"]) == list(range(len(r) + 1))
 
@@ -105,8 +117,9 @@ def test_reported_flips_are_real(int8_attack, trained, digits):
 
 def test_fp32_attack(trained, digits):
     before = snapshot(trained)
-    r = bit_flip_attack(trained, digits.test, fmt=bl.FP32, budget=10, target_accuracy="chance",
-                        candidates_per_layer=4, progress=False)
+    r = bit_flip_attack(
+        trained, digits.test, fmt=bl.FP32, budget=10, target_accuracy="chance", candidates_per_layer=4, progress=False
+    )
     assert same(before, snapshot(trained))
     assert r.clean_accuracy == bl.accuracy(trained, digits.test)  # FP32 stores the weights exactly
     assert r.flips_to() is not None and r.flips_to() <= 3  # one exponent flip is catastrophic (Hong et al.)
@@ -187,8 +200,9 @@ def test_bad_inputs(trained, digits):
 def test_flip_list_cancels_pairs_and_matches_single_flips():
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4)
-    with bl.corrupted(model, bl.FlipList([("weight", 5, 3), ("weight", 5, 3), ("weight", 9, 30)]),
-                      params="weight") as r:
+    with bl.corrupted(
+        model, bl.FlipList([("weight", 5, 3), ("weight", 5, 3), ("weight", 9, 30)]), params="weight"
+    ) as r:
         got = model.weight.detach().clone()
     with bl.corrupted(model, bl.SingleBitFlip("weight", 9, 30), params="weight"):
         want = model.weight.detach().clone()

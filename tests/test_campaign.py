@@ -1,4 +1,5 @@
 """Campaigns: BER sweeps, summaries, tolerable BER, the naive census."""
+
 import math
 import struct
 
@@ -14,6 +15,7 @@ def test_batch_accuracy_counts_non_finite_logits_as_wrong():
     class Fixed(torch.nn.Module):
         def forward(self, x):
             return x
+
     logits = torch.tensor([[1.0, 0.0], [float("nan"), 5.0], [0.0, float("inf")], [0.0, 1.0]])
     y = torch.tensor([0, 1, 1, 1])
     assert batch_accuracy(Fixed(), [(logits, y)]) == 0.5
@@ -58,7 +60,7 @@ def test_tolerable_ber_interpolates_in_log_space():
     # clean 0.95, threshold 0.94: 1e-3 passes exactly, 1e-2 fails
     assert tolerable_ber(df, clean=0.95) == pytest.approx(1e-3)
     df2 = pd.DataFrame({"ber": [1e-4, 1e-3], "accuracy": [0.95, 0.93]})
-    assert tolerable_ber(df2, clean=0.95) == pytest.approx(10 ** -3.5)
+    assert tolerable_ber(df2, clean=0.95) == pytest.approx(10**-3.5)
     assert math.isnan(tolerable_ber(pd.DataFrame({"ber": [1e-4], "accuracy": [0.5]}), clean=0.95))
     assert tolerable_ber(pd.DataFrame({"ber": [1e-4], "accuracy": [0.95]}), clean=0.95) == 1e-4
 

@@ -1,8 +1,10 @@
 """Group checksums (RADAR-like): exactly the groups whose checksum changes are zeroed, the rule for
 which flip patterns go unseen holds, clean reads are exact, every injection is undone."""
+
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
 from bitlab.codecs.checksum import group_checksums, missed
@@ -41,16 +43,18 @@ def ref_zeroed(flips, group, bits, n=None, interleave=False):
     return {g for (g, _), c in counts.items() if c % 2}
 
 
-@given(st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40), st.integers(1, 8), st.integers(1, 16),
-       st.booleans())
+@given(
+    st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40), st.integers(1, 8), st.integers(1, 16), st.booleans()
+)
 def test_checksum_matches_python_reference(words, group, bits, interleave):
     got = group_checksums(torch.tensor(words), 16, group, bits, interleave).tolist()
     assert got == ref_checksum(words, 16, group, bits, interleave)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("group,bits,interleave", [(1, 1, False), (4, 2, False), (16, 2, True), (5, 8, True),
-                                                   (64, 3, False)])
+@pytest.mark.parametrize(
+    "group,bits,interleave", [(1, 1, False), (4, 2, False), (16, 2, True), (5, 8, True), (64, 3, False)]
+)
 def test_fault_free_round_trip_equals_the_format(fmt, group, bits, interleave):
     w = weights()  # 63 weights: the last group is partial for most group sizes
     c = bl.GroupChecksum(group, bits, interleave)
@@ -63,8 +67,9 @@ def test_fault_free_round_trip_equals_the_format(fmt, group, bits, interleave):
 def test_zeroes_exactly_the_groups_whose_checksum_flips(fmt, group, bits, interleave, data):
     w = weights(data.draw(st.integers(0, 50))).reshape(-1)
     n = w.numel()
-    sites = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, fmt.width - 1)),
-                               unique=True, max_size=12))
+    sites = data.draw(
+        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, fmt.width - 1)), unique=True, max_size=12)
+    )
     c = bl.GroupChecksum(group, bits, interleave)
     state = c.fit(w, fmt)
     words = c.encode(w, fmt, state)
@@ -123,7 +128,7 @@ def test_injection_zeroes_the_hit_groups_and_is_undone(fmt, k, seed):
             words[j] ^= 1 << b
         want = bl.Identity().decode(words, fmt, state)
         for grp in zeroed:
-            want[grp * 8:(grp + 1) * 8] = 0.0
+            want[grp * 8 : (grp + 1) * 8] = 0.0
         assert torch.equal(read[name].reshape(-1), want)
     after = {n: p.detach().clone().view(torch.int32) for n, p in model.named_parameters()}
     assert all(torch.equal(before[n], after[n]) for n in before)
@@ -132,8 +137,13 @@ def test_injection_zeroes_the_hit_groups_and_is_undone(fmt, k, seed):
 def test_restored_when_the_body_raises(tiny_model):
     before = [p.detach().clone() for p in tiny_model.parameters()]
     with pytest.raises(RuntimeError, match="boom"):
-        with bl.corrupted(tiny_model, bl.BitErrorRate(0.05), fmt=bl.Int(8), codec=bl.GroupChecksum(4, 2),
-                          generator=torch.Generator().manual_seed(0)):
+        with bl.corrupted(
+            tiny_model,
+            bl.BitErrorRate(0.05),
+            fmt=bl.Int(8),
+            codec=bl.GroupChecksum(4, 2),
+            generator=torch.Generator().manual_seed(0),
+        ):
             raise RuntimeError("boom")
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
 
@@ -146,8 +156,12 @@ def test_overhead_and_width():
 
 
 def test_bad_input():
-    for kwargs, arg in [({"group": 0}, "group"), ({"bits": 0}, "bits"), ({"bits": 63}, "bits"),
-                        ({"group": 2.5}, "group")]:
+    for kwargs, arg in [
+        ({"group": 0}, "group"),
+        ({"bits": 0}, "bits"),
+        ({"bits": 63}, "bits"),
+        ({"group": 2.5}, "group"),
+    ]:
         with pytest.raises(ValueError, match=arg):
             bl.GroupChecksum(**kwargs)
     c = bl.GroupChecksum(4, 2)

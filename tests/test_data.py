@@ -122,7 +122,7 @@ def test_to_tensors_mnist_layout():
 
 def test_to_tensors_cifar_layout():
     ds = FakeVision(12, (32, 32, 3), 1, as_numpy=True)
-    x, y = data.to_tensors(ds)
+    x, _y = data.to_tensors(ds)
     assert x.shape == (12, 3, 32, 32)
     i, c, h, w = 5, 2, 7, 30
     assert float(x[i, c, h, w]) == pytest.approx(ds.data[i, h, w, c] / 255.0)
@@ -145,12 +145,14 @@ def test_split_from_torchvision():
     assert s.input_shape == (3, 32, 32)
     assert np.bincount(s.val.tensors[1].numpy(), minlength=10).tolist() == [2] * 10
     assert torch.equal(s.test.tensors[0], data.to_tensors(test)[0])
+
     # train and val partition the training set
     def rows(x, y):
         return sorted(bytes((xi * 255).round().to(torch.uint8).numpy()) + bytes([int(yi)]) for xi, yi in zip(x, y))
 
-    assert rows(torch.cat([s.train.tensors[0], s.val.tensors[0]]), torch.cat([s.train.tensors[1], s.val.tensors[1]])) \
-        == rows(*data.to_tensors(train))
+    assert rows(
+        torch.cat([s.train.tensors[0], s.val.tensors[0]]), torch.cat([s.train.tensors[1], s.val.tensors[1]])
+    ) == rows(*data.to_tensors(train))
     with pytest.raises(ValueError, match="val_size"):
         data.split_from_torchvision(train, test, val_size=100)
 

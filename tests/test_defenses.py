@@ -1,4 +1,5 @@
 """Tests of the defense registry (bitlab.defenses)."""
+
 import math
 
 import pandas as pd
@@ -14,7 +15,7 @@ from bitlab.training.optim import SAM, SAR
 def _secded_overhead(k: int) -> int:
     """Hamming check bits r (smallest with 2**r >= k + r + 1) plus the overall parity bit."""
     r = 0
-    while 2 ** r < k + r + 1:
+    while 2**r < k + r + 1:
         r += 1
     return r + 1
 
@@ -33,9 +34,18 @@ def test_registry_kinds_and_unknown_name():
 
 @pytest.mark.parametrize("fmt", [bl.FP32, bl.FP16, bl.Int(8)])
 def test_overheads_match_independent_counts(fmt):
-    expected = {"none": 0, "range nulling": 0, "parity nulling": 1, "weight scaling": 0,
-                "SECDED": _secded_overhead(fmt.width), "group checksum": 2 / 16,
-                "weight decay": 0, "SAM": 0, "SAR": 0, "Hessian-aware": 0}
+    expected = {
+        "none": 0,
+        "range nulling": 0,
+        "parity nulling": 1,
+        "weight scaling": 0,
+        "SECDED": _secded_overhead(fmt.width),
+        "group checksum": 2 / 16,
+        "weight decay": 0,
+        "SAM": 0,
+        "SAR": 0,
+        "Hessian-aware": 0,
+    }
     table = overhead_table(fmt)
     assert list(table.index) == list(DEFENSES)
     for name, bits in expected.items():
@@ -76,8 +86,10 @@ def test_training_recipes_build_the_named_optimizers_and_train():
 
 
 def test_training_cost_means_and_ratios():
-    h = {"none": [pd.DataFrame({"seconds": [1.0, 3.0]}), pd.DataFrame({"seconds": [2.0]})],
-         "SAM": pd.DataFrame({"seconds": [4.0, 4.0]})}
+    h = {
+        "none": [pd.DataFrame({"seconds": [1.0, 3.0]}), pd.DataFrame({"seconds": [2.0]})],
+        "SAM": pd.DataFrame({"seconds": [4.0, 4.0]}),
+    }
     t = training_cost(h)
     assert t.loc["none", "s / epoch"] == pytest.approx(2.0)
     assert t.loc["SAM", "x baseline"] == pytest.approx(2.0)

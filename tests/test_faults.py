@@ -1,4 +1,5 @@
 """Fault models: counts, distinctness, reproducibility, bad input."""
+
 import math
 
 import pytest
@@ -16,8 +17,9 @@ def test_ber_count_matches_binomial_mean():
     p, bits = 1e-3, tuple(range(32))
     n = N_WORDS * 32
     g = torch.Generator().manual_seed(0)
-    counts = torch.tensor([len(bl.BitErrorRate(p).sample(NAMES, SHAPES, bits, g)) for _ in range(200)],
-                          dtype=torch.float64)
+    counts = torch.tensor(
+        [len(bl.BitErrorRate(p).sample(NAMES, SHAPES, bits, g)) for _ in range(200)], dtype=torch.float64
+    )
     mean, sd = n * p, math.sqrt(n * p * (1 - p))
     assert abs(counts.mean().item() - mean) < 4 * sd / math.sqrt(200)
     assert abs(counts.std().item() - sd) < 0.25 * sd
@@ -70,22 +72,28 @@ def test_single_bit_flip_multi_index():
     assert s.tensor.tolist() == [2] and s.word.tolist() == [1 * 21 + 2 * 7 + 3] and s.bit.tolist() == [5]
 
 
-@pytest.mark.parametrize("make,msg", [
-    (lambda: bl.BitErrorRate(1.5), "allowed values are in \\[0, 1\\]"),
-    (lambda: bl.BitErrorRate(-1e-3), "p"),
-    (lambda: bl.StuckAt(0.1, 2), "value"),
-    (lambda: bl.BitFlips(-1), "k"),
-])
+@pytest.mark.parametrize(
+    "make,msg",
+    [
+        (lambda: bl.BitErrorRate(1.5), "allowed values are in \\[0, 1\\]"),
+        (lambda: bl.BitErrorRate(-1e-3), "p"),
+        (lambda: bl.StuckAt(0.1, 2), "value"),
+        (lambda: bl.BitFlips(-1), "k"),
+    ],
+)
 def test_bad_fault_parameters(make, msg):
     with pytest.raises(ValueError, match=msg):
         make()
 
 
-@pytest.mark.parametrize("fault,msg", [
-    (bl.SingleBitFlip("zz", 0, 0), "param"),
-    (bl.SingleBitFlip("b", 50, 0), "index"),
-    (bl.SingleBitFlip("b", 0, 32), "bit"),
-])
+@pytest.mark.parametrize(
+    "fault,msg",
+    [
+        (bl.SingleBitFlip("zz", 0, 0), "param"),
+        (bl.SingleBitFlip("b", 50, 0), "index"),
+        (bl.SingleBitFlip("b", 0, 32), "bit"),
+    ],
+)
 def test_bad_single_flip_targets(fault, msg):
     with pytest.raises(ValueError, match=msg):
         fault.sample(NAMES, SHAPES, tuple(range(32)))

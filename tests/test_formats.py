@@ -1,16 +1,34 @@
 """Number formats against independent references (struct / numpy bit patterns)."""
+
 import struct
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
 from bitlab.formats import to_signed, to_unsigned
 
-EDGE32 = [0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 1.17549435e-38, 3.4028235e38, -3.4028235e38,
-          float("inf"), float("-inf"), 0.1, 2.0, 1.9999999, 65504.0, 6e-8]
+EDGE32 = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    1e-45,
+    -1e-45,
+    1.17549435e-38,
+    3.4028235e38,
+    -3.4028235e38,
+    float("inf"),
+    float("-inf"),
+    0.1,
+    2.0,
+    1.9999999,
+    65504.0,
+    6e-8,
+]
 
 
 def f32_bits(v: float) -> int:
@@ -80,8 +98,16 @@ def bf16_reference(v: float) -> int:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
 
 
-@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, max_value=float(np.float32(3e38)), min_value=-float(np.float32(3e38))),
-                min_size=1, max_size=20))
+BIG32 = float(np.float32(3e38))
+
+
+@given(
+    st.lists(
+        st.floats(width=32, allow_nan=False, allow_infinity=False, max_value=BIG32, min_value=-BIG32),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_bf16_encode_matches_bit_reference(values):
     assert bl.BF16.encode(torch.tensor(values)).tolist() == [bf16_reference(v) for v in values]
 
@@ -173,9 +199,16 @@ def test_bit_selections():
     assert bl.FP32.bits(["sign", 0]) == (0, 31)
 
 
-@pytest.mark.parametrize("sel,err,msg", [("mantisa", ValueError, "allowed"), ([32], ValueError, "0..31"),
-                                         (-1, ValueError, "0..31"), ([], ValueError, "empty"),
-                                         (1.5, TypeError, "bits")])
+@pytest.mark.parametrize(
+    "sel,err,msg",
+    [
+        ("mantisa", ValueError, "allowed"),
+        ([32], ValueError, "0..31"),
+        (-1, ValueError, "0..31"),
+        ([], ValueError, "empty"),
+        (1.5, TypeError, "bits"),
+    ],
+)
 def test_bad_bit_selections(sel, err, msg):
     with pytest.raises(err, match=msg):
         bl.FP32.bits(sel)

@@ -1,9 +1,11 @@
 """Injection: faults land where sampled, and every weight is restored bit for bit."""
+
 import struct
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
 
@@ -13,8 +15,10 @@ CODECS = [None, bl.RangeNulling(), bl.ParityNulling("extra"), bl.Unary(12)]
 
 def snapshot(model):
     """Bit patterns of every tensor in the state dict (NaN-safe exact comparison)."""
-    return {k: v.detach().clone().view(torch.int32) if v.dtype == torch.float32 else v.clone()
-            for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().clone().view(torch.int32) if v.dtype == torch.float32 else v.clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def same(a, b):
@@ -37,8 +41,9 @@ def test_every_injection_is_undone_bit_for_bit(fmt, codec, p, seed):
 def test_restored_when_the_body_raises(tiny_model, fmt, codec):
     before = snapshot(tiny_model)
     with pytest.raises(RuntimeError, match="boom"):
-        with bl.corrupted(tiny_model, bl.BitErrorRate(0.05), fmt=fmt, codec=codec,
-                          generator=torch.Generator().manual_seed(0)):
+        with bl.corrupted(
+            tiny_model, bl.BitErrorRate(0.05), fmt=fmt, codec=codec, generator=torch.Generator().manual_seed(0)
+        ):
             assert not same(before, snapshot(tiny_model))
             raise RuntimeError("boom")
     assert same(before, snapshot(tiny_model))
@@ -66,12 +71,12 @@ def test_single_bit_flip_matches_struct(bit, index):
     v = model.weight.reshape(-1)[index].item()
     with bl.corrupted(model, bl.SingleBitFlip("weight", index, bit), params="weight") as r:
         got = model.weight.reshape(-1)[index].item()
-        others = torch.cat([model.weight.reshape(-1)[:index], model.weight.reshape(-1)[index + 1:]])
+        others = torch.cat([model.weight.reshape(-1)[:index], model.weight.reshape(-1)[index + 1 :]])
     want = f32_flip(v, bit)
     assert struct.pack("<f", got) == struct.pack("<f", want)
     assert r.flips == 1 and r.per_param == {"weight": 1}
     with torch.no_grad():
-        clean = torch.cat([model.weight.reshape(-1)[:index], model.weight.reshape(-1)[index + 1:]])
+        clean = torch.cat([model.weight.reshape(-1)[:index], model.weight.reshape(-1)[index + 1 :]])
     assert torch.equal(others, clean)
 
 
@@ -98,8 +103,9 @@ def test_lossy_format_without_faults_reads_the_rounded_weights(tiny_model):
 
 
 def test_stuck_at_sets_bits(tiny_model):
-    with bl.corrupted(tiny_model, bl.StuckAt(0.3, 1), params="0.weight",
-                      generator=torch.Generator().manual_seed(0)) as r:
+    with bl.corrupted(
+        tiny_model, bl.StuckAt(0.3, 1), params="0.weight", generator=torch.Generator().manual_seed(0)
+    ) as r:
         words = bl.FP32.encode(tiny_model[0].weight).reshape(-1)
         for w, b in zip(r.sites.word.tolist(), r.sites.bit.tolist()):
             assert (words[w].item() >> b) & 1 == 1
@@ -126,13 +132,16 @@ def test_non_floating_parameter_rejected():
             pass
 
 
-@pytest.mark.parametrize("kwargs,err,msg", [
-    (dict(fault=0.1), TypeError, "fault"),
-    (dict(fmt="FP32"), TypeError, "fmt"),
-    (dict(codec="ecc"), TypeError, "codec"),
-    (dict(fault=bl.BitErrorRate(0.1, bits=[40])), ValueError, "0..31"),
-    (dict(fault=bl.BitErrorRate(0.1, bits="exponent"), fmt=bl.Q(2, 5)), ValueError, "integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,msg",
+    [
+        (dict(fault=0.1), TypeError, "fault"),
+        (dict(fmt="FP32"), TypeError, "fmt"),
+        (dict(codec="ecc"), TypeError, "codec"),
+        (dict(fault=bl.BitErrorRate(0.1, bits=[40])), ValueError, "0..31"),
+        (dict(fault=bl.BitErrorRate(0.1, bits="exponent"), fmt=bl.Q(2, 5)), ValueError, "integer"),
+    ],
+)
 def test_bad_injection_arguments(tiny_model, kwargs, err, msg):
     args = dict(fault=bl.BitErrorRate(0.1), fmt=bl.FP32, codec=None) | kwargs
     before = snapshot(tiny_model)
@@ -145,8 +154,9 @@ def test_bad_injection_arguments(tiny_model, kwargs, err, msg):
 def test_activation_hooks_are_removed_on_exit(tiny_model):
     x = torch.randn(16, 4)
     clean = tiny_model(x)
-    with bl.corrupted_activations(tiny_model, bl.BitErrorRate(0.05), modules=["0", "1"],
-                                  generator=torch.Generator().manual_seed(0)) as r:
+    with bl.corrupted_activations(
+        tiny_model, bl.BitErrorRate(0.05), modules=["0", "1"], generator=torch.Generator().manual_seed(0)
+    ) as r:
         faulty = tiny_model(x)
         assert len(tiny_model[0]._forward_hooks) == 1
     assert r.calls == {"0": 1, "1": 1} and r.total_flips > 0
@@ -165,14 +175,14 @@ def test_activation_fault_in_fp32_is_a_bit_flip(tiny_model):
     with bl.corrupted_activations(tiny_model, bl.SingleBitFlip("0", 3, 31), modules="0"):
         out = tiny_model[0](x)
     assert out.reshape(-1)[3].item() == -clean.reshape(-1)[3].item()
-    assert torch.equal(torch.cat([out.reshape(-1)[:3], out.reshape(-1)[4:]]),
-                       torch.cat([clean.reshape(-1)[:3], clean.reshape(-1)[4:]]))
+    assert torch.equal(
+        torch.cat([out.reshape(-1)[:3], out.reshape(-1)[4:]]), torch.cat([clean.reshape(-1)[:3], clean.reshape(-1)[4:]])
+    )
 
 
 def test_activation_quantized_format_uses_given_scale(tiny_model):
     x = torch.randn(8, 4)
-    with bl.corrupted_activations(tiny_model, bl.BitErrorRate(0.0), modules="0", fmt=bl.Int(8),
-                                  scales={"0": 0.5}):
+    with bl.corrupted_activations(tiny_model, bl.BitErrorRate(0.0), modules="0", fmt=bl.Int(8), scales={"0": 0.5}):
         out = tiny_model[0](x)
     assert torch.allclose(out, torch.clamp(torch.round(tiny_model[0](x) / 0.5), -127, 127) * 0.5)
 

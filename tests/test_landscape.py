@@ -1,5 +1,6 @@
 """bitlab.landscape: loss slices against a numpy reference, weights restored bit for bit, direction
 builders (filter normalization of Li et al. 2018, sparse multiplicative bit-flip-like directions)."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _same_bits(model: nn.Module, snap: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(p.detach().view(torch.int32), snap[n].view(torch.int32))
-               for n, p in model.named_parameters())
+    return all(
+        torch.equal(p.detach().view(torch.int32), snap[n].view(torch.int32)) for n, p in model.named_parameters()
+    )
 
 
 def _numpy_ce(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -152,10 +154,16 @@ def test_bitflip_direction_grow_and_determinism():
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(fraction=0.0), "fraction"), (dict(fraction=1.5), "fraction"), (dict(fraction=True), "fraction"),
-    (dict(eta=-1.0), "eta"), (dict(signs="up"), "signs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(fraction=0.0), "fraction"),
+        (dict(fraction=1.5), "fraction"),
+        (dict(fraction=True), "fraction"),
+        (dict(eta=-1.0), "eta"),
+        (dict(signs="up"), "signs"),
+    ],
+)
 def test_bitflip_direction_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bitflip_direction(_linear(), **kwargs)

@@ -25,7 +25,7 @@ def test_mlp_shapes_and_size():
 def test_small_cnn_shapes(in_channels, size):
     m = models.small_cnn(in_channels=in_channels, num_classes=10, input_size=size)
     assert m(torch.rand(3, in_channels, size, size)).shape == (3, 10)
-    fc = [l for l in m if isinstance(l, nn.Linear)][0]
+    fc = next(l for l in m if isinstance(l, nn.Linear))
     assert fc.in_features == 16 * (size // 4) ** 2
 
 

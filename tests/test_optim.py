@@ -1,5 +1,6 @@
 """SAM / ASAM / SAR against hand-computed steps on quadratics (numpy references), BatchNorm statistics,
 checkpoints, and the closure contract of bitlab.train.fit."""
+
 from __future__ import annotations
 
 import copy
@@ -19,6 +20,7 @@ DT = torch.float64
 
 
 # -- a separable quadratic f(w) = sum_j 0.5 w_j^T A_j w_j over two parameter tensors --------------------------
+
 
 def _spd(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -46,6 +48,7 @@ def _closure(opt, p1, p2, calls=None):
         if calls is not None:
             calls.append(float(loss.detach()))
         return loss
+
     return closure
 
 
@@ -111,8 +114,11 @@ def test_sam_with_momentum_two_steps_match_hand_computation():
     np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
 
 
-@given(shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=4),
-       rho=st.floats(1e-3, 10.0), seed=st.integers(0, 2**31 - 1))
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=4),
+    rho=st.floats(1e-3, 10.0),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_sam_perturbation_has_global_norm_rho_and_is_undone_exactly(shapes, rho, seed):
     g = torch.Generator().manual_seed(seed)
     params = [nn.Parameter(torch.randn(s, generator=g, dtype=DT)) for s in shapes]
@@ -147,8 +153,7 @@ def test_bad_rho_in_a_param_group():
         SAM([{"params": [nn.Parameter(torch.ones(2))], "rho": -1.0}], torch.optim.SGD, lr=0.1)
 
 
-@pytest.mark.parametrize("base", [torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), "sgd", len, nn.Linear,
-                                  SAM])
+@pytest.mark.parametrize("base", [torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), "sgd", len, nn.Linear, SAM])
 def test_base_optimizer_must_be_an_optimizer_class(base):
     with pytest.raises(TypeError, match="base_optimizer"):
         SAM([nn.Parameter(torch.ones(2))], base, lr=0.1)
@@ -208,10 +213,19 @@ def test_lr_scheduler_drives_the_base_optimizer():
 
 # -- BatchNorm ------------------------------------------------------------------------------------------------
 
+
 def _bn_net(momentum=0.1):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 8 * 8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, momentum=momentum),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
 
 
 def _batch():
@@ -243,6 +257,7 @@ def test_batchnorm_statistics_come_from_the_first_pass_only(cls, momentum):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         opt.step(closure)
         return _bn_buffers(model)
 
@@ -275,8 +290,10 @@ def test_frozen_bn_restores_on_exception_and_keeps_batch_statistics():
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kw", [(SAM, {"rho": 0.07}), (SAM, {"rho": 0.5, "adaptive": True}),
-                                    (SAR, {"rho": 0.5, "fraction": 0.1})])
+
+@pytest.mark.parametrize(
+    "cls,kw", [(SAM, {"rho": 0.07}), (SAM, {"rho": 0.5, "adaptive": True}), (SAR, {"rho": 0.5, "fraction": 0.1})]
+)
 def test_state_dict_round_trip(cls, kw):
     x, y = _batch()
     model_a = _bn_net()
@@ -288,6 +305,7 @@ def test_state_dict_round_trip(cls, kw):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         return closure
 
     for _ in range(3):
@@ -309,6 +327,7 @@ def test_state_dict_round_trip(cls, kw):
 
 
 # -- SAR ------------------------------------------------------------------------------------------------------
+
 
 def _hand_sar(rho, fraction, eta):
     """Our reading of SAR: top-k of |g| * rho * (|w| + eta) over all weights, eps = sign(g) * rho * (|w| + eta)."""
@@ -345,8 +364,13 @@ def test_sar_perturbation_and_step_match_hand_computation():
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@given(n=st.integers(1, 60), fraction=st.floats(1e-3, 1.0), rho=st.floats(1e-2, 4.0), eta=st.floats(0, 0.1),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 60),
+    fraction=st.floats(1e-3, 1.0),
+    rho=st.floats(1e-2, 4.0),
+    eta=st.floats(0, 0.1),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_sar_perturbation_is_sparse_weight_scaled_and_worst_case(n, fraction, rho, eta, seed):
     g = torch.Generator().manual_seed(seed)
     sizes = [n // 2, n - n // 2]
@@ -381,16 +405,23 @@ def test_hit_fraction():
 
 # -- through bitlab.training.fit -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls", [SAM, SAR])
 def test_fit_with_sam_equals_a_manual_two_pass_loop(cls):
     from bitlab import training as train
+
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     model = _bn_net()
     twin = copy.deepcopy(model)
-    df = train.fit(model, data, epochs=2, progress=False,
-                   optimizer=lambda p: cls(p, torch.optim.SGD, lr=0.1, momentum=0.9, model=model))
+    df = train.fit(
+        model,
+        data,
+        epochs=2,
+        progress=False,
+        optimizer=lambda p: cls(p, torch.optim.SGD, lr=0.1, momentum=0.9, model=model),
+    )
     assert list(df["epoch"]) == [1, 2] and df["loss"].iloc[1] < df["loss"].iloc[0]
 
     opt = cls(twin.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)

@@ -1,5 +1,6 @@
 """The install routes agree: pyproject.toml, environment.yml and constraints.txt list the same packages and pin
 the same torch; the README and CI name the test command; the book builder finds and runs notebooks."""
+
 import importlib.util
 import os
 import re
@@ -51,8 +52,11 @@ def test_torch_pinned_everywhere(pyproject, conda_env):
     assert TORCH_PIN in [r.replace(" ", "") for r in pyproject["project"]["dependencies"]]
     conda, pip = conda_requirements(conda_env)
     assert TORCH_PIN in pip and not any(norm(r) == "torch" for r in conda)
-    constraints = [ln.strip() for ln in (ROOT / "constraints.txt").read_text().splitlines()
-                   if ln.strip() and not ln.startswith("#")]
+    constraints = [
+        ln.strip()
+        for ln in (ROOT / "constraints.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert constraints == [TORCH_PIN]
     makefile = (ROOT / "Makefile").read_text()
     assert makefile.count("-c constraints.txt") >= 2 and f'"{TORCH_PIN}"' in makefile
@@ -90,8 +94,11 @@ def build_book():
 
 
 def test_build_book_helpers(build_book, tmp_path):
-    assert build_book.parse_params(["SCALE=paper", "SEEDS=[0, 1]", "N=3"]) == {"SCALE": "paper", "SEEDS": [0, 1],
-                                                                             "N": 3}
+    assert build_book.parse_params(["SCALE=paper", "SEEDS=[0, 1]", "N=3"]) == {
+        "SCALE": "paper",
+        "SEEDS": [0, 1],
+        "N": 3,
+    }
     with pytest.raises(SystemExit):
         build_book.parse_params(["no-equals"])
     for name in ("02_b.ipynb", "01_a.ipynb", "notes.txt"):

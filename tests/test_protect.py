@@ -1,10 +1,11 @@
 """Protection codecs: round trips, detection, overheads, bad input."""
+
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
-from bitlab.faults import fault_words
 from bitlab.codecs import popcount
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8)]

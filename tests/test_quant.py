@@ -1,4 +1,5 @@
 """Tests for bitlab.quant against hand-computed integer references."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bitlab.formats import Int
-from bitlab.training.quant import (calibrate_activations, dequantize, fake_quantize, qmax, quantize, quantize_model,
-                          quantizable_layers, scale_report, weight_scale)
+from bitlab.training.quant import (
+    calibrate_activations,
+    dequantize,
+    fake_quantize,
+    qmax,
+    quantizable_layers,
+    quantize,
+    quantize_model,
+    scale_report,
+    weight_scale,
+)
 
 floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
 scales = st.floats(min_value=1e-3, max_value=10.0, allow_nan=False)
@@ -167,8 +177,7 @@ def test_calibration_percentile_and_errors(tiny_model, tiny_data):
 def test_scale_report_columns(tiny_model, tiny_data):
     qm = quantize_model(tiny_model, tiny_data, per_channel=True, bits=4)
     df = scale_report(qm)
-    assert list(df.columns) == ["layer", "kind", "weight_scale", "act_scale", "weight_max_abs", "act_max_abs",
-                                "bits"]
+    assert list(df.columns) == ["layer", "kind", "weight_scale", "act_scale", "weight_max_abs", "act_max_abs", "bits"]
     assert df["layer"].tolist() == ["0", "2"] and df["kind"].tolist() == ["Linear", "Linear"]
     assert (df["bits"] == 4).all()
     w0 = tiny_model[0].weight.detach().abs()
@@ -237,6 +246,7 @@ def test_act_fault_errors_and_restore_on_exception(tiny_model, tiny_data):
 
 def test_quantize_model_on_small_cnn_keeps_accuracy():
     from bitlab import data, models, train
+
     split = data.digits(seed=0)
     torch.manual_seed(0)
     model = models.small_cnn()
@@ -250,6 +260,7 @@ def test_quantize_model_on_small_cnn_keeps_accuracy():
 
 def test_deepcopy_binds_hooks_to_the_copy(tiny_model, tiny_data):
     import copy
+
     qm = quantize_model(tiny_model, tiny_data)
     x = tiny_data.tensors[0][:8]
     twin = copy.deepcopy(qm)

@@ -1,11 +1,13 @@
 """Weight scaling (Fuengfusin 2024): round trips, the per-layer constant, t selection, the
 function-preserving ReLU rescaling, bad input, and restoration after injection."""
+
 import math
 import struct
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
 from bitlab.campaigns.scaling import best_t, sweep_t
@@ -31,13 +33,13 @@ def tolerance(fmt, w, c):
     a = w.abs().double()
     if isinstance(fmt, bl.formats.FloatFormat):
         p = len(fmt.fields["mantissa"])
-        tiny = torch.finfo(fmt.dtype).smallest_normal * 2.0 ** -p
+        tiny = torch.finfo(fmt.dtype).smallest_normal * 2.0**-p
         fmt_err = (a * c) * 2.0 ** -(p + 1) + tiny / 2
     elif isinstance(fmt, bl.Q):
         fmt_err = torch.full_like(a, fmt.step / 2)
     else:
         raise AssertionError
-    return fmt_err / c + a * 2.0 ** -24 + 1e-45
+    return fmt_err / c + a * 2.0**-24 + 1e-45
 
 
 @pytest.mark.parametrize("fmt", [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Q(3, 12)])
@@ -54,11 +56,11 @@ def test_fault_free_round_trip_within_the_documented_step(fmt, t):
 
 def test_fp32_round_trip_is_within_one_ulp_and_exact_with_pow2():
     w = weights(n=2000)
-    for t in (3.0, 2.0 ** 100):
+    for t in (3.0, 2.0**100):
         c = WeightScaling(t)
         s = c.fit(w, bl.FP32)
         got = c.decode(c.encode(w, bl.FP32, s), bl.FP32, s)
-        ulp = (torch.nextafter(w.abs(), torch.tensor(math.inf)) - w.abs())
+        ulp = torch.nextafter(w.abs(), torch.tensor(math.inf)) - w.abs()
         assert bool(((got - w).abs() <= ulp).all())
         p = WeightScaling(t, pow2=True)
         s = p.fit(w, bl.FP32)
@@ -72,7 +74,7 @@ def test_q25_scaling_shrinks_the_rounding_error_by_c():
     c = WeightScaling()  # t = 3.96875, the top of Q2.5's range
     s = c.fit(w, bl.Q(2, 5))
     scaled = (c.decode(c.encode(w, bl.Q(2, 5), s), bl.Q(2, 5), s) - w).abs().max().item()
-    assert plain <= 2 ** -6 + 1e-9 and scaled <= 2 ** -6 / s["c"] + 1e-7 < plain
+    assert plain <= 2**-6 + 1e-9 and scaled <= 2**-6 / s["c"] + 1e-7 < plain
 
 
 def test_int_format_scaling_stores_the_same_words():
@@ -83,8 +85,12 @@ def test_int_format_scaling_stores_the_same_words():
         plain = bl.protect.Identity()
         ps = plain.fit(w, fmt)
         assert torch.equal(c.encode(w.reshape(-1), fmt, s), plain.encode(w.reshape(-1), fmt, ps))
-        assert torch.allclose(c.decode(c.encode(w.reshape(-1), fmt, s), fmt, s),
-                              plain.decode(plain.encode(w.reshape(-1), fmt, ps), fmt, ps), rtol=1e-6, atol=1e-9)
+        assert torch.allclose(
+            c.decode(c.encode(w.reshape(-1), fmt, s), fmt, s),
+            plain.decode(plain.encode(w.reshape(-1), fmt, ps), fmt, ps),
+            rtol=1e-6,
+            atol=1e-9,
+        )
 
 
 @given(st.integers(0, 7), st.floats(-0.9, 0.9, allow_nan=False), st.floats(0.05, 3.0))
@@ -103,7 +109,7 @@ def test_q25_flip_error_is_divided_by_c(bit, v, t):
 
 def test_fp32_exponent_msb_flip_shrinks_weights_scaled_above_2():
     w = torch.tensor([0.5, -0.25, 0.01, 0.001])
-    c = WeightScaling(2.0 ** 124)
+    c = WeightScaling(2.0**124)
     s = c.fit(w, bl.FP32)
     words = c.encode(w, bl.FP32, s)
     assert bool(((words >> 30) & 1).all())  # every scaled weight has the exponent MSB set
@@ -158,12 +164,20 @@ def test_all_zero_tensor_is_a_clear_error():
 
 # --- injection is undone bit for bit ----------------------------------------------------------
 
+
 def snapshot(model):
     return {k: v.detach().clone().view(torch.int32) for k, v in model.state_dict().items()}
 
 
-T_FOR = {"FP32": [2.0, 2.0 ** 124], "FP16": [2.0, 4096.0], "BF16": [2.0 ** 100], "Q2.5": [1.0, 3.96875],
-         "Q3.12": [7.5], "int8": [3.0], "int4/ch": [1.0]}
+T_FOR = {
+    "FP32": [2.0, 2.0**124],
+    "FP16": [2.0, 4096.0],
+    "BF16": [2.0**100],
+    "Q2.5": [1.0, 3.96875],
+    "Q3.12": [7.5],
+    "int8": [3.0],
+    "int4/ch": [1.0],
+}
 CODECS = [(fmt, WeightScaling(t)) for fmt in FORMATS for t in T_FOR[fmt.name]]
 CODECS += [(fmt, WeightScaling(None, pow2=True)) for fmt in FORMATS]
 CODECS += [(fmt, SECDED(mode)) for fmt in FORMATS for mode in ("zero", "raw")]
@@ -188,8 +202,9 @@ def test_restored_when_the_body_raises(fmt, codec):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
-        with bl.corrupted(model, bl.BitErrorRate(0.05), fmt=fmt, codec=codec,
-                          generator=torch.Generator().manual_seed(0)):
+        with bl.corrupted(
+            model, bl.BitErrorRate(0.05), fmt=fmt, codec=codec, generator=torch.Generator().manual_seed(0)
+        ):
             raise RuntimeError("boom")
     after = snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -197,12 +212,12 @@ def test_restored_when_the_body_raises(fmt, codec):
 
 # --- choosing t -------------------------------------------------------------------------------
 
+
 def test_sweep_t_shares_fault_draws_and_picks_the_best(tiny_data):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     bl.train.fit(model, tiny_data, epochs=5, seed=0, progress=False)
-    df = sweep_t(model, tiny_data, [None, 0.5, 3.96875], bl.Q(2, 5), ber=[0.01, 0.05], trials=4, seed=1,
-                 progress=False)
+    df = sweep_t(model, tiny_data, [None, 0.5, 3.96875], bl.Q(2, 5), ber=[0.01, 0.05], trials=4, seed=1, progress=False)
     assert len(df) == 3 * 2 * 4 and set(df.columns) >= {"t", "ber", "trial", "accuracy", "clean_accuracy", "flips"}
     flips = df.pivot_table(index=["ber", "trial"], columns="t", values="flips", dropna=False)
     assert (flips.nunique(axis=1) == 1).all()  # same number of flips for every t: same draws
@@ -218,13 +233,20 @@ def test_sweep_t_shares_fault_draws_and_picks_the_best(tiny_data):
 
 def test_best_t_breaks_ties_by_clean_accuracy_then_smaller_t():
     import pandas as pd
-    df = pd.DataFrame({"t": [1.0, 2.0, 4.0, float("nan")], "accuracy": [0.5, 0.9, 0.9, 0.9],
-                       "clean_accuracy": [0.9, 0.95, 0.95, 0.93]})
+
+    df = pd.DataFrame(
+        {
+            "t": [1.0, 2.0, 4.0, float("nan")],
+            "accuracy": [0.5, 0.9, 0.9, 0.9],
+            "clean_accuracy": [0.9, 0.95, 0.95, 0.93],
+        }
+    )
     assert best_t(df) == 2.0
     assert math.isnan(best_t(df[df["t"].isna() | (df["t"] == 1.0)]))
 
 
 # --- function-preserving rescaling ------------------------------------------------------------
+
 
 def test_rescaling_keeps_the_small_cnn_function():
     torch.manual_seed(0)

@@ -1,14 +1,16 @@
 """SECDED (extended Hamming) codec: exhaustive single/double-error behaviour on 8-bit words, property
 tests on 32-bit words, round trips, overhead, layout checks against an independent reference."""
+
 import itertools
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bitlab as bl
-from bitlab.formats import Format
 from bitlab.codecs.secded import CORRECTED, DETECTED, OK, SECDED, layout, secded_decode, secded_encode
+from bitlab.formats import Format
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8), bl.Int(4, per_channel=True)]
 
@@ -18,7 +20,7 @@ def reference_encode(d: int, k: int) -> int:
     vectorized encoder): data bits at the non-power-of-two positions 1..n, check bit at 2**j the XOR
     of the positions with bit j set, overall parity at position 0."""
     r = 1
-    while 2 ** r < k + r + 1:
+    while 2**r < k + r + 1:
         r += 1
     n = k + r
     bits = [0] * (n + 1)
@@ -26,7 +28,7 @@ def reference_encode(d: int, k: int) -> int:
     for i, p in enumerate(data_positions):
         bits[p] = (d >> i) & 1
     for j in range(r):
-        bits[2 ** j] = sum(bits[p] for p in range(1, n + 1) if (p >> j) & 1 and p != 2 ** j) % 2
+        bits[2**j] = sum(bits[p] for p in range(1, n + 1) if (p >> j) & 1 and p != 2**j) % 2
     bits[0] = sum(bits[1:]) % 2
     return sum(b << p for p, b in enumerate(bits))
 
@@ -157,8 +159,9 @@ def test_injection_with_one_flip_per_word_is_fully_corrected():
     before = model.weight.detach().clone()
     x = torch.randn(5, 40)
     clean = model(x)
-    with bl.corrupted(model, bl.BitFlips(5), fmt=bl.FP32, codec=SECDED(),
-                      generator=torch.Generator().manual_seed(3)) as r:
+    with bl.corrupted(
+        model, bl.BitFlips(5), fmt=bl.FP32, codec=SECDED(), generator=torch.Generator().manual_seed(3)
+    ) as r:
         assert len(set(zip(r.sites.tensor.tolist(), r.sites.word.tolist()))) == r.flips == 5
         assert torch.equal(model(x), clean)
     assert torch.equal(model.weight, before)

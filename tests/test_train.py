@@ -3,7 +3,6 @@ import math
 import random
 
 import numpy as np
-
 import pandas as pd
 import pytest
 import torch
@@ -78,10 +77,9 @@ def test_regularizer_is_added_to_the_loss(tiny_model, tiny_data):
 
     def l2(model, x, y):
         calls.append(len(y))
-        return 0.5 * wd * sum((p ** 2).sum() for p in model.parameters())
+        return 0.5 * wd * sum((p**2).sum() for p in model.parameters())
 
-    df = train.fit(m_reg, _single_batch(tiny_data), epochs=3, optimizer="sgd", lr=0.1, regularizer=l2,
-                   progress=False)
+    df = train.fit(m_reg, _single_batch(tiny_data), epochs=3, optimizer="sgd", lr=0.1, regularizer=l2, progress=False)
     train.fit(m_wd, _single_batch(tiny_data), epochs=3, optimizer="sgd", lr=0.1, weight_decay=wd, progress=False)
     assert calls == [64, 64, 64]
     assert "penalty" in df.columns and (df["penalty"] > 0).all()
@@ -102,8 +100,9 @@ def test_adversary_replaces_inputs(tiny_model, tiny_data):
     loss = F.cross_entropy(ref(-x), y)
     grads = torch.autograd.grad(loss, list(ref.parameters()))
     expected = [p.detach() - 0.05 * g for p, g in zip(ref.parameters(), grads)]
-    df = train.fit(tiny_model, _single_batch(tiny_data), epochs=1, optimizer="sgd", lr=0.05, adversary=flip_sign,
-                   progress=False)
+    df = train.fit(
+        tiny_model, _single_batch(tiny_data), epochs=1, optimizer="sgd", lr=0.05, adversary=flip_sign, progress=False
+    )
     assert calls == [True]
     assert df["loss"].iloc[0] == pytest.approx(float(loss.detach()), rel=1e-6)
     for p, e in zip(tiny_model.parameters(), expected):
@@ -148,9 +147,14 @@ def test_optimizer_that_ignores_the_closure_is_an_error(tiny_model, tiny_data):
         train.fit(tiny_model, tiny_data, epochs=1, optimizer=lambda p: NoClosure(p, lr=0.1), progress=False)
 
 
-@pytest.mark.parametrize("name,cls,extra", [("sgd", torch.optim.SGD, {"momentum": 0.9}),
-                                            ("adam", torch.optim.Adam, {"betas": (0.8, 0.9)}),
-                                            ("RMSprop", torch.optim.RMSprop, {"alpha": 0.9})])
+@pytest.mark.parametrize(
+    "name,cls,extra",
+    [
+        ("sgd", torch.optim.SGD, {"momentum": 0.9}),
+        ("adam", torch.optim.Adam, {"betas": (0.8, 0.9)}),
+        ("RMSprop", torch.optim.RMSprop, {"alpha": 0.9}),
+    ],
+)
 def test_named_optimizers(tiny_model, name, cls, extra):
     opt = train.make_optimizer(tiny_model.parameters(), name, lr=0.01, weight_decay=0.1, **extra)
     assert type(opt) is cls
@@ -159,16 +163,24 @@ def test_named_optimizers(tiny_model, name, cls, extra):
     assert all(group[k] == v for k, v in extra.items())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(optimizer="adagrad"), "optimizer must be one of \\['adam', 'rmsprop', 'sgd'\\]"),
-    (dict(optimizer=3), "optimizer"),
-    (dict(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), momentum=0.9), "momentum"),
-    (dict(optimizer=lambda p: "not an optimizer"), "torch.optim.Optimizer"),
-    (dict(epochs=0), "epochs"), (dict(epochs=1.5), "epochs"),
-    (dict(lr=0.0), "lr"), (dict(lr=-1e-3), "lr"), (dict(lr=math.nan), "lr"),
-    (dict(weight_decay=-0.1), "weight_decay"), (dict(batch_size=0), "batch_size"),
-    (dict(regularizer="l2"), "regularizer"), (dict(adversary=1), "adversary"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(optimizer="adagrad"), "optimizer must be one of \\['adam', 'rmsprop', 'sgd'\\]"),
+        (dict(optimizer=3), "optimizer"),
+        (dict(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), momentum=0.9), "momentum"),
+        (dict(optimizer=lambda p: "not an optimizer"), "torch.optim.Optimizer"),
+        (dict(epochs=0), "epochs"),
+        (dict(epochs=1.5), "epochs"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(lr=math.nan), "lr"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(regularizer="l2"), "regularizer"),
+        (dict(adversary=1), "adversary"),
+    ],
+)
 def test_bad_arguments_raise(tiny_model, tiny_data, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         train.fit(tiny_model, tiny_data, progress=False, **kwargs)
@@ -193,12 +205,16 @@ class Lookup(nn.Module):
 
 def test_accuracy_counts_non_finite_logits_as_wrong():
     nan, inf = math.nan, math.inf
-    table = torch.tensor([[5.0, 0.0, 0.0],   # correct
-                          [0.0, 5.0, nan],   # argmax right but a NaN: wrong
-                          [inf, 0.0, 0.0],   # +inf on the true class: wrong
-                          [0.0, -inf, 1.0],  # correct class 2 but -inf elsewhere: wrong
-                          [0.0, 1.0, 0.0],   # wrong class
-                          [0.0, 0.0, 3.0]])  # correct
+    table = torch.tensor(
+        [
+            [5.0, 0.0, 0.0],  # correct
+            [0.0, 5.0, nan],  # argmax right but a NaN: wrong
+            [inf, 0.0, 0.0],  # +inf on the true class: wrong
+            [0.0, -inf, 1.0],  # correct class 2 but -inf elsewhere: wrong
+            [0.0, 1.0, 0.0],  # wrong class
+            [0.0, 0.0, 3.0],
+        ]
+    )  # correct
     y = torch.tensor([0, 1, 0, 2, 0, 2])
     ds = TensorDataset(torch.arange(6), y)
     model = Lookup(table)

@@ -6,6 +6,7 @@
 * :mod:`.attack` -- the progressive bit-flip attack (Rakin et al. 2019).
 * :mod:`.scaling` -- choosing the weight-scaling constant ``t`` (Fuengfusin 2024).
 """
+
 from __future__ import annotations
 
 from ..evaluate import batch_accuracy, materialize
@@ -15,6 +16,18 @@ from .census import bit_census, count_above, naive_bit_census
 from .scaling import best_t, sweep_t
 from .sweep import ber_sweep, summarize, tolerable_ber
 
-__all__ = ["ber_sweep", "summarize", "tolerable_ber", "activation_sweep", "resilience_auc", "bit_census",
-           "count_above", "naive_bit_census", "bit_flip_attack", "sweep_t", "best_t", "materialize",
-           "batch_accuracy"]
+__all__ = [
+    "ber_sweep",
+    "summarize",
+    "tolerable_ber",
+    "activation_sweep",
+    "resilience_auc",
+    "bit_census",
+    "count_above",
+    "naive_bit_census",
+    "bit_flip_attack",
+    "sweep_t",
+    "best_t",
+    "materialize",
+    "batch_accuracy",
+]

@@ -15,9 +15,10 @@ damage of a fault grows with the scale factor -- the paper's point. This module 
 * :func:`resilience_auc` -- one number per sweep: the normalized area under the accuracy vs
   log10(fault rate) curve (our reading of "fault resilience"; the paper's exact metric is not public).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,7 @@ from ..formats import BitSelection, Int, resolve_bits
 from ..progress import bar as progress_bar
 from ..training.quant import ActFault, QuantizedModel
 
-__all__ = ["act_fault_fn", "flips_per_inference_fn", "activation_sizes", "activation_sweep", "resilience_auc",
-           "MODES"]
+__all__ = ["act_fault_fn", "flips_per_inference_fn", "activation_sizes", "activation_sweep", "resilience_auc", "MODES"]
 
 MODES = ("ber", "flips")
 
@@ -42,8 +42,10 @@ def _check_layers(qm: QuantizedModel, layers: str | Sequence[str] | None) -> lis
     names = [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in qm.layers]
     if unknown or not names:
-        raise ValueError(f"layers: {unknown or names!r} are not quantized layers of the model; "
-                         f"valid names: {', '.join(map(repr, qm.layers))}")
+        raise ValueError(
+            f"layers: {unknown or names!r} are not quantized layers of the model; "
+            f"valid names: {', '.join(map(repr, qm.layers))}"
+        )
     return [n for n in qm.layers if n in names]  # model order, no duplicates
 
 
@@ -56,8 +58,13 @@ def _add(counts: dict[str, int] | None, name: str, n: int) -> None:
         counts[name] = counts.get(name, 0) + n
 
 
-def act_fault_fn(fault: Fault, generator: torch.Generator | None = None, bits: int = 8,
-                 layers: Sequence[str] | None = None, counts: dict[str, int] | None = None) -> ActFault:
+def act_fault_fn(
+    fault: Fault,
+    generator: torch.Generator | None = None,
+    bits: int = 8,
+    layers: Sequence[str] | None = None,
+    counts: dict[str, int] | None = None,
+) -> ActFault:
     """A hook ``fn(layer_name, words) -> words`` for :meth:`QuantizedModel.set_act_fault` that applies
     ``fault`` (e.g. :class:`~bitlab.faults.BitErrorRate`, :class:`~bitlab.faults.StuckAt`) to the
     ``bits``-wide activation words of the layers in ``layers`` (default: every layer it is called for).
@@ -93,8 +100,11 @@ def _distinct_rows(n: int, k: int, total: int, generator: torch.Generator | None
     if k == 0:
         return torch.empty(n, 0, dtype=torch.int64)
     if 4 * k > total:
-        return torch.stack([sample_distinct(total, k, generator) for _ in range(n)]) if n else \
-            torch.empty(0, k, dtype=torch.int64)
+        return (
+            torch.stack([sample_distinct(total, k, generator) for _ in range(n)])
+            if n
+            else torch.empty(0, k, dtype=torch.int64)
+        )
     out = torch.randint(0, total, (n, k), generator=generator)
     while True:
         s = out.sort(dim=1).values
@@ -109,8 +119,15 @@ class _PerInference:
     sites of every chosen layer for the whole batch; each layer call then applies its share. State is real
     here (the plan lives across the layer calls of one forward pass)."""
 
-    def __init__(self, k: int, sizes: Mapping[str, int], generator: torch.Generator | None,
-                 bits: int, positions: tuple[int, ...], counts: dict[str, int] | None) -> None:
+    def __init__(
+        self,
+        k: int,
+        sizes: Mapping[str, int],
+        generator: torch.Generator | None,
+        bits: int,
+        positions: tuple[int, ...],
+        counts: dict[str, int] | None,
+    ) -> None:
         self.k, self.sizes, self.generator, self.bits = k, dict(sizes), generator, bits
         self.names = list(sizes)
         self.positions = torch.tensor(positions, dtype=torch.int64)
@@ -119,8 +136,10 @@ class _PerInference:
         self.bounds = torch.cat([torch.zeros(1, dtype=torch.int64), sizes_bits.cumsum(0)])
         self.total = int(self.bounds[-1])
         if k > self.total:
-            raise ValueError(f"k: {k} flips per inference requested but the chosen activations hold only "
-                             f"{self.total} bits per inference; allowed 0..{self.total}")
+            raise ValueError(
+                f"k: {k} flips per inference requested but the chosen activations hold only "
+                f"{self.total} bits per inference; allowed 0..{self.total}"
+            )
         self.plan: dict[str, tuple[Tensor, Tensor]] = {}
 
     def _draw(self, n: int) -> None:
@@ -141,8 +160,9 @@ class _PerInference:
             return words
         per_image = words[0].numel() if words.dim() else 1
         if per_image != self.sizes[name]:
-            raise ValueError(f"sizes: layer {name!r} reads {per_image} words per inference, "
-                             f"but sizes says {self.sizes[name]}")
+            raise ValueError(
+                f"sizes: layer {name!r} reads {per_image} words per inference, but sizes says {self.sizes[name]}"
+            )
         if name not in self.plan:  # every layer consumed its share: a new forward pass starts
             self._draw(words.shape[0])
         word, bit = self.plan.pop(name)
@@ -155,9 +175,14 @@ class _PerInference:
         return flat.view_as(words)
 
 
-def flips_per_inference_fn(k: int, sizes: Mapping[str, int], generator: torch.Generator | None = None,
-                           bits: int = 8, bit_sel: BitSelection = None,
-                           counts: dict[str, int] | None = None) -> ActFault:
+def flips_per_inference_fn(
+    k: int,
+    sizes: Mapping[str, int],
+    generator: torch.Generator | None = None,
+    bits: int = 8,
+    bit_sel: BitSelection = None,
+    counts: dict[str, int] | None = None,
+) -> ActFault:
     """A hook that flips exactly ``k`` distinct activation bits per inference (per input image), drawn
     uniformly from the selected bit positions (``bit_sel``, default all ``bits``) of the activations of the
     layers in ``sizes`` (layer name -> words per image, see :func:`activation_sizes`), in forward order.
@@ -186,8 +211,10 @@ def activation_sizes(qm: QuantizedModel, x: Tensor, layers: Sequence[str] | None
         qm(x[:1])
     bad = [n for n in names if len(seen.get(n, [])) != 1]
     if bad:
-        raise ValueError(f"layers: {bad} are not called exactly once per forward pass; "
-                         "per-inference activation faults need each layer once")
+        raise ValueError(
+            f"layers: {bad} are not called exactly once per forward pass; "
+            "per-inference activation faults need each layer once"
+        )
     return {n: seen[n][0] for n in names}
 
 
@@ -203,15 +230,26 @@ def _check_rates(rates: Sequence[float], mode: str, bits_per_inference: int) -> 
             out.append(float(r))
         else:
             if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r <= bits_per_inference:
-                raise ValueError(f"rates: {r!r} is not a flip count; allowed ints in 0..{bits_per_inference} "
-                                 "(the activation bits of one inference)")
+                raise ValueError(
+                    f"rates: {r!r} is not a flip count; allowed ints in 0..{bits_per_inference} "
+                    "(the activation bits of one inference)"
+                )
             out.append(int(r))
     return out
 
 
-def activation_sweep(qm: QuantizedModel, data: object, rates: Sequence[float], trials: int = 20,
-                     layers: str | Sequence[str] | None = None, mode: str = "ber", bits: BitSelection = None,
-                     seed: int = 0, progress: bool | None = None, label: str | None = None) -> pd.DataFrame:
+def activation_sweep(
+    qm: QuantizedModel,
+    data: object,
+    rates: Sequence[float],
+    trials: int = 20,
+    layers: str | Sequence[str] | None = None,
+    mode: str = "ber",
+    bits: BitSelection = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    label: str | None = None,
+) -> pd.DataFrame:
     """Accuracy of the quantized model ``qm`` on ``data`` under transient bit flips in the integer input
     activations of ``layers`` (default: every quantized layer), ``trials`` draws per rate (Fasfous et al.
     2022, activation bit-flip campaigns).
@@ -257,8 +295,16 @@ def activation_sweep(qm: QuantizedModel, data: object, rates: Sequence[float], t
             with qm.act_fault(fn):
                 acc = batch_accuracy(qm, batches)
             flips = sum(counts.values())
-            row = {"rate": rate, "trial": t, "flips": flips, "flips_per_inference": flips / n_inputs,
-                   "accuracy": acc, "mode": mode, "layers": layer_label, "seed": seed}
+            row = {
+                "rate": rate,
+                "trial": t,
+                "flips": flips,
+                "flips_per_inference": flips / n_inputs,
+                "accuracy": acc,
+                "mode": mode,
+                "layers": layer_label,
+                "seed": seed,
+            }
             if mode == "ber":
                 row["ber"] = rate
             rows.append(row)
@@ -271,8 +317,9 @@ def activation_sweep(qm: QuantizedModel, data: object, rates: Sequence[float], t
     return df
 
 
-def resilience_auc(df: pd.DataFrame, x: str | None = None, value: str = "accuracy",
-                   relative: bool = False, clean: float | None = None) -> float:
+def resilience_auc(
+    df: pd.DataFrame, x: str | None = None, value: str = "accuracy", relative: bool = False, clean: float | None = None
+) -> float:
     """Fault resilience of one configuration as a single number: the area under the mean ``value``
     vs ``log10(x)`` curve (trapezoids over the grid's positive rates), divided by the width of the log
     grid -- the mean accuracy over a log-spaced range of fault rates, in [0, 1]. Our reading of the

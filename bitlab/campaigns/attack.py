@@ -32,12 +32,13 @@ The model handed in is never left corrupted: its weights are restored bit for bi
 returns or raises. :meth:`AttackResult.applied` re-applies the flips found (through
 :func:`bitlab.corrupted` and :class:`bitlab.faults.FlipList`).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 import pandas as pd
 import torch
@@ -58,8 +59,10 @@ __all__ = ["bit_flip_attack", "AttackResult", "attack_params", "attack_loss", "C
 CHANCE_MARGIN = 0.02
 #: per-sample cap (in nats) of the loss the attack maximizes, see the module notes
 LOSS_CAP = 1000.0
+#: the attack's default store: 8-bit two's complement with a per-tensor scale (Rakin et al. 2019)
+INT8 = Int(8)
 
-Target = Union[None, float, str]
+Target = None | float | str
 
 
 @dataclass
@@ -109,8 +112,7 @@ class AttackResult:
         return FlipList(tuple(zip(rows["param"], rows["index"].astype(int), rows["bit"].astype(int))))
 
     @contextmanager
-    def applied(self, model: nn.Module, n: int | None = None, codec: Codec | None = None
-                ) -> Iterator[InjectionReport]:
+    def applied(self, model: nn.Module, n: int | None = None, codec: Codec | None = None) -> Iterator[InjectionReport]:
         """Hold ``model`` (the clean model attacked) with its weights stored in ``fmt`` and the first
         ``n`` flips (default: all) applied; restored bit for bit on exit. ``codec`` reads the store
         through a protection (e.g. :class:`bitlab.GroupChecksum`): the same flips hit the same words."""
@@ -121,13 +123,18 @@ class AttackResult:
 def attack_params(model: nn.Module, params: ParamSelection = None) -> list[tuple[str, nn.Parameter]]:
     """The weights a bit-flip attack targets: the ``weight`` of every Linear and Conv layer, among
     the parameters ``params`` selects (default: all)."""
-    layer_weights = {id(m.weight) for m in model.modules()
-                     if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-                     and isinstance(getattr(m, "weight", None), nn.Parameter)}
+    layer_weights = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and isinstance(getattr(m, "weight", None), nn.Parameter)
+    }
     chosen = [(n, p) for n, p in select_params(model, params) if id(p) in layer_weights]
     if not chosen:
-        raise ValueError(f"params: {params!r} selects no Linear or Conv weight; the bit-flip attack "
-                         "targets quantized layer weights (nn.Linear / nn.Conv*d .weight)")
+        raise ValueError(
+            f"params: {params!r} selects no Linear or Conv weight; the bit-flip attack "
+            "targets quantized layer weights (nn.Linear / nn.Conv*d .weight)"
+        )
     return chosen
 
 
@@ -161,8 +168,9 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float(attack_loss(model(x), y))
 
 
-def _rank(words: Tensor, current: Tensor, grad: Tensor, fmt: Format, state: dict, k: int,
-          done: set[tuple[int, int]]) -> list[tuple[float, int, int, float]]:
+def _rank(
+    words: Tensor, current: Tensor, grad: Tensor, fmt: Format, state: dict, k: int, done: set[tuple[int, int]]
+) -> list[tuple[float, int, int, float]]:
     """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
     first-order loss gain ``g * (decode(word ^ 2**b) - w)``; a non-finite new value ranks first."""
     codec = Identity()
@@ -184,10 +192,19 @@ def _rank(words: Tensor, current: Tensor, grad: Tensor, fmt: Format, state: dict
     return out
 
 
-def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget: int = 20,
-                    attack_batch: int = 128, eval_data: object | None = None, params: ParamSelection = None,
-                    candidates_per_layer: int = 8, target_accuracy: Target = None, seed: int = 0,
-                    progress: bool | None = None) -> AttackResult:
+def bit_flip_attack(
+    model: nn.Module,
+    data: object,
+    fmt: Format = INT8,
+    budget: int = 20,
+    attack_batch: int = 128,
+    eval_data: object | None = None,
+    params: ParamSelection = None,
+    candidates_per_layer: int = 8,
+    target_accuracy: Target = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> AttackResult:
     """Progressive bit search (Rakin et al. 2019, Sec. 3): up to ``budget`` flips, each the best of an
     in-layer search (``candidates_per_layer`` gradient-ranked flips per layer, tried by real loss)
     followed by a cross-layer search, on ``attack_batch`` samples drawn from ``data`` with ``seed``.
@@ -204,9 +221,15 @@ def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget
     _check_int(budget, "budget")
     _check_int(attack_batch, "attack_batch")
     _check_int(candidates_per_layer, "candidates_per_layer")
-    if not (target_accuracy is None or target_accuracy == "chance"
-            or (isinstance(target_accuracy, (int, float)) and not isinstance(target_accuracy, bool)
-                and 0.0 <= target_accuracy <= 1.0)):
+    if not (
+        target_accuracy is None
+        or target_accuracy == "chance"
+        or (
+            isinstance(target_accuracy, (int, float))
+            and not isinstance(target_accuracy, bool)
+            and 0.0 <= target_accuracy <= 1.0
+        )
+    ):
         raise ValueError(f"target_accuracy: {target_accuracy!r}; allowed None, 'chance' or a number in [0, 1]")
     layers = attack_params(model, params)
     for name, p in layers:
@@ -245,16 +268,18 @@ def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget
                 if not live.any():
                     stopped = "stalled"
                     break
-                grads = torch.autograd.grad(attack_loss(model(x[live]), y[live]), [p for _, p in layers],
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    attack_loss(model(x[live]), y[live]), [p for _, p in layers], allow_unused=True
+                )
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
                     for li, (_, p) in enumerate(layers):
                         if grads[li] is None:
                             continue
                         flat = p.data.view(-1)
-                        for est, i, b, new in _rank(words[li], flat, grads[li], fmt, states[li],
-                                                    candidates_per_layer, done[li]):
+                        for est, i, b, new in _rank(
+                            words[li], flat, grads[li], fmt, states[li], candidates_per_layer, done[li]
+                        ):
                             old = flat[i].clone()
                             flat[i] = new
                             trial = _loss(model, x, y)
@@ -272,8 +297,19 @@ def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget
                     done[li].add((i, b))
                     loss = trial
                     acc = batch_accuracy(model, eval_batches)
-                rows.append({"step": step, "param": name, "index": i, "bit": b, "old": old_value, "new": new,
-                             "estimate": est, "loss": loss, "accuracy": acc})
+                rows.append(
+                    {
+                        "step": step,
+                        "param": name,
+                        "index": i,
+                        "bit": b,
+                        "old": old_value,
+                        "new": new,
+                        "estimate": est,
+                        "loss": loss,
+                        "accuracy": acc,
+                    }
+                )
                 bar.update()
             else:
                 if target is not None and rows and rows[-1]["accuracy"] <= target:
@@ -287,5 +323,6 @@ def bit_flip_attack(model: nn.Module, data: object, fmt: Format = Int(8), budget
     columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", "accuracy"]
     df = pd.DataFrame(rows, columns=columns)
     df.attrs.update(clean_accuracy=clean_acc, clean_loss=clean_loss, fmt=fmt.name)
-    return AttackResult(df, fmt, [n for n, _ in layers], clean_loss, clean_acc, num_classes, stopped,
-                        time.perf_counter() - start)
+    return AttackResult(
+        df, fmt, [n for n, _ in layers], clean_loss, clean_acc, num_classes, stopped, time.perf_counter() - start
+    )

@@ -1,9 +1,10 @@
 """Choosing the weight-scaling constant ``t`` (Fuengfusin 2024) on held-out data: a BER sweep per
 ``t`` under :class:`~bitlab.codecs.WeightScaling`, every ``t`` seeing the same fault draws.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from torch import nn
@@ -15,9 +16,18 @@ from .sweep import ber_sweep
 __all__ = ["sweep_t", "best_t"]
 
 
-def sweep_t(model: nn.Module, val_data: object, ts: Sequence[float], fmt: Format, ber: float | Sequence[float],
-            trials: int = 20, seed: int = 0, params: object = None, pow2: bool = False,
-            progress: bool | None = None) -> pd.DataFrame:
+def sweep_t(
+    model: nn.Module,
+    val_data: object,
+    ts: Sequence[float],
+    fmt: Format,
+    ber: float | Sequence[float],
+    trials: int = 20,
+    seed: int = 0,
+    params: object = None,
+    pow2: bool = False,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Accuracy on held-out ``val_data`` with weights stored in ``fmt`` under :class:`WeightScaling`
     for each ``t`` in ``ts`` (``None`` means no scaling), at bit error rate(s) ``ber``, ``trials``
     draws each. Every ``t`` sees the same fault draws (same ``seed``), so differences come from ``t``.
@@ -34,8 +44,9 @@ def sweep_t(model: nn.Module, val_data: object, ts: Sequence[float], fmt: Format
         codec = None if t is None else WeightScaling(t, pow2=pow2)
         if codec is not None:
             codec.t_for(fmt)
-        df = ber_sweep(model, val_data, bers, trials=trials, fmt=fmt, codec=codec, params=params, seed=seed,
-                       progress=progress)
+        df = ber_sweep(
+            model, val_data, bers, trials=trials, fmt=fmt, codec=codec, params=params, seed=seed, progress=progress
+        )
         df["t"] = float("nan") if t is None else float(t)
         df["clean_accuracy"] = df.attrs["clean_accuracy"]
         frames.append(df)

@@ -5,10 +5,11 @@ pandas DataFrames (one row per trial), ready for seaborn.
 * :func:`summarize` -- mean and 95% confidence interval per group.
 * :func:`tolerable_ber` -- the highest BER whose mean accuracy stays within ``drop`` of clean.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,14 +27,25 @@ from ..progress import bar as progress_bar
 
 __all__ = ["ber_sweep", "summarize", "tolerable_ber"]
 
+
 def _fault_for(fault: Callable[[float], Fault] | None, ber: float) -> Fault:
     return BitErrorRate(ber) if fault is None else fault(ber)
 
 
-def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int = 20, fmt: Format = FP32,
-              codec: Codec | None = None, params: ParamSelection = None, seed: int = 0,
-              fault: Callable[[float], Fault] | None = None, progress: bool | None = None,
-              label: str | None = None, stop_at: float | None = None) -> pd.DataFrame:
+def ber_sweep(
+    model: nn.Module,
+    data: object,
+    bers: Sequence[float],
+    trials: int = 20,
+    fmt: Format = FP32,
+    codec: Codec | None = None,
+    params: ParamSelection = None,
+    seed: int = 0,
+    fault: Callable[[float], Fault] | None = None,
+    progress: bool | None = None,
+    label: str | None = None,
+    stop_at: float | None = None,
+) -> pd.DataFrame:
     """Accuracy of ``model`` on ``data`` with its weights stored in ``fmt`` (+ ``codec``) under i.i.d.
     bit errors at each rate in ``bers``, ``trials`` independent draws each (Qin et al. 2017, Fig. 1 style).
 
@@ -65,8 +77,17 @@ def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int
         for t in range(trials):
             with store.corrupted(_fault_for(fault, ber), generator=g) as r:
                 acc = batch_accuracy(model, batches)
-            rows.append({"ber": ber, "trial": t, "flips": r.flips, "accuracy": acc, "format": fmt.name,
-                         "codec": codec.name, "seed": seed})
+            rows.append(
+                {
+                    "ber": ber,
+                    "trial": t,
+                    "flips": r.flips,
+                    "accuracy": acc,
+                    "format": fmt.name,
+                    "codec": codec.name,
+                    "seed": seed,
+                }
+            )
             accs.append(acc)
             bar.update()
         if stop_at is not None and sum(accs) / len(accs) <= stop_at:
@@ -79,8 +100,9 @@ def ber_sweep(model: nn.Module, data: object, bers: Sequence[float], trials: int
     return df
 
 
-def summarize(df: pd.DataFrame, by: Sequence[str] | None = None, value: str = "accuracy",
-              level: float = 0.95) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame, by: Sequence[str] | None = None, value: str = "accuracy", level: float = 0.95
+) -> pd.DataFrame:
     """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group.
 
     ``by`` defaults to the descriptive columns present among ``model, format, codec, ber``."""
@@ -91,8 +113,10 @@ def summarize(df: pd.DataFrame, by: Sequence[str] | None = None, value: str = "a
         raise ValueError(f"by/value: columns {missing} are not in the frame; columns are {list(df.columns)}")
     g = df.groupby(list(by), sort=True)[value]
     out = g.agg(mean="mean", std="std", n="count").reset_index()
-    half = [stats.t.ppf(0.5 + level / 2, n - 1) * s / math.sqrt(n) if n > 1 else float("nan")
-            for n, s in zip(out["n"], out["std"].fillna(0.0))]
+    half = [
+        stats.t.ppf(0.5 + level / 2, n - 1) * s / math.sqrt(n) if n > 1 else float("nan")
+        for n, s in zip(out["n"], out["std"].fillna(0.0))
+    ]
     out["ci_low"] = out["mean"] - np.asarray(half)
     out["ci_high"] = out["mean"] + np.asarray(half)
     return out

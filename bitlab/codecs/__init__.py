@@ -8,6 +8,7 @@ words are read back (the second stage of the pipeline).
 * :class:`SECDED` -- the classical extended Hamming ECC baseline (:mod:`.secded`).
 * :class:`GroupChecksum` -- RADAR-like group checksums that zero a group on mismatch (:mod:`.checksum`).
 """
+
 from __future__ import annotations
 
 from .base import Codec, Identity, State, flat_scale, popcount, subset_state
@@ -17,5 +18,17 @@ from .scaling import WeightScaling
 from .secded import SECDED
 from .unary import Unary
 
-__all__ = ["Codec", "Identity", "State", "RangeNulling", "ParityNulling", "Unary", "WeightScaling", "SECDED",
-           "GroupChecksum", "popcount", "subset_state", "flat_scale"]
+__all__ = [
+    "Codec",
+    "Identity",
+    "State",
+    "RangeNulling",
+    "ParityNulling",
+    "Unary",
+    "WeightScaling",
+    "SECDED",
+    "GroupChecksum",
+    "popcount",
+    "subset_state",
+    "flat_scale",
+]

@@ -6,9 +6,11 @@ a scale factor); ``encode`` turns (a subset of) the weights into stored words; `
 words back, undoing the protection. Per-element state (tensors with one entry per weight) is
 indexed along with the weights, so the injector can encode only the words it corrupts.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -21,9 +21,10 @@ RADAR's secret key, which stops an adaptive attacker from pairing flips, is left
 a plain progressive bit search tends to pair MSB flips inside one group (it attacks the weights of one
 output unit, which are neighbours in memory); ``interleave=True`` spreads neighbours over groups.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -100,8 +101,10 @@ class GroupChecksum(Codec):
 
     def decode(self, words: Tensor, fmt: Format, state: State) -> Tensor:
         if words.numel() != state["n"]:
-            raise ValueError(f"words: {self.name} decodes whole tensors only ({state['n']} words, "
-                             f"got {words.numel()}); pass every word of the tensor")
+            raise ValueError(
+                f"words: {self.name} decodes whole tensors only ({state['n']} words, "
+                f"got {words.numel()}); pass every word of the tensor"
+            )
         v = super().decode(words, fmt, state).reshape(-1)
         bad = group_checksums(words, fmt.width, self.group, self.bits, self.interleave) != state["checksum"]
         zero = bad[group_ids(v.numel(), self.group, self.interleave)]

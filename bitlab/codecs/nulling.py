@@ -1,9 +1,10 @@
 """Weight nulling (Qin, Sun, Vucinic 2017, "Robustness of Neural Networks against Storage Media
 Errors"): detect a corrupted weight, by its range or by a parity bit, and read it as 0.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -59,8 +60,10 @@ class ParityNulling(Codec):
         if self.where == "extra":
             return fmt.width
         if "exponent_msb" not in fmt.fields:
-            raise ValueError(f"where='spare': format {fmt.name} has no spare bit (no exponent); "
-                             "allowed formats are FP32, FP16, BF16, or use where='extra'")
+            raise ValueError(
+                f"where='spare': format {fmt.name} has no spare bit (no exponent); "
+                "allowed formats are FP32, FP16, BF16, or use where='extra'"
+            )
         return fmt.fields["exponent_msb"][0]
 
     def width(self, fmt: Format) -> int:
@@ -77,8 +80,10 @@ class ParityNulling(Codec):
             b = self._parity_bit(fmt)
             words = super().encode(w.reshape(-1), fmt, state)
             if bool(((words >> b) & 1).any()):
-                raise ValueError(f"where='spare': bit {b} of {fmt.name} is used by weights with |w| >= 2 "
-                                 f"(max |w| = {w.abs().max().item():.3g}); use where='extra'")
+                raise ValueError(
+                    f"where='spare': bit {b} of {fmt.name} is used by weights with |w| >= 2 "
+                    f"(max |w| = {w.abs().max().item():.3g}); use where='extra'"
+                )
         return state
 
     def encode(self, w: Tensor, fmt: Format, state: State) -> Tensor:

@@ -15,6 +15,7 @@ by ``2**(+-2**j)``, and dividing by ``c`` changes nothing about that ratio. What
 shrinks the weight to ~0 instead of multiplying it by ``2**128`` (FP32) -- but then other exponent
 bits are 0 and their flips blow the weight up. The net effect is measured, not assumed.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ __all__ = ["WeightScaling", "DEFAULT_T", "default_t", "max_t"]
 #: and most other exponent bits are 1 too, while few weights sit one flip away from the all-ones
 #: (inf/NaN) exponent. BF16 has FP32's exponent and takes its value (not swept separately).
 #: Fixed point ``Q(m, n)`` takes the top of its range; see :func:`default_t`. Re-sweep for your model.
-DEFAULT_T: dict[str, float] = {"FP32": 2.0 ** 124, "FP16": 2.0 ** 12, "BF16": 2.0 ** 124}
+DEFAULT_T: dict[str, float] = {"FP32": 2.0**124, "FP16": 2.0**12, "BF16": 2.0**124}
 
 
 def max_t(fmt: Format) -> float:
@@ -58,8 +59,10 @@ def default_t(fmt: Format) -> float:
         return fmt.max_value
     if isinstance(fmt, Int):
         return 1.0
-    raise ValueError(f"fmt: no default t for {fmt.name}; pass t explicitly (allowed formats with a default: "
-                     f"{', '.join(DEFAULT_T)}, Q(m, n), Int(bits))")
+    raise ValueError(
+        f"fmt: no default t for {fmt.name}; pass t explicitly (allowed formats with a default: "
+        f"{', '.join(DEFAULT_T)}, Q(m, n), Int(bits))"
+    )
 
 
 def _check_t(t: object) -> float | None:
@@ -100,8 +103,9 @@ class WeightScaling(Codec):
         t = default_t(fmt) if self.t is None else self.t
         top = max_t(fmt)
         if t > top:
-            raise ValueError(f"t: {t:g} does not fit {fmt.name}, whose largest value is {top:g}; "
-                             f"allowed 0 < t <= {top:g}")
+            raise ValueError(
+                f"t: {t:g} does not fit {fmt.name}, whose largest value is {top:g}; allowed 0 < t <= {top:g}"
+            )
         return t
 
     def fit(self, w: Tensor, fmt: Format) -> State:
@@ -109,11 +113,14 @@ class WeightScaling(Codec):
         a = w.detach().abs()
         m = float(a.max()) if a.numel() else 0.0
         if not math.isfinite(m):
-            raise ValueError(f"w: the tensor holds non-finite weights (max|w| = {m}); weight scaling needs "
-                             "finite weights")
+            raise ValueError(
+                f"w: the tensor holds non-finite weights (max|w| = {m}); weight scaling needs finite weights"
+            )
         if m == 0.0:
-            raise ValueError("w: every weight of this tensor is 0 (max|w| = 0), so c = t / max|w| does not "
-                             "exist; leave the tensor out of the store with params=...")
+            raise ValueError(
+                "w: every weight of this tensor is 0 (max|w| = 0), so c = t / max|w| does not "
+                "exist; leave the tensor out of the store with params=..."
+            )
         c = t / m
         if self.pow2:
             c = 2.0 ** math.floor(math.log2(c))

@@ -25,11 +25,12 @@ miscorrected silently: SECDED promises nothing there.
 Encoder and decoder are vectorized over int64 words: the syndrome is a popcount of the word masked
 by one constant per check bit; the only Python loops run over bit positions, never over words.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Mapping
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -37,8 +38,17 @@ from torch import Tensor
 from ..formats import Format
 from .base import Codec, State, popcount
 
-__all__ = ["SECDED", "Layout", "layout", "secded_encode", "secded_decode", "OK", "CORRECTED", "DETECTED",
-           "MAX_STORED_BITS"]
+__all__ = [
+    "SECDED",
+    "Layout",
+    "layout",
+    "secded_encode",
+    "secded_decode",
+    "OK",
+    "CORRECTED",
+    "DETECTED",
+    "MAX_STORED_BITS",
+]
 
 #: status codes returned by :func:`secded_decode`
 OK, CORRECTED, DETECTED = 0, 1, 2
@@ -58,7 +68,7 @@ class Layout:
     masks: tuple[int, ...]  # masks[j]: the positions whose index has bit j set
 
 
-@lru_cache(maxsize=None)
+@cache
 def layout(k: int) -> Layout:
     """The extended Hamming layout for ``k`` data bits (``k + r + 1 <= 62``)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -68,8 +78,10 @@ def layout(k: int) -> Layout:
         r += 1
     n = k + r
     if n + 1 > MAX_STORED_BITS:
-        raise ValueError(f"k: {k} data bits need {n + 1} stored bits with SECDED (r={r} check bits + "
-                         f"1 parity); allowed at most {MAX_STORED_BITS} stored bits, i.e. k <= 55")
+        raise ValueError(
+            f"k: {k} data bits need {n + 1} stored bits with SECDED (r={r} check bits + "
+            f"1 parity); allowed at most {MAX_STORED_BITS} stored bits, i.e. k <= 55"
+        )
     data_pos = tuple(p for p in range(1, n + 1) if p & (p - 1))
     masks = tuple(sum(1 << p for p in range(1, n + 1) if (p >> j) & 1) for j in range(r))
     return Layout(k, r, n + 1, data_pos, tuple(1 << j for j in range(r)), masks)
@@ -140,8 +152,9 @@ class SECDED(Codec):
         try:
             return layout(fmt.width)
         except ValueError as e:
-            raise ValueError(f"fmt: {fmt.name} words of {fmt.width} bits do not fit SECDED's stored word: "
-                             f"{e}") from None
+            raise ValueError(
+                f"fmt: {fmt.name} words of {fmt.width} bits do not fit SECDED's stored word: {e}"
+            ) from None
 
     def width(self, fmt: Format) -> int:
         return self.layout(fmt).width

@@ -1,9 +1,10 @@
 """Qin et al. 2017's alternative binary representation, in our reading: a thermometer (unary) code
 whose error per flipped bit vanishes as the number of bits grows.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

@@ -13,10 +13,11 @@
 A sharp minimum shows as a loss that rises fast with ``|alpha|``; Foret et al. 2021 (SAM) and Zhou et
 al. 2024 (SAR) argue that flat minima tolerate weight perturbations, bit flips included, better.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -37,8 +38,12 @@ def _check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
-def random_direction(model: nn.Module, generator: torch.Generator | None = None, filter_normalized: bool = True,
-                     params: ParamSelection = None) -> Direction:
+def random_direction(
+    model: nn.Module,
+    generator: torch.Generator | None = None,
+    filter_normalized: bool = True,
+    params: ParamSelection = None,
+) -> Direction:
     """A Gaussian direction over ``model``'s parameters (``params`` selects them by name, default all).
 
     ``filter_normalized`` (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets", Sec. 4): every
@@ -64,9 +69,14 @@ def random_direction(model: nn.Module, generator: torch.Generator | None = None,
     return out
 
 
-def bitflip_direction(model: nn.Module, fraction: float = 0.01, eta: float = 0.0,
-                      generator: torch.Generator | None = None, signs: str = "random",
-                      params: ParamSelection = None) -> Direction:
+def bitflip_direction(
+    model: nn.Module,
+    fraction: float = 0.01,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    signs: str = "random",
+    params: ParamSelection = None,
+) -> Direction:
     """A sparse multiplicative direction shaped like bit-flip errors (our reading of the "occurrence and
     intensity" of Zhou et al. 2024): ``k = ceil(fraction * n)`` weights drawn uniformly without replacement
     over all selected parameters get ``d_i = s_i * (|w_i| + eta)``, the others 0.
@@ -94,9 +104,9 @@ def bitflip_direction(model: nn.Module, fraction: float = 0.01, eta: float = 0.0
     with torch.no_grad():
         for (name, p), size in zip(chosen, sizes):
             w = p.detach()
-            mask = hit[start:start + size].view(p.shape).to(p.device)
+            mask = hit[start : start + size].view(p.shape).to(p.device)
             if signs == "random":
-                sign = s[start:start + size].view(p.shape).to(device=p.device, dtype=p.dtype)
+                sign = s[start : start + size].view(p.shape).to(device=p.device, dtype=p.dtype)
             else:
                 sign = torch.where(w < 0, -1.0, 1.0).to(p.dtype)
             out[name] = torch.where(mask, sign * (w.abs() + eta), torch.zeros_like(w))
@@ -109,8 +119,9 @@ def _batches(data: object) -> list[tuple[Tensor, Tensor]]:
     return materialize(data)
 
 
-def loss_slice(model: nn.Module, loss_fn: LossFn | None, data: object, direction: Direction,
-               alphas: Sequence[float]) -> pd.DataFrame:
+def loss_slice(
+    model: nn.Module, loss_fn: LossFn | None, data: object, direction: Direction, alphas: Sequence[float]
+) -> pd.DataFrame:
     """Mean loss and accuracy of ``model`` on ``data`` at ``w + alpha * d`` for each ``alpha``.
 
     ``loss_fn(logits, y)`` returns a mean loss (default ``F.cross_entropy``); ``direction`` maps parameter
@@ -128,8 +139,7 @@ def loss_slice(model: nn.Module, loss_fn: LossFn | None, data: object, direction
     params = dict(model.named_parameters())
     for name, d in direction.items():
         if name not in params:
-            raise ValueError(f"direction: {name!r} is not a parameter of the model; parameters are "
-                             f"{sorted(params)}")
+            raise ValueError(f"direction: {name!r} is not a parameter of the model; parameters are {sorted(params)}")
         if not isinstance(d, Tensor) or d.shape != params[name].shape:
             raise ValueError(f"direction[{name!r}] must be a tensor of shape {tuple(params[name].shape)}")
     alphas = [float(a) for a in alphas]

@@ -8,11 +8,24 @@
 ``bitlab.train`` is this package; the evaluation functions of :mod:`bitlab.evaluate` are re-exported here
 so that ``bl.train.fit`` and ``bl.train.accuracy`` read side by side.
 """
+
 from __future__ import annotations
 
 from ..evaluate import accuracy, correct, evaluate, logits, predict
 from . import adversarial, optim, quant
 from .loop import OPTIMIZERS, fit, make_optimizer, set_seed
 
-__all__ = ["fit", "make_optimizer", "set_seed", "OPTIMIZERS", "accuracy", "correct", "evaluate", "logits",
-           "predict", "adversarial", "optim", "quant"]
+__all__ = [
+    "fit",
+    "make_optimizer",
+    "set_seed",
+    "OPTIMIZERS",
+    "accuracy",
+    "correct",
+    "evaluate",
+    "logits",
+    "predict",
+    "adversarial",
+    "optim",
+    "quant",
+]

@@ -11,16 +11,18 @@ The loss is the cross-entropy. Every attack runs the model in eval mode (BatchNo
 statistics and is not updated by the attack) and puts the model back in its previous mode afterwards;
 only the input gradient is computed, the parameters' ``.grad`` are left alone.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..evaluate import correct as predicted_right, eval_mode, model_device
+from ..evaluate import correct as predicted_right
+from ..evaluate import eval_mode, model_device
 from ..zoo.data import as_loader
 
 __all__ = ["fgsm", "pgd", "robust_accuracy", "pgd_adversary", "fgsm_adversary"]
@@ -82,9 +84,17 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, clamp: Clamp = (0.0
         return _project(x0 + eps * g.sign(), x0, eps, clamp).detach()
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, step_size: float | None = None,
-        random_start: bool = True, clamp: Clamp = (0.0, 1.0),
-        generator: torch.Generator | None = None) -> Tensor:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    clamp: Clamp = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """PGD (Madry et al. 2018): ``steps`` signed-gradient ascent steps of size ``step_size`` (default
     ``2.5 * eps / steps``) on the cross-entropy, each projected onto the L-inf ball of radius ``eps``
     around ``x`` and onto ``clamp``; with ``random_start`` the search starts at a uniform point of the
@@ -107,9 +117,18 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, ste
         return x_adv.detach()
 
 
-def robust_accuracy(model: nn.Module, data: Dataset | DataLoader, eps: float, steps: int = 10,
-                    step_size: float | None = None, attack: str = "pgd", random_start: bool = True,
-                    clamp: Clamp = (0.0, 1.0), batch_size: int = 256, seed: int = 0) -> float:
+def robust_accuracy(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    attack: str = "pgd",
+    random_start: bool = True,
+    clamp: Clamp = (0.0, 1.0),
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
     """Fraction of ``data`` still classified correctly after the ``attack`` (``"pgd"`` or ``"fgsm"``) of
     radius ``eps``; NaN/Inf logits count as wrong. PGD's random starts come from a generator seeded with
     ``seed``, so the result is deterministic. The model's mode is restored."""
@@ -136,8 +155,14 @@ def robust_accuracy(model: nn.Module, data: Dataset | DataLoader, eps: float, st
     return correct / seen
 
 
-def pgd_adversary(eps: float, steps: int = 7, step_size: float | None = None, seed: int = 0,
-                  random_start: bool = True, clamp: Clamp = (0.0, 1.0)) -> Adversary:
+def pgd_adversary(
+    eps: float,
+    steps: int = 7,
+    step_size: float | None = None,
+    seed: int = 0,
+    random_start: bool = True,
+    clamp: Clamp = (0.0, 1.0),
+) -> Adversary:
     """``(model, x, y) -> pgd(model, x, y, ...)`` for ``bitlab.train.fit(adversary=...)`` (Madry et al. 2018
     adversarial training). One generator, seeded with ``seed``, supplies the random starts of all batches,
     so a training run is reproducible. The attack runs in eval mode (BatchNorm statistics are not updated

@@ -7,11 +7,12 @@
 * :func:`set_seed`, :func:`make_optimizer` -- the small pieces around it. Evaluation lives in
   :mod:`bitlab.evaluate`.
 """
+
 from __future__ import annotations
 
 import random
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
 from ..evaluate import correct, model_device
 from ..progress import bar as progress_bar
 from ..zoo.data import loader
@@ -26,7 +28,9 @@ from ..zoo.data import loader
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "Hook", "fit", "make_optimizer", "set_seed"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
 }
 
 OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -40,20 +44,29 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], optimizer: OptimizerSpec = "adam", lr: float = 1e-3,
-                   weight_decay: float = 0.0, **opt_kwargs) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[nn.Parameter],
+    optimizer: OptimizerSpec = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    **opt_kwargs,
+) -> torch.optim.Optimizer:
     """An optimizer by name (``"sgd" | "adam" | "rmsprop"``, with ``lr``, ``weight_decay`` and ``opt_kwargs``)
     or from a callable ``params -> Optimizer`` (which sets its own hyper-parameters)."""
     if isinstance(optimizer, str):
         cls = OPTIMIZERS.get(optimizer.lower())
         if cls is None:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable params -> "
-                             f"torch.optim.Optimizer, got {optimizer!r}")
+            raise ValueError(
+                f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable params -> "
+                f"torch.optim.Optimizer, got {optimizer!r}"
+            )
         return cls(params, lr=lr, weight_decay=weight_decay, **opt_kwargs)
     if callable(optimizer):
         if opt_kwargs:
-            raise TypeError(f"optimizer keyword arguments {sorted(opt_kwargs)} only apply to a named optimizer; "
-                            "set them inside the optimizer callable")
+            raise TypeError(
+                f"optimizer keyword arguments {sorted(opt_kwargs)} only apply to a named optimizer; "
+                "set them inside the optimizer callable"
+            )
         opt = optimizer(params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"optimizer callable must return a torch.optim.Optimizer, got {type(opt).__name__}")
@@ -61,10 +74,51 @@ def make_optimizer(params: Iterable[nn.Parameter], optimizer: OptimizerSpec = "a
     raise TypeError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable, got {type(optimizer).__name__}")
 
 
-def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optimizer: OptimizerSpec = "adam",
-        lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64, seed: int = 0,
-        regularizer: Hook | None = None, adversary: Hook | None = None, progress: bool | None = None,
-        **opt_kwargs) -> pd.DataFrame:
+def _closure(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    regularizer: Hook | None,
+    first: dict[str, Tensor],
+) -> Callable[[], Tensor]:
+    """The step closure on one batch: cross-entropy (+ penalty), backward; the first evaluation's
+    loss, logits and penalty are kept in ``first`` (SAM-style optimizers evaluate it twice)."""
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        ce = F.cross_entropy(out, y)
+        loss = ce
+        pen = None
+        if regularizer is not None:
+            pen = regularizer(model, x, y)
+            loss = loss + pen
+        if not first:
+            first.update(ce=ce.detach(), out=out.detach())
+            if pen is not None:
+                first["pen"] = pen.detach()
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    epochs: int = 30,
+    optimizer: OptimizerSpec = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+    regularizer: Hook | None = None,
+    adversary: Hook | None = None,
+    progress: bool | None = None,
+    **opt_kwargs,
+) -> pd.DataFrame:
     """Train ``model`` on ``data`` with cross-entropy for ``epochs`` epochs; returns one row per epoch with
     ``epoch, loss, train_acc, seconds`` (plus ``penalty`` when a ``regularizer`` is given).
 
@@ -108,23 +162,7 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
                 x = adversary(model, x, y).detach()
                 model.train()
             first: dict[str, Tensor] = {}
-
-            def closure() -> Tensor:
-                opt.zero_grad(set_to_none=True)
-                out = model(x)
-                ce = F.cross_entropy(out, y)
-                loss = ce
-                if regularizer is not None:
-                    pen = regularizer(model, x, y)
-                    loss = loss + pen
-                if not first:
-                    first.update(ce=ce.detach(), out=out.detach())
-                    if regularizer is not None:
-                        first["pen"] = pen.detach()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
+            opt.step(_closure(model, opt, x, y, regularizer, first))
             if not first:
                 raise RuntimeError(f"optimizer {type(opt).__name__}.step(closure) never called the closure")
             n = len(y)
@@ -133,8 +171,12 @@ def fit(model: nn.Module, data: Dataset | DataLoader, *, epochs: int = 30, optim
                 tot_pen += float(first["pen"]) * n
             hits += int(correct(first["out"], y).sum())
             seen += n
-        row = {"epoch": epoch, "loss": tot_loss / seen, "train_acc": hits / seen,
-               "seconds": time.perf_counter() - start}
+        row = {
+            "epoch": epoch,
+            "loss": tot_loss / seen,
+            "train_acc": hits / seen,
+            "seconds": time.perf_counter() - start,
+        }
         if regularizer is not None:
             row["penalty"] = tot_pen / seen
         rows.append(row)

@@ -13,11 +13,13 @@ Both optimizers need a closure: ``opt.step(closure)`` runs ``closure`` twice (at
 weights), as :func:`bitlab.train.fit` does. ``first_step()`` / ``second_step()`` are the two halves, for
 custom loops. Pass ``model=`` so that BatchNorm running statistics are updated by the first (clean) pass only.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +39,13 @@ def frozen_bn(model: nn.Module) -> Iterator[None]:
     SAM uses it for its second (perturbed) pass, so the running statistics only see the clean weights."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    saved = [(m, name, buf.detach().clone()) for m in model.modules() if isinstance(m, _NormBase)
-             for name in _RUNNING_STATS if (buf := getattr(m, name, None)) is not None]
+    saved = [
+        (m, name, buf.detach().clone())
+        for m in model.modules()
+        if isinstance(m, _NormBase)
+        for name in _RUNNING_STATS
+        if (buf := getattr(m, name, None)) is not None
+    ]
     try:
         yield
     finally:
@@ -98,8 +105,16 @@ class SAM(torch.optim.Optimizer):
     (its state and the shared param groups, which hold ``rho`` etc.).
     """
 
-    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, eta: float = 0.01, model: nn.Module | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: type[torch.optim.Optimizer],
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(adaptive, bool):
             raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
         self._setup(params, base_optimizer, dict(rho=rho, adaptive=adaptive, eta=eta), model, kwargs)
@@ -107,11 +122,19 @@ class SAM(torch.optim.Optimizer):
     # -- construction ---------------------------------------------------------------------------------
     _own_keys: tuple[str, ...] = ("rho", "adaptive", "eta")
 
-    def _setup(self, params: Iterable[Any], base_optimizer: Any, own: dict[str, Any], model: nn.Module | None,
-               kwargs: dict[str, Any]) -> None:
+    def _setup(
+        self,
+        params: Iterable[Any],
+        base_optimizer: Any,
+        own: dict[str, Any],
+        model: nn.Module | None,
+        kwargs: dict[str, Any],
+    ) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
-            raise TypeError("base_optimizer must be a torch.optim.Optimizer subclass (the class, e.g. "
-                            f"torch.optim.SGD), got {base_optimizer!r}")
+            raise TypeError(
+                "base_optimizer must be a torch.optim.Optimizer subclass (the class, e.g. "
+                f"torch.optim.SGD), got {base_optimizer!r}"
+            )
         if issubclass(base_optimizer, SAM):
             raise TypeError(f"base_optimizer must not itself be SAM/SAR, got {base_optimizer.__name__}")
         if model is not None and not isinstance(model, nn.Module):
@@ -126,7 +149,7 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self.model = model
         self._backup: dict[Tensor, Tensor] = {}  # old weights, reused across steps
-        self._pending: list[Tensor] = []         # parameters currently perturbed
+        self._pending: list[Tensor] = []  # parameters currently perturbed
         self._perturbed = False
 
     def _link(self) -> None:
@@ -214,9 +237,11 @@ class SAM(torch.optim.Optimizer):
         """One sharpness-aware step; ``closure`` (required) zero-grads, computes the loss, calls backward and
         returns the loss. Returns the loss at the unperturbed weights."""
         if closure is None:
-            raise ValueError(f"{type(self).__name__}.step needs closure=: a function that zero-grads, computes "
-                             "the loss, calls backward() and returns it (it is evaluated twice); or call "
-                             "first_step() and second_step() around your own forward/backward passes")
+            raise ValueError(
+                f"{type(self).__name__}.step needs closure=: a function that zero-grads, computes "
+                "the loss, calls backward() and returns it (it is evaluated twice); or call "
+                "first_step() and second_step() around your own forward/backward passes"
+            )
         closure = torch.enable_grad()(closure)
         loss = closure()
         self.first_step(zero_grad=True)
@@ -272,9 +297,16 @@ class SAR(SAM):
 
     _own_keys = ("rho", "fraction", "eta")
 
-    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 1.0,
-                 fraction: float = 0.01, eta: float = 0.01, model: nn.Module | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: type[torch.optim.Optimizer],
+        rho: float = 1.0,
+        fraction: float = 0.01,
+        eta: float = 0.01,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._setup(params, base_optimizer, dict(rho=rho, fraction=fraction, eta=eta), model, kwargs)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -300,8 +332,8 @@ class SAR(SAM):
         keep = torch.zeros(n, dtype=torch.bool, device=dev)
         keep[torch.topk(scores, k, sorted=False).indices] = True
         out, start = [], 0
-        for ((_, p), m) in zip(items, mags):
-            mask = keep[start:start + p.numel()].view_as(p).to(p.device)
+        for (_, p), m in zip(items, mags):
+            mask = keep[start : start + p.numel()].view_as(p).to(p.device)
             start += p.numel()
             out.append((p, torch.where(mask, p.grad.sign() * m, torch.zeros_like(m))))
         return out

@@ -28,11 +28,12 @@ Activation faults: :meth:`QuantizedModel.set_act_fault` installs ``fn(layer_name
 applied to the integer activation words of each chosen layer's input *after* quantization and *before*
 dequantization, at every forward pass. See its docstring for the word format.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,20 @@ from torch.utils.data import DataLoader, Dataset
 from ..evaluate import eval_mode, model_device
 from ..formats import to_signed, to_unsigned
 
-__all__ = ["qmax", "quantize", "dequantize", "fake_quantize", "weight_scale", "quantizable_layers",
-           "calibrate_activations", "quantize_model", "QuantizedModel", "scale_report", "ActFault",
-           "ACT_METHODS"]
+__all__ = [
+    "qmax",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "weight_scale",
+    "quantizable_layers",
+    "calibrate_activations",
+    "quantize_model",
+    "QuantizedModel",
+    "scale_report",
+    "ActFault",
+    "ACT_METHODS",
+]
 
 ACT_METHODS = ("max", "percentile")
 #: ``fn(layer_name, words) -> words`` on unsigned two's complement activation words (see set_act_fault)
@@ -121,8 +133,10 @@ def _choose_layers(model: nn.Module, layers: str | Sequence[str] | None) -> list
     names = [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise ValueError(f"layers: {unknown or names!r} are not Conv2d/Linear layers of the model; "
-                         f"valid names: {', '.join(map(repr, valid))}")
+        raise ValueError(
+            f"layers: {unknown or names!r} are not Conv2d/Linear layers of the model; "
+            f"valid names: {', '.join(map(repr, valid))}"
+        )
     return [n for n in valid if n in names]  # model order, no duplicates
 
 
@@ -133,16 +147,22 @@ def _batches(data: Tensor | Dataset | DataLoader, batch_size: int = 256) -> Iter
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size)
     if not isinstance(data, DataLoader):
-        raise TypeError(f"calib_data: expected a Tensor of inputs, a Dataset or a DataLoader, "
-                        f"got {type(data).__name__}")
+        raise TypeError(
+            f"calib_data: expected a Tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}"
+        )
     for batch in data:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, calib_data: Tensor | Dataset | DataLoader,
-                          layers: str | Sequence[str] | None = None, bits: int = 8, method: str = "max",
-                          percentile: float = 99.99) -> tuple[dict[str, float], dict[str, float]]:
+def calibrate_activations(
+    model: nn.Module,
+    calib_data: Tensor | Dataset | DataLoader,
+    layers: str | Sequence[str] | None = None,
+    bits: int = 8,
+    method: str = "max",
+    percentile: float = 99.99,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Scale factors of the input activations of ``layers`` (default: every Conv2d/Linear), observed by
     forward pre-hooks over ``calib_data`` in eval mode. Returns ``(scales, max_abs)``, both dicts
     layer name -> float. ``method="max"``: ``max|x| / qmax``; ``"percentile"``: the ``percentile``-th
@@ -166,6 +186,7 @@ def calibrate_activations(model: nn.Module, calib_data: Tensor | Dataset | DataL
             amax[name] = max(amax[name], float(a.max()) if a.numel() else 0.0)
             if method == "percentile":
                 seen[name].append(a.reshape(-1).cpu())
+
         return hook
 
     handles = [modules[n].register_forward_pre_hook(make_hook(n)) for n in names]
@@ -208,8 +229,16 @@ class QuantizedModel(nn.Module):
     Build it with :func:`quantize_model`.
     """
 
-    def __init__(self, model: nn.Module, bits: int, layers: list[str], act_scales: dict[str, float],
-                 act_max_abs: dict[str, float], per_channel: bool, act_method: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        bits: int,
+        layers: list[str],
+        act_scales: dict[str, float],
+        act_max_abs: dict[str, float],
+        per_channel: bool,
+        act_method: str,
+    ) -> None:
         super().__init__()
         self.model = model
         self.bits = bits
@@ -248,8 +277,10 @@ class QuantizedModel(nn.Module):
         words = to_unsigned(q, self.bits)
         out = self._act_fault(name, words)
         if not isinstance(out, Tensor) or out.shape != words.shape:
-            raise ValueError(f"act fault: fn({name!r}, words) must return a tensor of shape "
-                             f"{tuple(words.shape)}, got {getattr(out, 'shape', type(out).__name__)}")
+            raise ValueError(
+                f"act fault: fn({name!r}, words) must return a tensor of shape "
+                f"{tuple(words.shape)}, got {getattr(out, 'shape', type(out).__name__)}"
+            )
         if out.is_floating_point() or out.is_complex():
             raise TypeError(f"act fault: fn({name!r}, words) must return integer words, got {out.dtype}")
         xq = dequantize(to_signed(out, self.bits), s).to(x.dtype)
@@ -274,13 +305,12 @@ class QuantizedModel(nn.Module):
         ``fn`` must not modify ``words`` in place expecting it to matter: only the return value is used.
         """
         if fn is not None and not callable(fn):
-            raise TypeError(f"fn: expected a callable (layer_name, words) -> words or None, "
-                            f"got {type(fn).__name__}")
+            raise TypeError(f"fn: expected a callable (layer_name, words) -> words or None, got {type(fn).__name__}")
         prev, self._act_fault = self._act_fault, fn
         return prev
 
     @contextmanager
-    def act_fault(self, fn: ActFault | None) -> Iterator["QuantizedModel"]:
+    def act_fault(self, fn: ActFault | None) -> Iterator[QuantizedModel]:
         """``with qm.act_fault(fn): ...`` -- :meth:`set_act_fault` for the block, the previous hook restored
         on exit (also when the block raises)."""
         prev = self.set_act_fault(fn)
@@ -292,7 +322,8 @@ class QuantizedModel(nn.Module):
     def weight_int(self, name: str) -> Tensor:
         """The integer weight levels (int64) of layer ``name``."""
         if name not in self.weight_scales:
-            raise ValueError(f"name: {name!r} is not a quantized layer; valid names: {', '.join(map(repr, self.layers))}")
+            valid = ", ".join(map(repr, self.layers))
+            raise ValueError(f"name: {name!r} is not a quantized layer; valid names: {valid}")
         w = dict(self.model.named_modules())[name].weight
         return quantize(w, _broadcast_channels(self.weight_scales[name], w), self.bits)
 
@@ -300,8 +331,10 @@ class QuantizedModel(nn.Module):
         return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, layers={len(self.layers)}, act_method={self.act_method!r}, " \
-               f"per_channel={self.per_channel}"
+        return (
+            f"bits={self.bits}, layers={len(self.layers)}, act_method={self.act_method!r}, "
+            f"per_channel={self.per_channel}"
+        )
 
 
 class _InputQuantizer:
@@ -317,16 +350,23 @@ class _InputQuantizer:
         return (self.qm.quantize_input(self.name, inputs[0]), *inputs[1:])
 
 
-def quantize_model(model: nn.Module, calib_data: Tensor | Dataset | DataLoader, bits: int = 8,
-                   act_method: str = "max", per_channel: bool = False,
-                   layers: str | Sequence[str] | None = None, percentile: float = 99.99) -> QuantizedModel:
+def quantize_model(
+    model: nn.Module,
+    calib_data: Tensor | Dataset | DataLoader,
+    bits: int = 8,
+    act_method: str = "max",
+    per_channel: bool = False,
+    layers: str | Sequence[str] | None = None,
+    percentile: float = 99.99,
+) -> QuantizedModel:
     """Post-training quantization of ``model`` to ``bits``-bit weights and input activations of
     ``layers`` (default: every Conv2d/Linear), Fasfous et al. 2022 setting.
 
     The model is deep-copied (the original is untouched); the copy's weights are quantized first, then the
     activation scales are calibrated on ``calib_data`` (a Tensor of inputs, Dataset or DataLoader) in one
     pass of the weight-quantized copy in eval mode, with the activations in float (so each layer's scale
-    sees its inputs under quantized weights, but not the rounding of earlier activations). ``act_method`` is ``"max"`` or ``"percentile"`` (with ``percentile``, e.g. 99.99).
+    sees its inputs under quantized weights, but not the rounding of earlier activations).
+    ``act_method`` is ``"max"`` or ``"percentile"`` (with ``percentile``, e.g. 99.99).
     """
     _check_bits(bits)
     if not isinstance(per_channel, bool):
@@ -335,8 +375,7 @@ def quantize_model(model: nn.Module, calib_data: Tensor | Dataset | DataLoader, 
         raise ValueError(f"act_method: {act_method!r}; allowed {ACT_METHODS}")
     names = _choose_layers(model, layers)
     clone = copy.deepcopy(model)
-    qm = QuantizedModel(clone, bits, names, {n: 1.0 for n in names}, {n: 0.0 for n in names}, per_channel,
-                        act_method)
+    qm = QuantizedModel(clone, bits, names, {n: 1.0 for n in names}, {n: 0.0 for n in names}, per_channel, act_method)
     qm.quantize_activations = False
     try:
         scales, amax = calibrate_activations(clone, calib_data, names, bits, act_method, percentile)
@@ -354,9 +393,18 @@ def scale_report(qm: QuantizedModel) -> pd.DataFrame:
     if not isinstance(qm, QuantizedModel):
         raise TypeError(f"qm: expected a QuantizedModel (from quantize_model), got {type(qm).__name__}")
     modules = dict(qm.model.named_modules())
-    rows = [{"layer": n, "kind": type(modules[n]).__name__,
-             "weight_scale": qm._scale_max[n], "act_scale": qm.act_scales[n],
-             "weight_max_abs": qm.weight_max_abs[n], "act_max_abs": qm.act_max_abs[n], "bits": qm.bits}
-            for n in qm.layers]
-    return pd.DataFrame(rows, columns=["layer", "kind", "weight_scale", "act_scale", "weight_max_abs",
-                                       "act_max_abs", "bits"])
+    rows = [
+        {
+            "layer": n,
+            "kind": type(modules[n]).__name__,
+            "weight_scale": qm._scale_max[n],
+            "act_scale": qm.act_scales[n],
+            "weight_max_abs": qm.weight_max_abs[n],
+            "act_max_abs": qm.act_max_abs[n],
+            "bits": qm.bits,
+        }
+        for n in qm.layers
+    ]
+    return pd.DataFrame(
+        rows, columns=["layer", "kind", "weight_scale", "act_scale", "weight_max_abs", "act_max_abs", "bits"]
+    )

@@ -7,6 +7,7 @@
 * :func:`loader`, :func:`as_loader` -- seeded DataLoaders; everything in bitlab that takes "data"
   accepts a Dataset or a DataLoader.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["Split", "digits", "mnist", "cifar10", "loader", "as_loader", "stratified_split", "to_tensors",
-           "split_from_torchvision"]
+__all__ = [
+    "Split",
+    "digits",
+    "mnist",
+    "cifar10",
+    "loader",
+    "as_loader",
+    "stratified_split",
+    "to_tensors",
+    "split_from_torchvision",
+]
 
 VISION_HINT = 'torchvision is needed for MNIST / CIFAR-10: pip install "bitlab[vision]" (or pip install torchvision)'
 
@@ -103,8 +113,9 @@ def split_from_torchvision(train: Any, test: Any, val_size: int, seed: int = 0, 
         raise ValueError(f"val_size must be in (0, {len(y)}), got {val_size}")
     tr, va = stratified_split(y.numpy(), (1 - val_size / len(y), val_size / len(y)), seed=seed)
     tr, va = torch.as_tensor(tr), torch.as_tensor(va)
-    return Split(TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va]), TensorDataset(xt, yt), num_classes,
-                 tuple(x.shape[1:]))
+    return Split(
+        TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va]), TensorDataset(xt, yt), num_classes, tuple(x.shape[1:])
+    )
 
 
 def _torchvision_datasets() -> Any:
@@ -121,8 +132,10 @@ def _load(name: str, root: str | Path, download: bool, val_size: int, seed: int)
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as e:
-        raise FileNotFoundError(f"{name} files not found under root={str(root)!r}; pass download=True to fetch "
-                                f"them, or point root at a folder holding them ({e})") from e
+        raise FileNotFoundError(
+            f"{name} files not found under root={str(root)!r}; pass download=True to fetch "
+            f"them, or point root at a folder holding them ({e})"
+        ) from e
     return split_from_torchvision(train, test, val_size=val_size, seed=seed)
 
 
@@ -152,5 +165,7 @@ def as_loader(data: Dataset | DataLoader, batch_size: int = 64) -> DataLoader:
         return data
     if isinstance(data, Dataset):
         return loader(data, batch_size=batch_size)
-    raise TypeError(f"data must be a torch Dataset or DataLoader, got {type(data).__name__}"
-                    + (" (pass split.train / split.val / split.test)" if isinstance(data, Split) else ""))
+    raise TypeError(
+        f"data must be a torch Dataset or DataLoader, got {type(data).__name__}"
+        + (" (pass split.train / split.val / split.test)" if isinstance(data, Split) else "")
+    )

@@ -6,9 +6,10 @@ and the CIFAR-style ResNets of the papers (ResNet-20/56) for paper-scale runs.
 * :func:`cifar_resnet`, :func:`resnet20`, :func:`resnet56` -- He et al. 2016 (Sec. 4.2) CIFAR ResNets,
   depth 6n+2, BasicBlocks with BatchNorm, option A (parameter-free) shortcuts.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,9 @@ def num_params(model: nn.Module) -> int:
 def mlp(in_features: int = 64, hidden: Sequence[int] = (32,), num_classes: int = 10) -> nn.Sequential:
     """Flatten, then ``Linear -> ReLU`` for each width in ``hidden``, then a linear classifier."""
     if in_features < 1 or num_classes < 1 or any(h < 1 for h in hidden):
-        raise ValueError(f"in_features, hidden and num_classes must be positive, got {in_features}, "
-                         f"{tuple(hidden)}, {num_classes}")
+        raise ValueError(
+            f"in_features, hidden and num_classes must be positive, got {in_features}, {tuple(hidden)}, {num_classes}"
+        )
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for h in hidden:
@@ -43,9 +45,14 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 8) 
         raise ValueError(f"input_size must be a multiple of 4 (two 2x2 poolings), got {input_size}")
     side = input_size // 4
     return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * side * side, num_classes),
+        nn.Conv2d(in_channels, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, num_classes),
     )
 
 
@@ -64,7 +71,7 @@ class BasicBlock(nn.Module):
 
     def shortcut(self, x: Tensor) -> Tensor:
         if self.stride != 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         if self.pad:
             x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return x
