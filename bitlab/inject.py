@@ -133,6 +133,7 @@ class Store:
             saved.append((data, uidx, data.view(-1)[uidx].clone()))
             data.view(-1)[uidx] = vals.to(data.dtype)
             return
+        assert slot.orig is not None  # dense slots keep a snapshot
         saved.append((data, None, slot.orig))
         if slot.words is not None:  # a check spanning words: decode everything, faulty words in place
             words = slot.words.clone()
@@ -141,6 +142,7 @@ class Store:
                 words[uidx] = fault_words(words[uidx], inv, bit, mode)
             data.copy_(self.codec.decode(words, self.fmt, slot.state).view_as(data).to(data.dtype))
             return
+        assert slot.clean is not None  # elementwise dense slots keep their fault-free read
         data.copy_(slot.clean.view_as(data))
         if word.numel():
             uidx, vals = self._faulty(slot, word, bit, mode)

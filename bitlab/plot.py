@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -26,7 +26,7 @@ def accuracy_vs_ber(
     hue: str | Sequence[str] | None = None,
     ax: plt.Axes | None = None,
     value: str = "accuracy",
-    clean: dict[str, float] | float | None = None,
+    clean: Mapping[Any, float] | float | None = None,
     title: str | None = None,
 ) -> plt.Axes:
     """Mean accuracy against bit error rate (log axis) with a 95% confidence band per ``hue``
@@ -71,7 +71,7 @@ def bit_position_effect(
     mean = per_bit.mean()
     ax.bar(mean.index, mean.to_numpy(), color="0.7", label=f"mean {value}")
     for t, color in zip(thresholds, sns.color_palette("colorblind")):
-        share = per_bit.apply(lambda v, t=t: float(np.mean(v > t)))
+        share = (census[value] > t).groupby(census["bit"]).mean()
         ax.plot(share.index, share.to_numpy(), marker="o", ms=3, color=color, label=f"share {value} > {t:g}")
     ax.set_xlabel("bit position (0 = LSB)")
     ax.set_ylabel(value)

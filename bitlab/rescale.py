@@ -10,9 +10,16 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["rescale_relu_network", "balance_factors", "weight_layers"]
+
+
+def _tensor(value: object) -> Tensor:
+    """A weight layer's ``weight``, typed as the tensor it is (weight_layers admits Linear/Conv only)."""
+    assert isinstance(value, Tensor)
+    return value
+
 
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # modules f with f(a x) = a f(x) for every a > 0 (positive homogeneity), and that hold no weights
@@ -99,9 +106,10 @@ def rescale_relu_network(model: nn.Module, factors: Sequence[float]) -> nn.Modul
     with torch.no_grad():
         for i, (_, m) in enumerate(new_layers):
             cur = a[i] if i < len(a) else 1.0
-            m.weight.mul_(cur / prev)
-            if m.bias is not None:
-                m.bias.mul_(cur)
+            weight, bias = _tensor(m.weight), m.bias
+            weight.mul_(cur / prev)
+            if isinstance(bias, Tensor):
+                bias.mul_(cur)
             prev = cur
     return new
 
@@ -113,7 +121,7 @@ def balance_factors(model: nn.Module, target: Callable[[list[float]], float] | N
     same range; ``target`` maps the list of maxima to another common value -- then the last layer
     takes whatever remains."""
     layers = weight_layers(model)
-    maxima = [float(m.weight.detach().abs().max()) for _, m in layers]
+    maxima = [float(_tensor(m.weight).detach().abs().max()) for _, m in layers]
     for (name, _), mx in zip(layers, maxima):
         if not mx > 0:
             raise ValueError(f"model: layer {name!r} has all-zero weights (max|W| = 0); it cannot be rescaled")

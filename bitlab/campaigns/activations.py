@@ -329,9 +329,9 @@ def resilience_auc(
     accuracy (``clean`` or ``df.attrs["clean_accuracy"]``). Compare only frames on the same grid."""
     if x is None:
         x = "ber" if "ber" in df.columns else "rate"
-    for c in (x, value):
-        if c not in df.columns:
-            raise ValueError(f"x/value: column {c!r} is not in the frame; columns are {list(df.columns)}")
+    for col in (x, value):
+        if col not in df.columns:
+            raise ValueError(f"x/value: column {col!r} is not in the frame; columns are {list(df.columns)}")
     means = df[df[x] > 0].groupby(x)[value].mean().sort_index()
     if len(means) < 2:
         raise ValueError(f"df: needs at least two positive {x} values for an area, got {len(means)}")
@@ -339,7 +339,7 @@ def resilience_auc(
     y = means.to_numpy(dtype=float)
     area = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(lx))) / float(lx[-1] - lx[0])
     if relative:
-        c = df.attrs.get("clean_accuracy") if clean is None else clean
+        c: float | None = df.attrs.get("clean_accuracy") if clean is None else clean
         if c is None or not c > 0:
             raise ValueError("clean: not given (or not > 0) and the frame has no attrs['clean_accuracy']")
         area /= c

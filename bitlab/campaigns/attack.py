@@ -39,6 +39,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -192,6 +193,13 @@ def _rank(
     return out
 
 
+def _target(target_accuracy: Target, num_classes: int) -> float | None:
+    """The accuracy at which the attack stops: a number, chance (+ margin) for ``"chance"``, or none."""
+    if target_accuracy == "chance":
+        return 1.0 / num_classes + CHANCE_MARGIN
+    return None if target_accuracy is None else float(target_accuracy)
+
+
 def bit_flip_attack(
     model: nn.Module,
     data: object,
@@ -255,9 +263,10 @@ def bit_flip_attack(
             with torch.no_grad():
                 num_classes = int(model(x[:1]).shape[1])
             clean_loss, clean_acc = _loss(model, x, y), batch_accuracy(model, eval_batches)
-            target = (1.0 / num_classes + CHANCE_MARGIN) if target_accuracy == "chance" else target_accuracy
+            target = _target(target_accuracy, num_classes)
             done: list[set[tuple[int, int]]] = [set() for _ in layers]
-            rows, loss, stopped = [], clean_loss, "budget"
+            rows: list[dict[str, Any]] = []
+            loss, stopped = clean_loss, "budget"
             bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
             for step in range(1, budget + 1):
                 if target is not None and (rows[-1]["accuracy"] if rows else clean_acc) <= target:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..codecs.scaling import WeightScaling
 from ..formats import Format
+from ..params import ParamSelection
 from .sweep import ber_sweep
 
 __all__ = ["sweep_t", "best_t"]
@@ -24,7 +25,7 @@ def sweep_t(
     ber: float | Sequence[float],
     trials: int = 20,
     seed: int = 0,
-    params: object = None,
+    params: ParamSelection = None,
     pow2: bool = False,
     progress: bool | None = None,
 ) -> pd.DataFrame:

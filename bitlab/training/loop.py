@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,8 @@ def make_optimizer(
                 f"optimizer must be one of {sorted(OPTIMIZERS)} or a callable params -> "
                 f"torch.optim.Optimizer, got {optimizer!r}"
             )
-        return cls(params, lr=lr, weight_decay=weight_decay, **opt_kwargs)
+        # every class in OPTIMIZERS takes lr and weight_decay; the base class's signature does not say so
+        return cls(params, lr=lr, weight_decay=weight_decay, **opt_kwargs)  # type: ignore[call-arg]
     if callable(optimizer):
         if opt_kwargs:
             raise TypeError(
@@ -162,7 +164,8 @@ def fit(
                 x = adversary(model, x, y).detach()
                 model.train()
             first: dict[str, Tensor] = {}
-            opt.step(_closure(model, opt, x, y, regularizer, first))
+            # torch's stubs type the closure as returning float; optimizers call it for its loss tensor
+            opt.step(cast(Callable[[], float], _closure(model, opt, x, y, regularizer, first)))
             if not first:
                 raise RuntimeError(f"optimizer {type(opt).__name__}.step(closure) never called the closure")
             n = len(y)

@@ -77,6 +77,12 @@ def _check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+def _grad(p: Tensor) -> Tensor:
+    """``p.grad``, which the caller has checked is set."""
+    assert p.grad is not None
+    return p.grad
+
+
 class SAM(torch.optim.Optimizer):
     """Sharpness-Aware Minimization (Foret et al. 2021) around a base optimizer; ASAM when ``adaptive``.
 
@@ -325,7 +331,7 @@ class SAR(SAM):
             return []
         mags = [group["rho"] * (p.abs() + group["eta"]) for group, p in items]
         dev = items[0][1].device
-        scores = torch.cat([(p.grad.abs() * m).reshape(-1).to(dev) for (_, p), m in zip(items, mags)])
+        scores = torch.cat([(_grad(p).abs() * m).reshape(-1).to(dev) for (_, p), m in zip(items, mags)])
         n = scores.numel()
         fraction = max(group["fraction"] for group, _ in items)
         k = min(n, max(1, math.ceil(fraction * n - 1e-9)))
@@ -335,5 +341,5 @@ class SAR(SAM):
         for (_, p), m in zip(items, mags):
             mask = keep[start : start + p.numel()].view_as(p).to(p.device)
             start += p.numel()
-            out.append((p, torch.where(mask, p.grad.sign() * m, torch.zeros_like(m))))
+            out.append((p, torch.where(mask, _grad(p).sign() * m, torch.zeros_like(m))))
         return out

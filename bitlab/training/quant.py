@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -327,7 +328,7 @@ class QuantizedModel(nn.Module):
         w = dict(self.model.named_modules())[name].weight
         return quantize(w, _broadcast_channels(self.weight_scales[name], w), self.bits)
 
-    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:

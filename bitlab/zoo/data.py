@@ -111,8 +111,8 @@ def split_from_torchvision(train: Any, test: Any, val_size: int, seed: int = 0, 
     xt, yt = to_tensors(test)
     if not 0 < val_size < len(y):
         raise ValueError(f"val_size must be in (0, {len(y)}), got {val_size}")
-    tr, va = stratified_split(y.numpy(), (1 - val_size / len(y), val_size / len(y)), seed=seed)
-    tr, va = torch.as_tensor(tr), torch.as_tensor(va)
+    tr_idx, va_idx = stratified_split(y.numpy(), (1 - val_size / len(y), val_size / len(y)), seed=seed)
+    tr, va = torch.as_tensor(tr_idx), torch.as_tensor(va_idx)
     return Split(
         TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va]), TensorDataset(xt, yt), num_classes, tuple(x.shape[1:])
     )
