@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 import bitlab as bl
-from bitlab.curvature import hessian as bh
+from bitlab import curvature as bh
 
 LOSS = F.cross_entropy
 
