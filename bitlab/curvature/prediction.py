@@ -25,6 +25,18 @@ def _mean_loss(model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, T
     return float(batch_mean(data, loss)[0])
 
 
+def _mean_grad(op: HessianOperator) -> Tensor:
+    """The flat float64 gradient of the mean loss over ``op``'s data (size-weighted, as the operator)."""
+
+    def batch_grad(x: Tensor, y: Tensor) -> Vec:
+        loss = op.loss_fn(op.model(x.to(op.device)), y.to(op.device))
+        gs = torch.autograd.grad(loss, op.params, allow_unused=True)
+        flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, op.params)])
+        return [flat.detach().to(device="cpu", dtype=torch.float64)]
+
+    return batch_mean(op.batches, batch_grad)[0]
+
+
 def flip_loss_prediction(
     model: nn.Module, loss_fn: LossFn, data: Data, flips: pd.DataFrame, observed: bool = True, mode: str = "check"
 ) -> pd.DataFrame:
@@ -72,16 +84,7 @@ def flip_loss_prediction(
             offsets[n] = start
             start += p.numel()
         flat_pos = torch.tensor([offsets[n] + int(i) for n, i in zip(out["param"], out["index"])])
-
-        # mean gradient over the data (size-weighted, as the Hessian operator)
-        def batch_grad(x: Tensor, y: Tensor) -> Vec:
-            loss = loss_fn(model(x.to(op.device)), y.to(op.device))
-            gs = torch.autograd.grad(loss, op.params, allow_unused=True)
-            flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, op.params)])
-            return [flat.detach().to(device="cpu", dtype=torch.float64)]
-
-        batches = op.batches
-        grad = batch_mean(batches, batch_grad)[0]
+        grad = _mean_grad(op)
         # exact diagonal elements, one product per distinct weight
         diag: dict[int, float] = {}
         for j in sorted(set(flat_pos.tolist())):
@@ -102,14 +105,14 @@ def flip_loss_prediction(
         out["predicted"] = out["first_order"] + out["second_order"]
         if observed:
             with torch.no_grad():
-                base = _mean_loss(model, loss_fn, batches)
+                base = _mean_loss(model, loss_fn, op.batches)
                 changes = []
                 for n, i, new in zip(out["param"], out["index"], out["flipped"]):
                     w = named[n].data.view(-1)
                     old = w[int(i)].clone()
                     try:
                         w[int(i)] = float(new)
-                        changes.append(_mean_loss(model, loss_fn, batches) - base)
+                        changes.append(_mean_loss(model, loss_fn, op.batches) - base)
                     finally:
                         w[int(i)] = old
             out["observed"] = changes
