@@ -17,18 +17,20 @@ reverse (``torch.func.jvp`` of ``torch.func.grad``, vmapped over the unit vector
 
     python benchmarks/hessian.py [--epochs 10] [--seeds 11] [--eig-seeds 5] [--max-hutch 2000]
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 import bitlab as bl
-from bitlab.curvature import hessian as bh
+from bitlab import curvature as bh
 
 LOSS = F.cross_entropy
 
@@ -42,7 +44,7 @@ def dense_hessian(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     def f(flat: torch.Tensor) -> torch.Tensor:
         ps, i = {}, 0
         for n, s in zip(names, shapes):
-            ps[n] = flat[i:i + s.numel()].reshape(s)
+            ps[n] = flat[i : i + s.numel()].reshape(s)
             i += s.numel()
         return LOSS(functional_call(model, ps, (x,)), y)
 
@@ -61,29 +63,47 @@ def hvps_to_stay_within(history: list[tuple[int, float]], exact: float, rel: flo
     return need
 
 
+def record(hist: list[tuple[int, float]], last: bool) -> Callable[[int, torch.Tensor], None]:
+    """A ``top_eigenvalues`` callback appending ``(n_hvp, estimate)`` to ``hist``: the last estimate
+    (power iteration: the eigenvalue being refined) or the first (Lanczos: the top Ritz value)."""
+    return lambda n, est: hist.append((n, float(est[-1] if last else est[0])))
+
+
 def eigen_benchmark(model, data, lam_max: float, seeds: int) -> tuple[float, float]:
-    print("\n(a) top eigenvalue within 1e-3 relative of exact lambda_max = %.6f" % lam_max)
-    print(f"{'seed':>4} {'lanczos':>8} {'power':>8}   | default tol=1e-3: "
-          f"{'lanczos':>8} {'err':>9} {'power':>6} {'err':>9}")
+    print(f"\n(a) top eigenvalue within 1e-3 relative of exact lambda_max = {lam_max:.6f}")
+    print(
+        f"{'seed':>4} {'lanczos':>8} {'power':>8}   | default tol=1e-3: "
+        f"{'lanczos':>8} {'err':>9} {'power':>6} {'err':>9}"
+    )
     counts: dict[str, list[float]] = {"lanczos": [], "power": []}
     for s in range(seeds):
         row = []
         for method, cap in (("lanczos", 100), ("power", 500)):
             hist: list[tuple[int, float]] = []
-            bh.top_eigenvalues(model, LOSS, data, k=1, method=method, tol=0.0, max_iter=cap,
-                               generator=torch.Generator().manual_seed(s),
-                               callback=lambda n, est: hist.append((n, float(est[-1] if method == "power"
-                                                                             else est[0]))))
+            bh.top_eigenvalues(
+                model,
+                LOSS,
+                data,
+                k=1,
+                method=method,
+                tol=0.0,
+                max_iter=cap,
+                generator=torch.Generator().manual_seed(s),
+                callback=record(hist, last=method == "power"),
+            )
             need = hvps_to_stay_within(hist, lam_max, 1e-3)
             counts[method].append(float("inf") if need is None else need)
             row.append(need)
         dflt = []
         for method in ("lanczos", "power"):
-            vals, _, n = bh.top_eigenvalues(model, LOSS, data, k=1, method=method,
-                                            generator=torch.Generator().manual_seed(s))
+            vals, _, n = bh.top_eigenvalues(
+                model, LOSS, data, k=1, method=method, generator=torch.Generator().manual_seed(s)
+            )
             dflt += [n, abs(float(vals[0]) - lam_max) / lam_max]
-        print(f"{s:>4} {str(row[0]):>8} {str(row[1]):>8}   |                   {dflt[0]:>8} {dflt[1]:>9.1e} "
-              f"{dflt[2]:>6} {dflt[3]:>9.1e}")
+        print(
+            f"{s:>4} {row[0]!s:>8} {row[1]!s:>8}   |                   {dflt[0]:>8} {dflt[1]:>9.1e} "
+            f"{dflt[2]:>6} {dflt[3]:>9.1e}"
+        )
     return statistics.median(counts["lanczos"]), statistics.median(counts["power"])
 
 
@@ -98,7 +118,7 @@ def grid_budgets(lo: int, hi: int, factor: float = 1.15) -> list[int]:
 
 
 def trace_benchmark(model, data, exact: float, seeds: int, max_hutch: int) -> tuple[float, float]:
-    print("\n(b) trace within 1%% (median over %d seeds) of exact Tr(H) = %.4f" % (seeds, exact))
+    print(f"\n(b) trace within 1% (median over {seeds} seeds) of exact Tr(H) = {exact:.4f}")
     grid = grid_budgets(6, max_hutch)
     rel_h = []
     for s in range(seeds):
@@ -110,9 +130,16 @@ def trace_benchmark(model, data, exact: float, seeds: int, max_hutch: int) -> tu
 
     def median_pp(i: int) -> float:
         if i not in cache:
-            cache[i] = statistics.median(abs(bh.hutchpp_trace(
-                model, LOSS, data, n_hvp=grid[i], generator=torch.Generator().manual_seed(1000 + s)).mean - exact)
-                / exact for s in range(seeds))
+            cache[i] = statistics.median(
+                abs(
+                    bh.hutchpp_trace(
+                        model, LOSS, data, n_hvp=grid[i], generator=torch.Generator().manual_seed(1000 + s)
+                    ).mean
+                    - exact
+                )
+                / exact
+                for s in range(seeds)
+            )
         return cache[i]
 
     med_h = [statistics.median(r[i] for r in rel_h) for i in range(len(grid))]
@@ -155,10 +182,14 @@ def main() -> None:
     H = dense_hessian(model, *data)
     ev = torch.linalg.eigvalsh(H)
     n = H.shape[0]
-    print(f"digits MLP 64-32-10, {n} parameters, {args.epochs} epochs, {len(y)} training examples; "
-          f"dense Hessian in {time.perf_counter() - t0:.1f}s")
-    print(f"eigenvalues: top {[round(float(v), 4) for v in ev.flip(0)[:4]]}, bottom {float(ev[0]):.4f}; "
-          f"Tr(H) = {float(H.trace()):.4f}")
+    print(
+        f"digits MLP 64-32-10, {n} parameters, {args.epochs} epochs, {len(y)} training examples; "
+        f"dense Hessian in {time.perf_counter() - t0:.1f}s"
+    )
+    print(
+        f"eigenvalues: top {[round(float(v), 4) for v in ev.flip(0)[:4]]}, bottom {float(ev[0]):.4f}; "
+        f"Tr(H) = {float(H.trace()):.4f}"
+    )
 
     lan, pow_ = eigen_benchmark(model, data, float(ev[-1]), args.eig_seeds)
     ratio_a = lan / pow_ if pow_ != float("inf") else float("nan")
@@ -166,10 +197,14 @@ def main() -> None:
     ratio_b = pp / hu if hu != float("inf") else float("nan")
 
     print("\nsummary")
-    print(f"(a) median HVPs to lambda_max within 1e-3: Lanczos {lan:g}, power {pow_:g}; ratio {ratio_a:.3f} "
-          f"(target <= 1/3): {'PASS' if ratio_a <= 1 / 3 else 'FAIL'}")
-    print(f"(b) HVPs to median trace error < 1%: Hutch++ {pp:g}, Hutchinson {hu:g}; ratio {ratio_b:.3f} "
-          f"(target <= 1/4): {'PASS' if ratio_b <= 1 / 4 else 'FAIL'}")
+    print(
+        f"(a) median HVPs to lambda_max within 1e-3: Lanczos {lan:g}, power {pow_:g}; ratio {ratio_a:.3f} "
+        f"(target <= 1/3): {'PASS' if ratio_a <= 1 / 3 else 'FAIL'}"
+    )
+    print(
+        f"(b) HVPs to median trace error < 1%: Hutch++ {pp:g}, Hutchinson {hu:g}; ratio {ratio_b:.3f} "
+        f"(target <= 1/4): {'PASS' if ratio_b <= 1 / 4 else 'FAIL'}"
+    )
     print(f"total {time.perf_counter() - t0:.1f}s")
 
 

@@ -1,5 +1,6 @@
 """flip_loss_prediction: exact gradient and Hessian diagonal of a tiny model, Taylor error of third order
 against the observed (finite) loss change, restoration of the weights, input checks."""
+
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +30,7 @@ def exact_grad_hessian(model, batch):
         ps, i = {}, 0
         for n, s in zip(names, shapes):
             k = s.numel()
-            ps[n] = flat[i:i + k].reshape(s)
+            ps[n] = flat[i : i + k].reshape(s)
             i += k
         return F.cross_entropy(functional_call(model, ps, (batch[0],)), batch[1])
 
@@ -45,8 +46,13 @@ def exact_grad_hessian(model, batch):
 def test_grad_and_curvature_match_exact_hessian():
     model, batch = tiny()
     g, H, off = exact_grad_hessian(model, batch)
-    flips = pd.DataFrame({"param": ["0.weight", "0.bias", "2.weight", "2.weight", "2.bias"],
-                          "index": [5, 1, 0, 11, 2], "flipped": [0.3, -0.2, 1.0, 0.0, 0.5]})
+    flips = pd.DataFrame(
+        {
+            "param": ["0.weight", "0.bias", "2.weight", "2.weight", "2.bias"],
+            "index": [5, 1, 0, 11, 2],
+            "flipped": [0.3, -0.2, 1.0, 0.0, 0.5],
+        }
+    )
     out = flip_loss_prediction(model, F.cross_entropy, batch, flips)
     pos = [off[n] + i for n, i in zip(flips.param, flips["index"])]
     torch.testing.assert_close(torch.tensor(out.grad.to_numpy()), g[pos], rtol=1e-10, atol=1e-12)
@@ -61,8 +67,11 @@ def test_taylor_error_is_third_order():
     named = dict(model.named_parameters())
     errors = []
     for step in (1e-2, 5e-3, 2.5e-3):
-        rows = [{"param": n, "index": i, "flipped": float(named[n].detach().reshape(-1)[i]) + step}
-                for n in ("0.weight", "2.weight") for i in (0, 3, 7)]
+        rows = [
+            {"param": n, "index": i, "flipped": float(named[n].detach().reshape(-1)[i]) + step}
+            for n in ("0.weight", "2.weight")
+            for i in (0, 3, 7)
+        ]
         out = flip_loss_prediction(model, F.cross_entropy, batch, pd.DataFrame(rows))
         first_err = (out.observed - out.first_order).abs().max()
         err = (out.observed - out.predicted).abs().max()
@@ -122,11 +131,18 @@ def test_bad_input():
     with pytest.raises(ValueError, match="flipped"):
         flip_loss_prediction(model, F.cross_entropy, batch, pd.DataFrame({"param": ["0.weight"], "index": [0]}))
     with pytest.raises(ValueError, match="not parameters"):
-        flip_loss_prediction(model, F.cross_entropy, batch,
-                             pd.DataFrame({"param": ["9.weight"], "index": [0], "flipped": [1.0]}))
+        flip_loss_prediction(
+            model, F.cross_entropy, batch, pd.DataFrame({"param": ["9.weight"], "index": [0], "flipped": [1.0]})
+        )
     with pytest.raises(ValueError, match="index out of range"):
-        flip_loss_prediction(model, F.cross_entropy, batch,
-                             pd.DataFrame({"param": ["2.bias"], "index": [3], "flipped": [1.0]}))
+        flip_loss_prediction(
+            model, F.cross_entropy, batch, pd.DataFrame({"param": ["2.bias"], "index": [3], "flipped": [1.0]})
+        )
     with pytest.raises(TypeError, match="observed"):
-        flip_loss_prediction(model, F.cross_entropy, batch,
-                             pd.DataFrame({"param": ["2.bias"], "index": [0], "flipped": [1.0]}), observed=1)
+        flip_loss_prediction(
+            model,
+            F.cross_entropy,
+            batch,
+            pd.DataFrame({"param": ["2.bias"], "index": [0], "flipped": [1.0]}),
+            observed=1,
+        )

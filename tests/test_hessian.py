@@ -1,15 +1,18 @@
 """bitlab.hessian against the exact Hessian of a tiny float64 MLP (torch.autograd.functional.hessian)."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from bitlab.curvature import hessian as bh
+from bitlab import curvature as bh
+from bitlab.curvature.products import HessianOperator
 from bitlab.zoo.models import small_cnn
 
 LOSS = F.cross_entropy
@@ -29,7 +32,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: lis
         ps, i = dict(params), 0
         for n in names:
             k = params[n].numel()
-            ps[n] = flat[i:i + k].reshape(params[n].shape)
+            ps[n] = flat[i : i + k].reshape(params[n].shape)
             i += k
         return LOSS(functional_call(model, ps, (x,)), y)
 
@@ -61,6 +64,7 @@ def rand_vec(model, seed):
 
 # ------------------------------------------------------------------------------------------------ hvp
 
+
 def test_hvp_equals_exact_hessian_times_v(setup):
     model, x, y, H, _ = setup
     v = rand_vec(model, 1)
@@ -87,8 +91,10 @@ def test_hvp_on_selected_params_is_the_diagonal_block(setup):
     sizes = [p.numel() for p in model.parameters()]
     start = sum(sizes[:2])
     torch.testing.assert_close(block, H[start:, start:])
-    v = [torch.randn(model[2].weight.shape, dtype=torch.float64, generator=gen(3)),
-         torch.randn(model[2].bias.shape, dtype=torch.float64, generator=gen(4))]
+    v = [
+        torch.randn(model[2].weight.shape, dtype=torch.float64, generator=gen(3)),
+        torch.randn(model[2].bias.shape, dtype=torch.float64, generator=gen(4)),
+    ]
     for sel in (names, "2.*", lambda n, p: n.startswith("2.")):
         hv = bh.hvp(model, LOSS, (x, y), v, params=sel)
         torch.testing.assert_close(bh.flatten(hv), block @ bh.flatten(v), rtol=1e-10, atol=1e-12)
@@ -100,13 +106,15 @@ def test_hvp_is_symmetric_and_flatten_round_trips(setup, s1, s2):
     model, x, y, _, _ = setup
     u, v = rand_vec(model, s1), rand_vec(model, s2)
     hu, hv = bh.hvp(model, LOSS, (x, y), u), bh.hvp(model, LOSS, (x, y), v)
-    assert math.isclose(float(bh.flatten(u) @ bh.flatten(hv)), float(bh.flatten(v) @ bh.flatten(hu)),
-                        rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(
+        float(bh.flatten(u) @ bh.flatten(hv)), float(bh.flatten(v) @ bh.flatten(hu)), rel_tol=1e-9, abs_tol=1e-12
+    )
     back = bh.unflatten(bh.flatten(u), u)
     assert all(torch.equal(a, b) for a, b in zip(back, u))
 
 
 # ---------------------------------------------------------------------------------------- eigenvalues
+
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])
 @pytest.mark.parametrize("k", [1, 3])
@@ -116,8 +124,9 @@ def test_top_eigenvalues_match_eigvalsh(setup, method, k):
     # precondition for power iteration (largest magnitude): the top-k are also the largest in magnitude
     assert torch.equal(ev.abs().sort(descending=True).values[:k], top)
     tol = 1e-3 if method == "lanczos" else 1e-7  # power's rule is on the change, not the error
-    vals, vecs, n_hvp = bh.top_eigenvalues(model, LOSS, (x, y), k=k, method=method, tol=tol, max_iter=2000,
-                                           generator=gen(5))
+    vals, vecs, n_hvp = bh.top_eigenvalues(
+        model, LOSS, (x, y), k=k, method=method, tol=tol, max_iter=2000, generator=gen(5)
+    )
     assert vals.shape == (k,) and len(vecs) == k and n_hvp >= k
     assert torch.all((vals - top).abs() <= 1e-3 * top.abs()), (vals, top)
     for lam, vec in zip(vals, vecs):  # each returned vector is a (near) eigenvector of H
@@ -145,9 +154,10 @@ def test_lanczos_full_spectrum_with_repeated_zero_eigenvalues(setup):
 
 # --------------------------------------------------------------------------------------------- trace
 
+
 def hutchinson_variance(H: torch.Tensor) -> float:
     """Variance of z^T H z for Rademacher z: 2 (||H||_F^2 - sum_i H_ii^2)."""
-    return float(2 * ((H ** 2).sum() - (H.diagonal() ** 2).sum()))
+    return float(2 * ((H**2).sum() - (H.diagonal() ** 2).sum()))
 
 
 def test_hutchinson_covers_exact_trace_and_stderr_matches_theory(setup):
@@ -198,6 +208,7 @@ def test_hutchpp_beats_hutchinson_at_equal_budget(setup):
 
 # -------------------------------------------------------------------------------------------- density
 
+
 def test_slq_density_integrates_to_one_and_keeps_the_mean(setup):
     model, x, y, H, _ = setup
     n = H.shape[0]
@@ -218,12 +229,17 @@ def test_slq_nodes_with_full_lanczos_are_exact_eigenvalues(setup):
 
 # ------------------------------------------------------------------------------------------- per layer
 
+
 def test_per_layer_traces_are_diagonal_block_traces(setup):
     model, x, y, H, _ = setup
     df = bh.per_layer(bh.hutchpp_trace, model, LOSS, (x, y), n_hvp=3 * 24, generator=gen(13))
     assert list(df["layer"]) == ["0", "2"] and list(df["n_params"]) == [24, 21]
-    torch.testing.assert_close(torch.tensor(df["trace"].tolist(), dtype=torch.float64),
-                               torch.stack([H[:24, :24].trace(), H[24:, 24:].trace()]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        torch.tensor(df["trace"].tolist(), dtype=torch.float64),
+        torch.stack([H[:24, :24].trace(), H[24:, 24:].trace()]),
+        rtol=1e-9,
+        atol=1e-12,
+    )
     eig = bh.per_layer(bh.top_eigenvalues, model, LOSS, (x, y), k=2, generator=gen(14))
     top = torch.linalg.eigvalsh(H[24:, 24:]).flip(0)[:2]
     assert math.isclose(eig["lambda_1"].iloc[1], float(top[0]), rel_tol=1e-3)
@@ -232,14 +248,16 @@ def test_per_layer_traces_are_diagonal_block_traces(setup):
 
 # ------------------------------------------------------------------------------------ trace penalty
 
+
 def test_trace_penalty_expectation_is_the_trace(setup):
     model, x, y, H, _ = setup
     g = gen(15)
     samples = torch.tensor([bh.trace_penalty(model, LOSS(model(x), y), generator=g).item() for _ in range(600)])
     stderr = float(samples.std()) / math.sqrt(600)
     assert abs(float(samples.mean()) - float(H.trace())) <= 3 * stderr
-    block = [bh.trace_penalty(model, LOSS(model(x), y), params="2.*", n_probes=4, generator=g).item()
-             for _ in range(150)]
+    block = [
+        bh.trace_penalty(model, LOSS(model(x), y), params="2.*", n_probes=4, generator=g).item() for _ in range(150)
+    ]
     b = torch.tensor(block)
     assert abs(float(b.mean()) - float(H[24:, 24:].trace())) <= 3 * float(b.std()) / math.sqrt(150)
 
@@ -251,8 +269,9 @@ def test_trace_penalty_with_one_probe_is_the_quadratic_form(setup):
     g = gen(16)
     pen = bh.trace_penalty(model, LOSS(model(x), y), generator=g).item()
     g = gen(16)
-    z = torch.cat([(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).double().reshape(-1)
-                   for p in model.parameters()])
+    z = torch.cat(
+        [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).double().reshape(-1) for p in model.parameters()]
+    )
     assert math.isclose(float(pen), float(z @ H @ z), rel_tol=1e-10)
 
 
@@ -283,6 +302,7 @@ def test_trace_penalty_gradient_matches_finite_differences(setup):
 
 def test_hessian_regularizer_in_fit():
     from bitlab.training import fit
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     g = gen(1)
@@ -298,6 +318,7 @@ def test_hessian_regularizer_in_fit():
 
 
 # -------------------------------------------------------------------------------------------- errors
+
 
 def test_k_larger_than_number_of_params(setup):
     model, x, y, _, _ = setup
@@ -376,8 +397,7 @@ def test_zero_hessian_block_breakdown(method):
     torch.manual_seed(0)
     model = WithUnused().double()
     x, y = torch.randn(8, 3, dtype=torch.float64, generator=gen(0)), torch.randint(0, 2, (8,), generator=gen(1))
-    vals, vecs, _ = bh.top_eigenvalues(model, LOSS, (x, y), k=3, method=method, params="unused.*",
-                                       generator=gen(2))
+    vals, vecs, _ = bh.top_eigenvalues(model, LOSS, (x, y), k=3, method=method, params="unused.*", generator=gen(2))
     assert torch.equal(vals, torch.zeros(3, dtype=torch.float64))
     assert all(torch.isfinite(bh.flatten(v)).all() for v in vecs)
 
@@ -386,8 +406,15 @@ def test_zero_hessian_block_breakdown(method):
 def test_callback_sees_every_product(setup, method):
     model, x, y, _, _ = setup
     seen = []
-    vals, _, n_hvp = bh.top_eigenvalues(model, LOSS, (x, y), k=2, method=method, generator=gen(19),
-                                        callback=lambda n, est: seen.append((n, est.clone())))
+    vals, _, n_hvp = bh.top_eigenvalues(
+        model,
+        LOSS,
+        (x, y),
+        k=2,
+        method=method,
+        generator=gen(19),
+        callback=lambda n, est: seen.append((n, est.clone())),
+    )
     first = 2 if method == "lanczos" else 1  # Lanczos reports once it has k Ritz values
     assert [n for n, _ in seen] == list(range(first, n_hvp + 1))
     assert math.isclose(float(seen[-1][1].max()), float(vals[0]), rel_tol=1e-12)
@@ -398,8 +425,9 @@ def test_batched_products_match_single_products(setup):
     z^T H z of the exact Hessian, over one batch and over an uneven DataLoader alike."""
     model, x, y, H, _ = setup
     batch = bh.hutchinson_trace(model, LOSS, (x, y), n_probes=40, generator=gen(20))
-    loader = bh.hutchinson_trace(model, LOSS, DataLoader(TensorDataset(x, y), batch_size=16), n_probes=40,
-                                 generator=gen(20))
+    loader = bh.hutchinson_trace(
+        model, LOSS, DataLoader(TensorDataset(x, y), batch_size=16), n_probes=40, generator=gen(20)
+    )
     g = gen(20)
     Z = torch.stack([(torch.randint(0, 2, (45,), generator=g) * 2 - 1).double() for _ in range(40)])
     ref = ((Z @ H) * Z).sum(1)
@@ -414,13 +442,13 @@ def test_products_fall_back_to_columns_where_vmap_cannot_run():
     model = small_cnn().eval().to(memory_format=torch.channels_last)
     x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 10, (24,))
     with pytest.raises(RuntimeError, match="vmap"):  # the limitation this guards against is real
-        op = bh._Hessian(model, LOSS, (x, y))
-        op._matmat_batched(torch.randn(op.n, 2, dtype=torch.float64), 32)
-    op = bh._Hessian(model, LOSS, (x, y))
+        op = HessianOperator(model, LOSS, (x, y))
+        op.matmat_vmap(torch.randn(op.n, 2, dtype=torch.float64), 32)
+    op = HessianOperator(model, LOSS, (x, y))
     V = torch.randn(op.n, 3, dtype=torch.float64, generator=gen(1))
     cols = op.matmat(V)
     assert op.n_hvp == 3
-    ref = torch.stack([bh._Hessian(model, LOSS, (x, y))(V[:, j]) for j in range(3)], dim=1)
+    ref = torch.stack([HessianOperator(model, LOSS, (x, y))(V[:, j]) for j in range(3)], dim=1)
     torch.testing.assert_close(cols, ref, rtol=1e-10, atol=1e-12)
     est = bh.hutchinson_trace(model, LOSS, (x, y), n_probes=6, generator=gen(2))
     assert est.n_hvp == 6 and math.isfinite(est.mean)

@@ -1,14 +1,37 @@
-"""Curvature of the loss: Hessian-vector products, eigenvalues, trace and spectral density estimators,
-the Hutchinson trace penalty of Pranto et al. 2025 (:mod:`.hessian`), and 1-D loss-landscape slices
-(:mod:`.landscape`). ``bitlab.hessian`` is this package.
+"""Curvature of the loss: Hessian-vector products (:mod:`.products`), eigenvalues and spectral density
+(:mod:`.spectrum`), trace estimators and the Hutchinson trace penalty of Pranto et al. 2025 (:mod:`.trace`),
+per-layer blocks (:mod:`.layers`), the Taylor prediction of a flip's loss change (:mod:`.prediction`), and
+1-D loss-landscape slices (:mod:`.landscape`). ``bitlab.hessian`` is this package.
+
+Everything is built on one operation, the Hessian-vector product by double backprop (Pearlmutter 1994),
+never forming ``H``; the estimators are those of PyHessian (Yao et al. 2020), in our own code.
 """
+
 from __future__ import annotations
 
 from . import landscape
-from .hessian import (TraceEstimate, eval_mode, flatten, flip_loss_prediction, hessian_params,
-                      hessian_regularizer, hutchinson_trace, hutchpp_trace, hvp, layer_groups, per_layer,
-                      slq_density, slq_nodes, top_eigenvalues, trace_penalty, unflatten)
+from .layers import layer_groups, per_layer
+from .prediction import flip_loss_prediction
+from .products import eval_mode, flatten, hessian_params, hvp, unflatten
+from .spectrum import slq_density, slq_nodes, top_eigenvalues
+from .trace import TraceEstimate, hessian_regularizer, hutchinson_trace, hutchpp_trace, trace_penalty
 
-__all__ = ["hvp", "flatten", "unflatten", "hessian_params", "TraceEstimate", "top_eigenvalues",
-           "hutchinson_trace", "hutchpp_trace", "slq_nodes", "slq_density", "per_layer", "layer_groups",
-           "trace_penalty", "hessian_regularizer", "eval_mode", "flip_loss_prediction", "landscape"]
+__all__ = [
+    "TraceEstimate",
+    "eval_mode",
+    "flatten",
+    "flip_loss_prediction",
+    "hessian_params",
+    "hessian_regularizer",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "hvp",
+    "landscape",
+    "layer_groups",
+    "per_layer",
+    "slq_density",
+    "slq_nodes",
+    "top_eigenvalues",
+    "trace_penalty",
+    "unflatten",
+]

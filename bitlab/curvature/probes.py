@@ -1,0 +1,32 @@
+"""Random probe vectors of the stochastic estimators: Rademacher vectors (Hutchinson 1989) drawn from a
+checked ``torch.Generator``, and the integer-argument check the estimators share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_generator", "check_int", "rademacher"]
+
+
+def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """``generator`` itself if it is a ``torch.Generator`` or None (torch's global generator), else TypeError."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    """Raise ValueError unless ``value`` is an int (not a bool) ``>= low``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def rademacher(n: int, generator: torch.Generator | None, cols: int | None = None) -> Tensor:
+    """Rademacher vector(s): one of length ``n``, or ``cols`` of them as the columns of an (n, cols) matrix,
+    drawn one vector after another (the same draws as ``cols`` single calls)."""
+    shape = (n,) if cols is None else (cols, n)
+    z = torch.randint(0, 2, shape, generator=generator).to(torch.float64).mul_(2).sub_(1)
+    return z if cols is None else z.T

@@ -1,0 +1,293 @@
+"""The Hessian-vector product of the mean loss by double backprop, ``H v = d/dtheta (grad L(theta) . v)``
+(Pearlmutter 1994), over one batch or a whole data set, with the parameter selection and train-mode guard.
+
+Conventions. ``loss_fn(output, y)`` returns the *mean* loss of a batch (``F.cross_entropy``); over a
+data set the Hessian is the size-weighted average of the batch Hessians (:func:`batch_mean`), i.e. the
+Hessian of the mean loss over all examples. ``params`` selects the parameters the Hessian is taken over:
+``None`` (every trainable parameter), a name glob (``"3.*"``, ``"fc*"``), a list of names/globs, or a
+predicate ``(name, param) -> bool``; the others are held fixed, so a selection gives a diagonal block of
+``H``. Vectors are lists of tensors shaped like the selected parameters (:func:`flatten` /
+:func:`unflatten` convert).
+
+Modes. The Hessian of a model in train mode with BatchNorm (batch statistics, running-stat updates) or
+Dropout (random masks) is not the Hessian of the deployed model. With ``mode="check"`` (the default)
+such a model raises a ValueError asking for ``model.eval()``; ``mode="eval"`` switches to eval mode for
+the computation and restores every module's previous mode afterwards (:func:`eval_mode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import evaluate
+from ..params import ParamSelection, select_params
+from ..zoo.data import as_loader
+
+__all__ = [
+    "MODES",
+    "Data",
+    "HessianOperator",
+    "LossFn",
+    "Vec",
+    "batch_mean",
+    "batches",
+    "eval_mode",
+    "flatten",
+    "hessian_params",
+    "hvp",
+    "unflatten",
+    "unflatten_batched",
+]
+
+Vec = list[Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Data = Dataset | DataLoader | tuple[Tensor, Tensor] | list[Tensor]
+MODES = ("check", "eval")
+
+
+# ---------------------------------------------------------------------------------------------- vectors
+
+
+def hessian_params(model: nn.Module, params: ParamSelection = None) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a Hessian is taken over: trainable floating-point parameters
+    chosen by ``params`` (see the module docstring). An empty selection raises ValueError."""
+    chosen = select_params(model, params)
+    frozen = [n for n, p in chosen if not p.requires_grad]
+    if params is None:
+        chosen = [(n, p) for n, p in chosen if p.requires_grad]
+        if not chosen:
+            raise ValueError("params: the model has no trainable parameter (requires_grad=True)")
+    elif frozen:
+        raise ValueError(f"params: {frozen} do not require grad; select trainable parameters only")
+    return chosen
+
+
+def flatten(vec: Sequence[Tensor]) -> Tensor:
+    """A list of tensors as one flat vector (concatenated in order)."""
+    if len(vec) == 0:
+        raise ValueError("vec: expected a non-empty list of tensors")
+    return torch.cat([v.reshape(-1) for v in vec])
+
+
+def unflatten(flat: Tensor, like: Sequence[Tensor]) -> Vec:
+    """A flat vector cut into tensors shaped (and typed) like ``like``; inverse of :func:`flatten`."""
+    n = sum(t.numel() for t in like)
+    if flat.ndim != 1 or flat.numel() != n:
+        raise ValueError(f"flat: expected a 1-d tensor of {n} elements, got shape {tuple(flat.shape)}")
+    out, i = [], 0
+    for t in like:
+        out.append(flat[i : i + t.numel()].reshape(t.shape).to(t.dtype))
+        i += t.numel()
+    return out
+
+
+def unflatten_batched(flat: Tensor, like: Sequence[Tensor]) -> Vec:
+    """A ``(b, n)`` batch of flat vectors cut into ``(b, *shape)`` tensors shaped like ``like``."""
+    b, i, out = flat.shape[0], 0, []
+    for t in like:
+        out.append(flat[:, i : i + t.numel()].reshape(b, *t.shape))
+        i += t.numel()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- modes, data
+
+
+def _stochastic_modules(model: nn.Module) -> list[str]:
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return [name or type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds) and m.training]
+
+
+@contextmanager
+def eval_mode(model: nn.Module, mode: str = "check") -> Iterator[nn.Module]:
+    """Guard for Hessian estimation. ``mode="check"``: raise ValueError if a BatchNorm or Dropout module is
+    in train mode. ``mode="eval"``: put the model in eval mode inside the block, restore each module's
+    previous mode on exit (also on an exception)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "check":
+        bad = _stochastic_modules(model)
+        if bad:
+            raise ValueError(
+                f"model is in train mode with BatchNorm/Dropout modules {bad[:5]}: their Hessian is "
+                "not the deployed model's; call model.eval() first, or pass mode='eval' to switch "
+                "temporarily"
+            )
+        yield model
+        return
+    with evaluate.eval_mode(model):
+        yield model
+
+
+def batches(data: Data) -> list[tuple[Tensor, Tensor]] | DataLoader:
+    """``data`` as an iterable of ``(x, y)`` batches: a one-element list for a batch ``(x, y)``, else a
+    DataLoader (a Dataset is loaded in batches of 1024)."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError("data: expected a batch (x, y) of two tensors, a Dataset or a DataLoader")
+        if len(data[0]) == 0:
+            raise ValueError("data: the batch (x, y) is empty")
+        return [(data[0], data[1])]
+    return as_loader(data, batch_size=1024)
+
+
+def batch_mean(data: Iterable[tuple[Tensor, Tensor]], fn: Callable[[Tensor, Tensor], Vec]) -> Vec:
+    """The size-weighted mean over the batches ``(x, y)`` of ``fn(x, y)`` (a list of tensors):
+    ``sum_b |b| fn(b) / sum_b |b|``, the data-set value of a per-batch mean (loss, gradient, ``H v``).
+    Empty data raises ValueError."""
+    total: Vec | None = None
+    seen = 0
+    for x, y in data:
+        size = len(y)
+        part = fn(x, y)
+        total = [t * size for t in part] if total is None else [t + u * size for t, u in zip(total, part)]
+        seen += size
+    if total is None or not seen:
+        raise ValueError("data must not be empty")
+    return [t / seen for t in total]
+
+
+# --------------------------------------------------------------------------------------------- operator
+
+
+class HessianOperator:
+    """The Hessian of the mean loss as a linear operator on flat float64 vectors, counting products
+    (``n_hvp``). For a single batch the gradient graph is built once and reused (``retain_graph``)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data, params: ParamSelection = None):
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a callable (output, y) -> scalar loss, got {type(loss_fn).__name__}")
+        self.model, self.loss_fn = model, loss_fn
+        self.named = hessian_params(model, params)
+        self.params = [p for _, p in self.named]
+        self.n = sum(p.numel() for p in self.params)
+        self.device = self.params[0].device
+        self.batches = batches(data)
+        self.n_hvp = 0
+        self._vmap_ok = True
+        self._grads: list[Tensor | None] | None = None
+        if isinstance(self.batches, list):
+            self._grads = self._grad_graph(*self.batches[0])
+
+    def _grad_graph(self, x: Tensor, y: Tensor) -> list[Tensor | None]:
+        loss = self.loss_fn(self.model(x.to(self.device)), y.to(self.device))
+        if loss.ndim != 0:
+            raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {tuple(loss.shape)}")
+        return list(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True))
+
+    def _product(self, grads: list[Tensor | None], vecs: Vec, retain: bool, columns: int | None) -> Vec:
+        """``H v`` on one gradient graph by double backprop: ``vecs`` shaped like the parameters, or with
+        ``columns`` set, ``(columns, *shape)`` tensors whose products run as one vmapped backward
+        (``is_grads_batched``)."""
+        # parameters the loss does not use (grad None) or uses linearly (grad constant) have zero curvature
+        live = [(g, v) for g, v in zip(grads, vecs) if g is not None and g.requires_grad]
+        hv: Sequence[Tensor | None] = [None] * len(self.params)
+        if live:
+            hv = torch.autograd.grad(
+                [g for g, _ in live],
+                self.params,
+                grad_outputs=[v for _, v in live],
+                retain_graph=retain,
+                allow_unused=True,
+                is_grads_batched=columns is not None,
+            )
+        return [
+            h.detach()
+            if h is not None
+            else torch.zeros_like(p)
+            if columns is None
+            else p.new_zeros((columns, *p.shape))
+            for h, p in zip(hv, self.params)
+        ]
+
+    def _apply(self, vecs: Vec, columns: int | None = None) -> Vec:
+        """:meth:`_product` over the data: the one retained graph of a single batch, else the size-weighted
+        mean over the batches (one graph each)."""
+        if self._grads is not None:
+            return self._product(self._grads, vecs, retain=True, columns=columns)
+        return batch_mean(
+            self.batches, lambda x, y: self._product(self._grad_graph(x, y), vecs, retain=False, columns=columns)
+        )
+
+    def vec(self, vec: Vec) -> Vec:
+        """``H v`` for ``v`` a list of tensors shaped like the parameters."""
+        self.n_hvp += 1
+        return self._apply([v.to(device=p.device, dtype=p.dtype) for v, p in zip(vec, self.params)])
+
+    def __call__(self, flat: Tensor) -> Tensor:
+        """``H v`` on flat float64 vectors (the linear algebra runs in float64 whatever the model dtype)."""
+        return flatten(self.vec(unflatten(flat, self.params))).to(device="cpu", dtype=torch.float64)
+
+    def matmat(self, flat: Tensor, block: int = 32) -> Tensor:
+        """``H V`` for the columns of a float64 ``(n, b)`` matrix, ``block`` columns per vmapped backward
+        (:meth:`matmat_vmap`); counts ``b`` products. Same values as column-by-column products
+        (:meth:`matmat_columns`), which are taken instead where an op's backward cannot be vmapped (e.g.
+        max-pooling on a channels-last model: "NYI: querying is_contiguous inside of vmap")."""
+        if not self._vmap_ok:
+            return self.matmat_columns(flat)
+        n_before = self.n_hvp
+        try:
+            return self.matmat_vmap(flat, block)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            self._vmap_ok = False
+            self.n_hvp = n_before
+            return self.matmat_columns(flat)
+
+    def matmat_columns(self, flat: Tensor) -> Tensor:
+        """``H V`` one column at a time (counts ``b`` products)."""
+        return torch.stack([self(flat[:, j]) for j in range(flat.shape[1])], dim=1)
+
+    def matmat_vmap(self, flat: Tensor, block: int = 32) -> Tensor:
+        """``H V`` in vmapped blocks of ``block`` columns (counts ``b`` products); raises the RuntimeError
+        of an op whose backward cannot be vmapped (:meth:`matmat` falls back to columns then)."""
+        cols = []
+        for j in range(0, flat.shape[1], block):
+            chunk = flat[:, j : j + block]
+            b = chunk.shape[1]
+            self.n_hvp += b
+            vecs = [
+                t.to(device=p.device, dtype=p.dtype)
+                for t, p in zip(unflatten_batched(chunk.T, self.params), self.params)
+            ]
+            hv = self._apply(vecs, columns=b)
+            cols.append(torch.cat([h.reshape(b, -1) for h in hv], dim=1).T.to(device="cpu", dtype=torch.float64))
+        return torch.cat(cols, dim=1)
+
+    def unflat(self, flat: Tensor) -> Vec:
+        """A flat vector as detached tensors shaped like the parameters."""
+        return [t.detach().clone() for t in unflatten(flat, self.params)]
+
+
+def hvp(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    vec: Sequence[Tensor] | Tensor,
+    params: ParamSelection = None,
+    mode: str = "check",
+) -> Vec | Tensor:
+    """Hessian-vector product ``H v`` of the mean loss by double backprop (Pearlmutter 1994).
+
+    ``data`` is one batch ``(x, y)`` or a Dataset/DataLoader (the batch Hessians weighted by batch size).
+    ``vec`` is a list of tensors shaped like the selected ``params`` (returns the same), or a flat vector
+    (returns a flat vector)."""
+    with eval_mode(model, mode):
+        op = HessianOperator(model, loss_fn, data, params)
+        if isinstance(vec, Tensor):
+            if vec.ndim != 1 or vec.numel() != op.n:
+                raise ValueError(f"vec: a flat vector must have {op.n} elements, got shape {tuple(vec.shape)}")
+            return flatten(op.vec(unflatten(vec, op.params)))
+        vec = list(vec)
+        shapes = [tuple(p.shape) for p in op.params]
+        if [tuple(v.shape) for v in vec] != shapes:
+            raise ValueError(
+                f"vec: expected tensors of shapes {shapes} (the selected params), got {[tuple(v.shape) for v in vec]}"
+            )
+        return op.vec(vec)

@@ -1,0 +1,165 @@
+"""Stochastic estimates of the Hessian trace: Hutchinson's ``Tr(H) = E[z^T H z]`` with Rademacher ``z``
+(Hutchinson 1989), Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1), and the differentiable
+Hutchinson penalty of Hessian-aware training, ``loss + lambda * Tr(H)`` (Pranto et al. 2025)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..params import ParamSelection
+from .probes import check_generator, check_int, rademacher
+from .products import Data, HessianOperator, LossFn, eval_mode, hessian_params
+
+__all__ = ["TraceEstimate", "hessian_regularizer", "hutchinson_trace", "hutchpp_trace", "trace_penalty"]
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic trace estimate: ``mean`` with its standard error ``stderr``, the Hessian-vector products
+    spent (``n_hvp``) and the per-probe ``samples`` (``mean == samples.mean()``)."""
+
+    mean: float
+    stderr: float
+    n_hvp: int
+    samples: Tensor
+
+    def __float__(self) -> float:
+        return self.mean
+
+
+def hutchinson_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    n_probes: int | None = None,
+    tol: float = 1e-2,
+    min_probes: int = 10,
+    max_probes: int = 1000,
+    params: ParamSelection = None,
+    generator: torch.Generator | None = None,
+    mode: str = "check",
+) -> TraceEstimate:
+    """Hutchinson's estimate ``Tr(H) ~ (1/m) sum_i z_i^T H z_i`` with Rademacher probes ``z_i`` (Hutchinson
+    1989; PyHessian). With ``n_probes`` given, exactly that many probes (vmapped in blocks); otherwise
+    probes are drawn one at a time until the relative standard error ``stderr / |mean|`` is below ``tol``
+    (at least ``min_probes``, at most ``max_probes``). One Hessian-vector product per probe."""
+    if n_probes is not None:
+        check_int("n_probes", n_probes, 1)
+    check_int("min_probes", min_probes, 2)
+    check_int("max_probes", max_probes, 1)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    generator = check_generator(generator)
+    with eval_mode(model, mode):
+        op = HessianOperator(model, loss_fn, data, params)
+        if n_probes is not None:
+            Z = rademacher(op.n, generator, n_probes)
+            return _estimate((Z * op.matmat(Z)).sum(0), op.n_hvp)
+        samples: list[float] = []
+        limit = max_probes
+        while len(samples) < limit:
+            z = rademacher(op.n, generator)
+            samples.append(float(z @ op(z)))
+            m = len(samples)
+            if m >= min_probes:
+                t = torch.tensor(samples, dtype=torch.float64)
+                if float(t.std()) / math.sqrt(m) <= tol * abs(float(t.mean())):
+                    break
+        return _estimate(torch.tensor(samples, dtype=torch.float64), op.n_hvp)
+
+
+def _estimate(samples: Tensor, n_hvp: int) -> TraceEstimate:
+    m = samples.numel()
+    stderr = float(samples.std()) / math.sqrt(m) if m > 1 else float("nan")
+    return TraceEstimate(float(samples.mean()), stderr, n_hvp, samples)
+
+
+def hutchpp_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    n_hvp: int = 30,
+    params: ParamSelection = None,
+    generator: torch.Generator | None = None,
+    mode: str = "check",
+) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1) with a budget of ``n_hvp`` products:
+    ``S`` with ``s = n_hvp // 3`` Rademacher columns, ``Q = qr(H S)``; the trace is ``Tr(Q^T H Q)`` (exact on
+    the dominant subspace, ``s`` products) plus Hutchinson on ``(I - QQ^T) H (I - QQ^T)`` with the remaining
+    ``n_hvp - 2s`` probes. ``samples`` are ``Tr(Q^T H Q) + g_i^T H g_i`` per residual probe ``g_i``, so
+    ``stderr`` is the residual part's standard error (NaN with a single residual probe)."""
+    check_int("n_hvp", n_hvp, 3)
+    generator = check_generator(generator)
+    with eval_mode(model, mode):
+        op = HessianOperator(model, loss_fn, data, params)
+        s = min(n_hvp // 3, op.n)
+        S = rademacher(op.n, generator, s)
+        Q, _ = torch.linalg.qr(op.matmat(S))
+        low = float((Q * op.matmat(Q)).sum())
+        g = n_hvp - 2 * s
+        G = rademacher(op.n, generator, g)
+        G = G - Q @ (Q.T @ G)
+        return _estimate(low + (G * op.matmat(G)).sum(0), op.n_hvp)
+
+
+# ------------------------------------------------------------------------------------ Hessian-aware training
+
+
+def trace_penalty(
+    model: nn.Module,
+    loss: Tensor,
+    params: ParamSelection = None,
+    n_probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Differentiable Hutchinson estimate of ``Tr(H)`` of ``loss`` (Pranto et al. 2025: minimize
+    ``loss + lambda * Tr(H)``): ``(1/m) sum_i z_i^T H z_i`` with Rademacher ``z_i``, each ``H z_i`` by double
+    backprop with ``create_graph=True``, so the result can be back-propagated (third-order terms included).
+    ``loss`` must have been computed from the model's parameters with a graph. Its expectation over the
+    probes is ``Tr(H)``."""
+    check_int("n_probes", n_probes, 1)
+    generator = check_generator(generator)
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        raise ValueError(
+            f"loss must be a scalar tensor, got {type(loss).__name__} "
+            f"{tuple(loss.shape) if isinstance(loss, Tensor) else ''}"
+        )
+    if not loss.requires_grad:
+        raise ValueError("loss does not require grad: compute it from the model's parameters, with grad enabled")
+    ps = [p for _, p in hessian_params(model, params)]
+    grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
+    pairs = [(g, p) for g, p in zip(grads, ps) if g is not None and g.requires_grad]
+    total = loss.new_zeros(())
+    if not pairs:
+        return total
+    gs, ps = [g for g, _ in pairs], [p for _, p in pairs]
+    for _ in range(n_probes):
+        zs = [torch.randint(0, 2, p.shape, generator=generator).to(device=p.device, dtype=p.dtype) * 2 - 1 for p in ps]
+        gz = sum(((g * z).sum() for g, z in zip(gs, zs)), zs[0].new_zeros(()))
+        hz = torch.autograd.grad(gz, ps, create_graph=True, retain_graph=True, allow_unused=True)
+        total = total + sum(((h * z).sum() for h, z in zip(hz, zs) if h is not None), zs[0].new_zeros(()))
+    return total / n_probes
+
+
+def hessian_regularizer(
+    lam: float, params: ParamSelection = None, n_probes: int = 1, seed: int = 0, loss_fn: LossFn | None = None
+) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """A ``regularizer(model, x, y) -> lam * Tr(H)`` for :func:`bitlab.train.fit` (Pranto et al. 2025),
+    with ``Tr(H)`` of ``loss_fn(model(x), y)`` (cross-entropy by default) estimated by :func:`trace_penalty`
+    from its own generator seeded with ``seed`` (fresh probes each call). ``params`` restricts the penalty,
+    e.g. to the last layers (``params="3.*"``)."""
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0:
+        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+    check_int("n_probes", n_probes, 1)
+    loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(seed)
+
+    def regularizer(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return lam * trace_penalty(model, loss_fn(model(x), y), params=params, n_probes=n_probes, generator=gen)
+
+    return regularizer
