@@ -42,6 +42,7 @@ _SUBMODULES: dict[str, str] = {
     "progress": "progress",
     "defenses": "defenses",
     "rescale": "rescale",
+    "validate": "validate",
     # short names
     "train": "training",
     "campaign": "campaigns",

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .validate import check_int
+
 BitSelection = str | int | Sequence[int] | None
 
 __all__ = [
@@ -162,15 +164,6 @@ FP16 = FloatFormat("FP16", 16, 5, torch.float16, torch.int16)
 BF16 = FloatFormat("BF16", 16, 8, torch.bfloat16, torch.int16)
 
 
-def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < lo or (hi is not None and value > hi):
-        allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name}: {value} is out of range; allowed {allowed}")
-    return value
-
-
 class Q(Format):
     """Two's complement fixed point ``Qm.n``: 1 sign bit, ``m`` integer bits, ``n`` fraction bits.
 
@@ -180,8 +173,8 @@ class Q(Format):
     """
 
     def __init__(self, m: int, n: int) -> None:
-        _check_int(m, "m", 0)
-        _check_int(n, "n", 0)
+        check_int("m", m, 0)
+        check_int("n", n, 0)
         if 1 + m + n > 32:
             raise ValueError(
                 f"Q(m={m}, n={n}): a fixed-point format is at most 32 bits wide "
@@ -234,7 +227,7 @@ class Int(Format):
     needs_scale = True
 
     def __init__(self, bits: int = 8, per_channel: bool = False, axis: int = 0) -> None:
-        _check_int(bits, "bits", 2, 32)
+        check_int("bits", bits, 2, 32)
         if not isinstance(per_channel, bool):
             raise TypeError(f"per_channel: expected a bool, got {type(per_channel).__name__}")
         self.width = bits

@@ -53,6 +53,7 @@ from ..formats import Format, Int
 from ..inject import InjectionReport, corrupted
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
+from ..validate import check_int
 
 __all__ = ["bit_flip_attack", "AttackResult", "attack_params", "attack_loss", "CHANCE_MARGIN", "LOSS_CAP"]
 
@@ -139,14 +140,6 @@ def attack_params(model: nn.Module, params: ParamSelection = None) -> list[tuple
     return chosen
 
 
-def _check_int(value: object, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {lo}, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name}: {value}; allowed ints >= {lo}")
-    return value
-
-
 def _attack_batch(data: object, size: int, seed: int) -> tuple[Tensor, Tensor]:
     """``size`` samples drawn (seeded, without replacement) from ``data``."""
     batches = materialize(data)
@@ -226,9 +219,9 @@ def bit_flip_attack(
     """
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a bitlab number format (Int(8), FP32, ...), got {type(fmt).__name__}")
-    _check_int(budget, "budget")
-    _check_int(attack_batch, "attack_batch")
-    _check_int(candidates_per_layer, "candidates_per_layer")
+    check_int("budget", budget, 1)
+    check_int("attack_batch", attack_batch, 1)
+    check_int("candidates_per_layer", candidates_per_layer, 1)
     if not (
         target_accuracy is None
         or target_accuracy == "chance"

@@ -3,12 +3,10 @@ checked ``torch.Generator``, and the integer-argument check the estimators share
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-__all__ = ["check_generator", "check_int", "rademacher"]
+__all__ = ["check_generator", "rademacher"]
 
 
 def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
@@ -16,12 +14,6 @@ def check_generator(generator: torch.Generator | None) -> torch.Generator | None
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
-
-
-def check_int(name: str, value: Any, low: int) -> None:
-    """Raise ValueError unless ``value`` is an int (not a bool) ``>= low``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def rademacher(n: int, generator: torch.Generator | None, cols: int | None = None) -> Tensor:

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..params import ParamSelection
-from .probes import check_generator, check_int, rademacher
+from ..validate import check_int
+from .probes import check_generator, rademacher
 from .products import Data, HessianOperator, LossFn, Vec, eval_mode
 
 __all__ = ["METHODS", "slq_density", "slq_nodes", "top_eigenvalues"]

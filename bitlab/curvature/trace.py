@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..params import ParamSelection
-from .probes import check_generator, check_int, rademacher
+from ..validate import check_int
+from .probes import check_generator, rademacher
 from .products import Data, HessianOperator, LossFn, eval_mode, hessian_params
 
 __all__ = ["TraceEstimate", "hessian_regularizer", "hutchinson_trace", "hutchpp_trace", "trace_penalty"]
