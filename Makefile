@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS ?= notebooks
 PIP_ARGS ?=
 
-.PHONY: install test unit nbval book book-render clean distclean
+.PHONY: install lint test unit nbval book book-render clean distclean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints.txt -e ".[dev]"
 	@touch $@
+
+# ruff (lint + format) and mypy, as configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: unit nbval
 
