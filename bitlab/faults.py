@@ -212,8 +212,7 @@ class SingleBitFlip(Fault):
             )
         if isinstance(self.bit, bool) or not isinstance(self.bit, int) or self.bit not in bits:
             raise ValueError(f"bit: {self.bit!r} is not a stored bit; allowed {bits[0]}..{bits[-1]}")
-        one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
-        return Sites(one(i), one(index), one(self.bit))
+        return Sites(*(torch.tensor([v], dtype=torch.int64) for v in (i, index, self.bit)))
 
     def label(self) -> str:
         return f"{self.param}[{self.index}] bit {self.bit}"

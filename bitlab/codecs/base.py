@@ -63,8 +63,9 @@ class Codec:
         """Named bit fields of the stored word (for ``bits=`` selections)."""
         return fmt.fields
 
-    def overhead_bits(self, fmt: Format) -> int:
-        """Extra stored bits per weight compared with the bare format."""
+    def overhead_bits(self, fmt: Format) -> float:
+        """Extra stored bits per weight compared with the bare format (fractional where a codec stores
+        a few bits per group of weights, e.g. group checksums)."""
         return self.width(fmt) - fmt.width
 
     def fit(self, w: Tensor, fmt: Format) -> State:

@@ -85,7 +85,7 @@ class GroupChecksum(Codec):
         self.group, self.bits, self.interleave = group, bits, interleave
         self.name = f"checksum(G={group},{bits}b{',interleaved' if interleave else ''})"
 
-    def overhead_bits(self, fmt: Format) -> float:  # type: ignore[override]
+    def overhead_bits(self, fmt: Format) -> float:
         """Checksum bits per weight: ``bits / group`` (the checksums are stored once per group)."""
         return self.bits / self.group
 
