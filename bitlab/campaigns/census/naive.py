@@ -1,6 +1,7 @@
 """The naive single-bit census (flip, full forward, restore, one flip at a time): the reference that
 the fast census is checked against, row for row and float for float.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,7 +10,7 @@ from torch import nn
 from ...codecs.base import Codec, Identity
 from ...evaluate import batch_accuracy, materialize
 from ...faults import BitErrorRate, SingleBitFlip
-from ...formats import FP32, Format, resolve_bits
+from ...formats import FP32, BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
@@ -18,9 +19,17 @@ from .plan import weight_plan
 __all__ = ["naive_bit_census"]
 
 
-def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: object = "all",
-                     params: ParamSelection = None, n_weights: int | None = None, seed: int = 0,
-                     codec: Codec | None = None, progress: bool | None = None) -> pd.DataFrame:
+def naive_bit_census(
+    model: nn.Module,
+    data: object,
+    fmt: Format = FP32,
+    bits: BitSelection = "all",
+    params: ParamSelection = None,
+    n_weights: int | None = None,
+    seed: int = 0,
+    codec: Codec | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Flip every selected bit of every selected weight, one at a time: flip, full forward, restore.
 
     Returns one row per (param, index, bit): ``value`` (the stored weight), ``flipped`` (what it reads
@@ -35,8 +44,7 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
     store = Store(model, fmt, codec, params)
     with store.corrupted(BitErrorRate(0.0)):
         clean = batch_accuracy(model, batches)
-    plan = [(name, int(i), b) for name, idx in weight_plan(chosen, n_weights, seed)
-            for i in idx for b in positions]
+    plan = [(name, int(i), b) for name, idx in weight_plan(chosen, n_weights, seed) for i in idx for b in positions]
     rows = []
     lookup = dict(chosen)
     for name, i, b in progress_bar(plan, desc="naive census", progress=progress):
@@ -44,8 +52,17 @@ def naive_bit_census(model: nn.Module, data: object, fmt: Format = FP32, bits: o
         with store.corrupted(SingleBitFlip(name, i, b)):
             flipped = lookup[name].detach().reshape(-1)[i].item()
             acc = batch_accuracy(model, batches)
-        rows.append({"param": name, "index": i, "bit": b, "value": value, "flipped": flipped,
-                     "accuracy": acc, "rad": (clean - acc) / clean if clean > 0 else float("nan")})
+        rows.append(
+            {
+                "param": name,
+                "index": i,
+                "bit": b,
+                "value": value,
+                "flipped": flipped,
+                "accuracy": acc,
+                "rad": (clean - acc) / clean if clean > 0 else float("nan"),
+            }
+        )
     df = pd.DataFrame(rows)
     df.attrs["clean_accuracy"] = clean
     return df

@@ -1,0 +1,156 @@
+"""The census checkpoint: an append-only JSON-lines file of finished chunks (no code runs on load),
+keyed by a fingerprint of the census's inputs and checksummed line by line.
+
+Line 1: ``{"format": "bitlab-census-checkpoint", "version": 1, "key": <fingerprint>}``; then one line
+per finished chunk: ``{"param", "start", "step", "accuracies", "sha256"}``, ``sha256`` the hex digest
+of the canonical JSON (sorted keys, no spaces) of the other four fields. Floats are written with
+``repr`` (Python's json), which reads back as the same float."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ...codecs.base import Codec
+from ...formats import Format
+
+__all__ = ["FORMAT", "VERSION", "CheckpointFile", "ChunkId", "fingerprint"]
+
+FORMAT = "bitlab-census-checkpoint"
+VERSION = 1
+
+#: (parameter name, first flip of the chunk in the parameter's order, chunk length)
+ChunkId = tuple[str, int, int]
+
+
+def fingerprint(
+    chosen: list[tuple[str, nn.Parameter]],
+    plan: list[tuple[str, Tensor]],
+    positions: Sequence[int],
+    fmt: Format,
+    codec: Codec,
+    batches: list[tuple[Tensor, Tensor]],
+) -> str:
+    """A digest of what a census computes: format, codec, bits, the parameters' values, the visited
+    weights and the data."""
+    h = hashlib.sha256()
+    h.update(repr((fmt.name, codec.name, positions)).encode())
+    for (name, p), (_, idx) in zip(chosen, plan):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(idx.numpy().tobytes())
+    for x, y in batches:
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _checksum(fields: dict[str, object]) -> str:
+    return hashlib.sha256(_canonical(fields).encode()).hexdigest()
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+class CheckpointFile:
+    """The checkpoint at ``path`` of the census with fingerprint ``key``: :meth:`load` the chunks
+    it holds, :meth:`append` each chunk as it is finished."""
+
+    def __init__(self, path: str | os.PathLike[str], key: str) -> None:
+        self.path = os.fspath(path)
+        self.key = key
+        self._has_header = False
+
+    def _fail(self, what: str) -> ValueError:
+        return ValueError(f"checkpoint {self.path!r}: {what}; delete it or pass another path")
+
+    def load(self) -> dict[ChunkId, list[float]]:
+        """The finished chunks. Raises ValueError if the file is not a checkpoint of this census or is
+        damaged; a last line cut short (a crash mid-write) is dropped with a warning and cut off."""
+        if not os.path.exists(self.path):
+            return {}
+        with open(self.path, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        if lines:
+            self._check_header(lines[0])
+        elif tail and not self._header().encode().startswith(tail):
+            raise self._fail("line 1 is not a complete checkpoint header")
+        if tail:  # written only up to a point: nothing of it can be trusted, and it is not needed
+            warnings.warn(
+                f"checkpoint {self.path!r}: dropping an unfinished last line (an interrupted write)", stacklevel=3
+            )
+            with open(self.path, "r+b") as f:
+                f.truncate(len(raw) - len(tail))
+        if not lines:
+            return {}
+        self._has_header = True
+        done: dict[ChunkId, list[float]] = {}
+        for number, line in enumerate(lines[1:], start=2):
+            cid, accs = self._chunk(line, number)
+            if done.setdefault(cid, accs) != accs:
+                raise self._fail(f"line {number}: chunk {cid} appears twice with different accuracies")
+        return done
+
+    def _header(self) -> str:
+        return _canonical({"format": FORMAT, "version": VERSION, "key": self.key}) + "\n"
+
+    def _parse(self, line: bytes, number: int) -> dict[str, object]:
+        try:
+            obj = json.loads(line, parse_constant=_reject_constant)
+        except ValueError as err:  # UnicodeDecodeError and json.JSONDecodeError among them
+            raise self._fail(f"line {number} is not valid JSON ({err})") from None
+        if not isinstance(obj, dict):
+            raise self._fail(f"line {number} is not a JSON object")
+        return obj
+
+    def _check_header(self, line: bytes) -> None:
+        head = self._parse(line, 1)
+        if head.get("format") != FORMAT or head.get("version") != VERSION or set(head) != {"format", "version", "key"}:
+            raise self._fail(f"line 1 is not a {FORMAT} version {VERSION} header")
+        if head["key"] != self.key:
+            raise self._fail("written by a different census (model, data, format, bits or sampling differ)")
+
+    def _chunk(self, line: bytes, number: int) -> tuple[ChunkId, list[float]]:
+        obj = self._parse(line, number)
+        if set(obj) != {"param", "start", "step", "accuracies", "sha256"}:
+            raise self._fail(f"line {number}: expected the fields param, start, step, accuracies, sha256")
+        digest = obj.pop("sha256")
+        if digest != _checksum(obj):
+            raise self._fail(f"line {number}: checksum mismatch (the chunk was altered or damaged)")
+        param, start, step, accs = obj["param"], obj["start"], obj["step"], obj["accuracies"]
+        if not (
+            isinstance(param, str)
+            and type(start) is int
+            and type(step) is int
+            and isinstance(accs, list)
+            and all(type(a) is float for a in accs)
+        ):
+            raise self._fail(f"line {number}: a field has the wrong type")
+        return (param, start, step), accs
+
+    def append(self, cid: ChunkId, accuracies: list[float]) -> None:
+        """Add one finished chunk (and the header first, on a new or empty file), flushed to disk."""
+        param, start, step = cid
+        fields: dict[str, object] = {"param": param, "start": start, "step": step, "accuracies": accuracies}
+        text = ""
+        if not self._has_header:
+            text = self._header()
+        fields["sha256"] = _checksum(fields)
+        text += _canonical(fields) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        self._has_header = True
