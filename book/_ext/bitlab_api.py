@@ -5,17 +5,22 @@
   and the build stops if ``bitlab`` still resolves elsewhere (an installed or editable copy of another
   checkout).
 * a module-level constant or alias without a ``#:`` comment is shown without the docstring of its type (a
-  ``dict`` registry or a ``dict[str, Tensor]`` alias would otherwise read as the docstring of ``dict``).
+  ``dict`` registry or a ``dict[str, Tensor]`` alias would otherwise read as the docstring of ``dict``);
+  a class or function as a default value is shown by its name (its ``<class ...>`` repr breaks the
+  signature);
+* Google-style ``Args:`` sections are read (napoleon) in the docstrings of functions, methods and classes.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
 from sphinx.errors import ExtensionError
+from sphinx.ext.napoleon import Config, GoogleDocstring
 
 
 def _use_tree() -> None:
@@ -45,7 +50,30 @@ def _no_type_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, A
             return
 
 
+_REPR = re.compile(r"<(?:class|function) '?([\w.<>]+?)'?(?: at 0x[0-9a-f]+)?>")
+
+
+def _plain_defaults(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001, ARG001
+    """``<class 'bitlab.codecs.base.Identity'>`` as a default (a dataclass field holding a class or function)
+    becomes ``Identity``: Sphinx cannot parse the repr and would print the signature as raw text."""
+    if signature and "<" in signature:
+        signature = _REPR.sub(lambda m: m.group(1).rpartition(".")[2], signature)
+    return signature, return_annotation
+
+
+_GOOGLE = Config(napoleon_numpy_docstring=False)
+
+
+def _google_sections(app, what, name, obj, options, lines):  # noqa: ANN001 -- autodoc's signature
+    """Napoleon's ``Args:`` / ``Returns:`` sections, for functions, methods and classes only: on a
+    constant's ``#:`` comment napoleon would read the text before its first colon as the constant's type."""
+    if what in ("function", "method", "class", "exception", "classmethod", "staticmethod"):
+        lines[:] = GoogleDocstring(lines, _GOOGLE, app, what, name, obj, options).lines()
+
+
 def setup(app):  # noqa: ANN001, ANN201 -- the Sphinx extension entry point
     _use_tree()
     app.connect("autodoc-process-docstring", _no_type_docstring)
+    app.connect("autodoc-process-docstring", _google_sections)
+    app.connect("autodoc-process-signature", _plain_defaults)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
