@@ -8,6 +8,11 @@
   ``dict`` registry or a ``dict[str, Tensor]`` alias would otherwise read as the docstring of ``dict``);
   a class or function as a default value is shown by its name (its ``<class ...>`` repr breaks the
   signature);
+* markup docutils could not read (``|W|``, an unclosed ``**``) is shown as literal text, not as a link to
+  an error message that is not on the page;
+* a reference Sphinx cannot find by name (a name re-exported by a package, an old alias such as
+  ``bitlab.train.fit``) links where the object it imports as is documented; a bare name out of its
+  module's context (a summary line in a table) links the one documented ``bitlab`` object of that name;
 * Google-style ``Args:`` sections are read (napoleon) in the docstrings of functions, methods and classes.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import sys
 from pathlib import Path
 
+from docutils import nodes
 from sphinx.errors import ExtensionError
 from sphinx.ext.napoleon import Config, GoogleDocstring
 
@@ -71,9 +77,69 @@ def _google_sections(app, what, name, obj, options, lines):  # noqa: ANN001 -- a
         lines[:] = GoogleDocstring(lines, _GOOGLE, app, what, name, obj, options).lines()
 
 
+def _plain_problems(app, doctree, docname):  # noqa: ANN001, ARG001 -- Sphinx's doctree-resolved signature
+    """Markup docutils could not read (``|W|`` taken for a substitution) is shown as the text it was, not as a
+    link to an error message the page leaves out (the warning is still counted by scripts/render_book.py)."""
+    for node in list(doctree.findall(nodes.problematic)):
+        node.replace_self(nodes.literal(node.astext(), node.astext()))
+
+
+def _python_object(path: str) -> object | None:
+    """The object at dotted ``path`` (longest importable module prefix, then attributes), or None."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except Exception:  # noqa: BLE001 -- not a module (or not importable): try a shorter prefix
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+def _through_python(app, env, node, contnode):  # noqa: ANN001 -- Sphinx's missing-reference signature
+    """A ``bitlab`` reference Sphinx cannot find by name (``:class:`Codec``` in the package that re-exports
+    it, ``:func:`bitlab.train.fit``` through an old alias) is resolved by importing what it names and linking
+    the object's documented home (its defining module)."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip(".~")
+    module = node.get("py:module") or ""
+    candidates = [target] if target.startswith("bitlab") else []
+    while module:
+        candidates.append(f"{module}.{target}")
+        module = module.rpartition(".")[0]
+    domain = env.get_domain("py")
+    for path in candidates:
+        obj = _python_object(path)
+        if obj is None:
+            continue
+        if inspect.ismodule(obj):
+            home, typ = obj.__name__, "mod"
+        else:
+            owner, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+            if not (isinstance(owner, str) and isinstance(qual, str)):
+                continue
+            home, typ = f"{owner}.{qual}", node["reftype"]
+        if home != path or home in domain.objects:
+            ref = domain.resolve_xref(env, node["refdoc"], app.builder, typ, home, node, contnode)
+            if ref is not None:
+                return ref
+    # out of its module's context (a summary line in a table): the one documented bitlab object of that name
+    named = [k for k in domain.objects if k.startswith("bitlab.") and k.endswith("." + target)]
+    if "." not in target and len(named) == 1:
+        return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], named[0], node, contnode)
+    return None
+
+
 def setup(app):  # noqa: ANN001, ANN201 -- the Sphinx extension entry point
     _use_tree()
     app.connect("autodoc-process-docstring", _no_type_docstring)
     app.connect("autodoc-process-docstring", _google_sections)
     app.connect("autodoc-process-signature", _plain_defaults)
+    app.connect("doctree-resolved", _plain_problems)
+    app.connect("missing-reference", _through_python)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
