@@ -253,7 +253,7 @@ def top_page(api: Api, pkg: ModuleType) -> str:
             other.append(f"* ``bl.{n}`` = ``{obj!r}``")
     if objs:
         out += heading("Functions, classes and formats", "-") + "\n"
-        out += f"Each of these is ``bl.<name>``; the link goes to the module that defines it.\n\n"
+        out += "Each of these is ``bl.<name>``; the link goes to the module that defines it.\n\n"
         out += ".. autosummary::\n\n" + "\n".join(objs) + "\n\n"
     if mods:
         out += heading("Modules", "-") + "\n" + ".. list-table::\n   :header-rows: 1\n\n"

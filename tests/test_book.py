@@ -28,6 +28,7 @@ import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 import pytest
@@ -49,7 +50,7 @@ pytestmark = [
 class Chromium:
     """Headless Chromium driven by the Chrome DevTools protocol over --remote-debugging-pipe (fds 3 and 4)."""
 
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    FLAGS: ClassVar[list[str]] = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900", "--remote-debugging-pipe"]
 
@@ -233,7 +234,7 @@ def test_index_leads_to_the_front_page(book):
 
 
 def test_front_page_links_every_chapter(book):
-    html, pages = book
+    _, pages = book
     assert "intro.html" in pages and (OUT / "screenshot.png").stat().st_size > 10_000
     assert pages["intro.html"]["h1"], "the front page has no title"
     links = {urldefrag(h)[0] for h in pages["intro.html"]["links"]}
@@ -243,7 +244,7 @@ def test_front_page_links_every_chapter(book):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_loads_with_title_and_figures(book, nb):
-    html, pages = book
+    _, pages = book
     page = pages.get(f"{nb.stem}.html")
     assert page is not None, f"no page for {nb.name}"
     title = first_heading(nb)
@@ -304,14 +305,14 @@ def api_pages(pages: dict) -> dict:
 
 
 def test_front_page_links_the_api_reference(book):
-    html, pages = book
+    _, pages = book
     links = {urldefrag(urljoin("intro.html", h))[0] for h in pages["intro.html"]["links"]}
     assert f"{API}/index.html" in links, "the front page does not link the API reference"
     assert f"{API}/bitlab.html" in links
 
 
 def test_api_index_links_every_api_page(book):
-    html, pages = book
+    _, pages = book
     index = pages.get(f"{API}/index.html")
     assert index is not None and any("API reference" in h for h in index["h1"])
     links = {urldefrag(urljoin(f"{API}/index.html", h))[0] for h in index["links"]}
@@ -322,7 +323,7 @@ def test_api_index_links_every_api_page(book):
 
 
 def test_every_public_module_has_its_section(book):
-    html, pages = book
+    _, pages = book
     anchors = {i: name for name, page in api_pages(pages).items() for i in page["ids"]}
     for mod in public_modules():
         assert f"module-{mod}" in anchors, f"no section for {mod} in the API reference"
@@ -338,7 +339,7 @@ KNOWN = [("inject", "bitlab.inject", "corrupted"), ("codecs", "bitlab.codecs", "
 
 @pytest.mark.parametrize("page,package,name", KNOWN, ids=[k[2] for k in KNOWN])
 def test_api_page_shows_name_with_signature_and_docstring(book, page, package, name):
-    html, pages = book
+    _, pages = book
     shown = pages.get(f"{API}/{page}.html")
     assert shown is not None, f"no API page {page}"
     public_modules()
@@ -359,7 +360,7 @@ def test_api_page_shows_name_with_signature_and_docstring(book, page, package, n
 
 
 def test_bitlab_page_links_what_bl_exposes(book):
-    html, pages = book
+    _, pages = book
     page = pages[f"{API}/bitlab.html"]
     targets = {urldefrag(urljoin(f"{API}/bitlab.html", h))[1] for h in page["links"]}
     public_modules()

@@ -44,7 +44,7 @@ def _use_tree() -> None:
         raise ExtensionError(f"bitlab_api: bitlab imports from {where}, not from the tree {root}")
 
 
-def _no_type_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, ARG001 -- autodoc's signature
+def _no_type_docstring(app, what, name, obj, options, lines):  # autodoc-process-docstring handler
     """Drop a constant's docstring when it is only the docstring of its type (or of an alias' origin)."""
     if what not in ("data", "attribute") or isinstance(obj, type):
         return
@@ -59,7 +59,7 @@ def _no_type_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, A
 _REPR = re.compile(r"<(?:class|function) '?([\w.<>]+?)'?(?: at 0x[0-9a-f]+)?>")
 
 
-def _plain_defaults(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001, ARG001
+def _plain_defaults(app, what, name, obj, options, signature, return_annotation):  # autodoc-process-signature handler
     """``<class 'bitlab.codecs.base.Identity'>`` as a default (a dataclass field holding a class or function)
     becomes ``Identity``: Sphinx cannot parse the repr and would print the signature as raw text."""
     if signature and "<" in signature:
@@ -70,14 +70,14 @@ def _plain_defaults(app, what, name, obj, options, signature, return_annotation)
 _GOOGLE = Config(napoleon_numpy_docstring=False)
 
 
-def _google_sections(app, what, name, obj, options, lines):  # noqa: ANN001 -- autodoc's signature
+def _google_sections(app, what, name, obj, options, lines):  # autodoc-process-docstring handler
     """Napoleon's ``Args:`` / ``Returns:`` sections, for functions, methods and classes only: on a
     constant's ``#:`` comment napoleon would read the text before its first colon as the constant's type."""
     if what in ("function", "method", "class", "exception", "classmethod", "staticmethod"):
         lines[:] = GoogleDocstring(lines, _GOOGLE, app, what, name, obj, options).lines()
 
 
-def _plain_problems(app, doctree, docname):  # noqa: ANN001, ARG001 -- Sphinx's doctree-resolved signature
+def _plain_problems(app, doctree, docname):  # doctree-resolved handler
     """Markup docutils could not read (``|W|`` taken for a substitution) is shown as the text it was, not as a
     link to an error message the page leaves out (the warning is still counted by scripts/render_book.py)."""
     for node in list(doctree.findall(nodes.problematic)):
@@ -90,7 +90,7 @@ def _python_object(path: str) -> object | None:
     for i in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:i]))
-        except Exception:  # noqa: BLE001 -- not a module (or not importable): try a shorter prefix
+        except Exception:  # not a module (or not importable): try a shorter prefix
             continue
         for attr in parts[i:]:
             obj = getattr(obj, attr, None)
@@ -100,7 +100,7 @@ def _python_object(path: str) -> object | None:
     return None
 
 
-def _through_python(app, env, node, contnode):  # noqa: ANN001 -- Sphinx's missing-reference signature
+def _through_python(app, env, node, contnode):  # missing-reference handler
     """A ``bitlab`` reference Sphinx cannot find by name (``:class:`Codec``` in the package that re-exports
     it, ``:func:`bitlab.train.fit``` through an old alias) is resolved by importing what it names and linking
     the object's documented home (its defining module)."""
@@ -135,7 +135,7 @@ def _through_python(app, env, node, contnode):  # noqa: ANN001 -- Sphinx's missi
     return None
 
 
-def setup(app):  # noqa: ANN001, ANN201 -- the Sphinx extension entry point
+def setup(app):  # the Sphinx extension entry point
     _use_tree()
     app.connect("autodoc-process-docstring", _no_type_docstring)
     app.connect("autodoc-process-docstring", _google_sections)
