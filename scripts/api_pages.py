@@ -90,9 +90,10 @@ def defined_names(module: ModuleType) -> set[str]:
 
 
 def public(module: ModuleType) -> list[str]:
+    """The module's ``__all__``; without one, the names its own source defines that do not start with ``_``."""
     names = getattr(module, "__all__", None)
     if names is None:
-        return [n for n in vars(module) if not n.startswith("_")]
+        return sorted(n for n in defined_names(module) if not n.startswith("_"))
     return list(names)
 
 
