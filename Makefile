@@ -1,5 +1,6 @@
 # bitlab: `make book` runs the notebook series into build/book/ and renders it as an HTML book
-# (build/book/_build/html/index.html); `make book-render` renders the committed notebooks without running them;
+# (build/book/_build/html/index.html), with an API reference generated from bitlab's docstrings;
+# `make book-render` renders the committed notebooks without running them;
 # `make test` runs the tests.
 # Both first build a local virtualenv in .venv (once; again only when pyproject.toml or constraints.txt change).
 

@@ -4,15 +4,23 @@ opened in headless Chromium, driven through the DevTools protocol over a pipe (s
 Checks: every chapter page loads and shows its notebook's first heading; every <img> on every page has a
 ``src`` that is a file of the build and actually decoded (natural width > 0); each chapter shows at least as
 many images as its notebook has figure outputs; every relative link resolves to a file of the build and every
-``#anchor`` exists on its target page; the front page links every chapter. A screenshot of the front page is
-saved to ``build/book-check/screenshot.png``.
+``#anchor`` exists on its target page; the front page links every chapter and the API reference. The API
+reference (``api/*.html``, generated from the package): every public module of this tree's ``bitlab`` has its
+section, the index links every API page, known public names are shown with the parameters of their real
+signature and the start of their docstring, the ``bitlab`` page links what ``import bitlab as bl`` exposes to
+where it is documented, and autodoc imported every module. A screenshot of the front page is saved to
+``build/book-check/screenshot.png``.
 """
 from __future__ import annotations
 
 import base64
 import fcntl
+import importlib
+import inspect
 import json
 import os
+import pkgutil
+import re
 import select
 import shutil
 import subprocess
@@ -20,6 +28,7 @@ import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 import pytest
@@ -29,6 +38,7 @@ NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if not p.name
 OUT = ROOT / "build" / "book-check"
 CHROMIUM = shutil.which("chromium")
 FIGURE_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
+API = "api"  # the API reference's folder in the build
 
 pytestmark = [
     pytest.mark.book,
@@ -40,7 +50,7 @@ pytestmark = [
 class Chromium:
     """Headless Chromium driven by the Chrome DevTools protocol over --remote-debugging-pipe (fds 3 and 4)."""
 
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    FLAGS: ClassVar[list[str]] = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900", "--remote-debugging-pipe"]
 
@@ -151,6 +161,8 @@ PAGE_STATE = """JSON.stringify({
            loaded: i.complete && i.naturalWidth > 0, output: !!i.closest('.cell_output, .output')})),
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
   ids: Array.from(document.querySelectorAll('[id], a[name]')).map(e => e.id || e.getAttribute('name')),
+  sigs: Array.from(document.querySelectorAll('dl.py > dt.sig[id]')).map(d => ({id: d.id, text: d.innerText,
+           doc: (d.nextElementSibling ? d.nextElementSibling.innerText : '').slice(0, 400)})),
 })"""
 
 
@@ -191,16 +203,18 @@ def book():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_book.py"), *map(str, NOTEBOOKS),
                            "--no-execute", "--out", str(OUT)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(*[ln for ln in proc.stderr.splitlines() if ln.startswith("Sphinx:")], sep="\n")
     html = OUT / "_build" / "html"
     browser = Chromium(CHROMIUM, OUT / "chromium-profile")
     pages = {}
-    try:
-        for page in sorted(html.glob("*.html")):
-            if page.name == "index.html":  # Jupyter Book's redirect to the front page, checked below
+    try:  # pages are keyed by their path in the build: "intro.html", "api/codecs.html"
+        for page in sorted([*html.glob("*.html"), *html.glob(f"{API}/*.html")]):
+            if page.name == "index.html" and page.parent == html:  # Jupyter Book's redirect, checked below
                 continue
             browser.open(page.as_uri())
-            assert browser.location() == page.as_uri(), f"{page.name} navigated away"
-            pages[page.name] = json.loads(browser.evaluate(PAGE_STATE))
+            key = page.relative_to(html).as_posix()
+            assert browser.location() == page.as_uri(), f"{key} navigated away"
+            pages[key] = json.loads(browser.evaluate(PAGE_STATE))
         browser.open((html / "index.html").as_uri())
         deadline = time.monotonic() + 10
         while (landed := browser.location()) != (html / "intro.html").as_uri() and time.monotonic() < deadline:
@@ -220,7 +234,7 @@ def test_index_leads_to_the_front_page(book):
 
 
 def test_front_page_links_every_chapter(book):
-    html, pages = book
+    _, pages = book
     assert "intro.html" in pages and (OUT / "screenshot.png").stat().st_size > 10_000
     assert pages["intro.html"]["h1"], "the front page has no title"
     links = {urldefrag(h)[0] for h in pages["intro.html"]["links"]}
@@ -230,7 +244,7 @@ def test_front_page_links_every_chapter(book):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_loads_with_title_and_figures(book, nb):
-    html, pages = book
+    _, pages = book
     page = pages.get(f"{nb.stem}.html")
     assert page is not None, f"no page for {nb.name}"
     title = first_heading(nb)
@@ -274,3 +288,93 @@ def test_no_broken_internal_links(book):
                 assert unquote(frag) in ids[key], f"{name}: link {href!r}: no #{frag} in {key}"
             checked += 1
     assert checked >= len(NOTEBOOKS), "suspiciously few internal links"
+
+
+def public_modules() -> list[str]:
+    """The public modules of this tree's ``bitlab``, found here by walking it (not by scripts/api_pages.py)."""
+    if str(ROOT) not in sys.path[:1]:
+        sys.path.insert(0, str(ROOT))
+    bitlab = importlib.import_module("bitlab")
+    assert Path(bitlab.__file__).resolve().is_relative_to(ROOT), f"bitlab imported from {bitlab.__file__}"
+    return ["bitlab", *(m.name for m in pkgutil.walk_packages(bitlab.__path__, "bitlab.")
+                        if not any(part.startswith("_") for part in m.name.split(".")))]
+
+
+def api_pages(pages: dict) -> dict:
+    return {name: page for name, page in pages.items() if name.startswith(f"{API}/")}
+
+
+def test_front_page_links_the_api_reference(book):
+    _, pages = book
+    links = {urldefrag(urljoin("intro.html", h))[0] for h in pages["intro.html"]["links"]}
+    assert f"{API}/index.html" in links, "the front page does not link the API reference"
+    assert f"{API}/bitlab.html" in links
+
+
+def test_api_index_links_every_api_page(book):
+    _, pages = book
+    index = pages.get(f"{API}/index.html")
+    assert index is not None and any("API reference" in h for h in index["h1"])
+    links = {urldefrag(urljoin(f"{API}/index.html", h))[0] for h in index["links"]}
+    api = api_pages(pages)
+    assert len(api) >= 10, f"only {sorted(api)} in the API reference"
+    for name in api:
+        assert name in links, f"the API index does not link {name}"
+
+
+def test_every_public_module_has_its_section(book):
+    _, pages = book
+    anchors = {i: name for name, page in api_pages(pages).items() for i in page["ids"]}
+    for mod in public_modules():
+        assert f"module-{mod}" in anchors, f"no section for {mod} in the API reference"
+    assert "module-bitlab.train" not in anchors, "an old alias is documented instead of the real module"
+
+
+# (page, top-level module the object lives under, name): the object is looked up in the working tree
+KNOWN = [("inject", "bitlab.inject", "corrupted"), ("codecs", "bitlab.codecs", "WeightScaling"),
+         ("campaigns", "bitlab.campaigns", "ber_sweep"), ("campaigns", "bitlab.campaigns", "bit_census"),
+         ("training", "bitlab.training", "fit"), ("formats", "bitlab.formats", "Q"),
+         ("faults", "bitlab.faults", "BitErrorRate")]
+
+
+@pytest.mark.parametrize("page,package,name", KNOWN, ids=[k[2] for k in KNOWN])
+def test_api_page_shows_name_with_signature_and_docstring(book, page, package, name):
+    _, pages = book
+    shown = pages.get(f"{API}/{page}.html")
+    assert shown is not None, f"no API page {page}"
+    public_modules()
+    obj = getattr(importlib.import_module(package), name)
+    where = f"{obj.__module__}.{name}"  # documented where it is defined (not where it is re-exported)
+    assert where.startswith(package + "."), f"{name} is defined in {obj.__module__}, not under {package}"
+    sigs = [s for s in shown["sigs"] if s["id"] == where]
+    assert len(sigs) == 1, f"{name}: expected one description {where} on {page}, found {len(sigs)}"
+    text = " ".join(sigs[0]["text"].split())
+    assert re.search(rf"\b{name}\s*\(", text), f"{name}: no signature in {text!r}"
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            assert p.name in text, f"{name}: parameter {p.name} missing from the signature {text!r}"
+    first = re.findall(r"\w+", inspect.getdoc(obj))[:4]  # words only: the page typesets quotes and markup
+    doc = re.findall(r"\w+", sigs[0]["doc"])
+    assert any(doc[i:i + len(first)] == first for i in range(len(doc))), \
+        f"{name}: docstring {' '.join(first)!r}... not shown, got {sigs[0]['doc'][:100]!r}"
+
+
+def test_bitlab_page_links_what_bl_exposes(book):
+    _, pages = book
+    page = pages[f"{API}/bitlab.html"]
+    targets = {urldefrag(urljoin(f"{API}/bitlab.html", h))[1] for h in page["links"]}
+    public_modules()
+    import bitlab
+
+    for name in bitlab.__all__:
+        obj = getattr(bitlab, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            assert f"{obj.__module__}.{name}" in targets, f"bl.{name}: no link to {obj.__module__}.{name}"
+        elif inspect.ismodule(obj):
+            assert f"module-{obj.__name__}" in targets, f"bl.{name}: no link to module {obj.__name__}"
+
+
+def test_autodoc_imported_every_module(book):
+    warnings = (OUT / "sphinx-warnings.txt").read_text(encoding="utf-8")
+    failed = [ln for ln in warnings.splitlines() if "failed to import" in ln.lower() or "autodoc" in ln.lower()]
+    assert not failed, "\n".join(failed)
