@@ -11,6 +11,7 @@ documents, through autodoc, each name of its ``__all__`` that the module defines
 re-exports is listed with a link to the module that defines it, so every object is described once. The
 top-level ``api/bitlab.rst`` lists what ``import bitlab as bl`` exposes, each name linked to its real module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,20 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "bitlab"
 #: preferred page order (the pipeline's, as in bitlab's docstring); modules not named here follow, by name
-ORDER = ["formats", "codecs", "faults", "params", "inject", "evaluate", "campaigns", "training", "curvature",
-         "zoo", "defenses", "plot"]
+ORDER = [
+    "formats",
+    "codecs",
+    "faults",
+    "params",
+    "inject",
+    "evaluate",
+    "campaigns",
+    "training",
+    "curvature",
+    "zoo",
+    "defenses",
+    "plot",
+]
 #: small modules that share a page with another (child of ``bitlab`` -> the child whose page it joins)
 JOIN = {"rescale": "defenses", "progress": "plot"}
 #: an ``autodata`` value longer than this is left out of the page (registries, tables)
@@ -102,8 +115,8 @@ class Api:
     """Where each public object is documented: ``owner[(module, name)]`` -> the module that defines it."""
 
     modules: list[str]
-    owned: dict[str, list[str]] = field(default_factory=dict)     # module -> names it defines and documents
-    home: dict[int, str] = field(default_factory=dict)            # id(object) -> "module.name" documented
+    owned: dict[str, list[str]] = field(default_factory=dict)  # module -> names it defines and documents
+    home: dict[int, str] = field(default_factory=dict)  # id(object) -> "module.name" documented
 
     @classmethod
     def build(cls, names: list[str]) -> Api:
@@ -163,8 +176,11 @@ def summary(api: Api, module: str, names: list[str]) -> str:
     for n in names:
         obj = getattr(mod, n, None)
         if inspect.ismodule(obj):
-            mods.append(f"* :mod:`{obj.__name__}` -- ``{module}.{n}``" if obj.__name__ != f"{module}.{n}"
-                        else f"* :mod:`{obj.__name__}`")
+            mods.append(
+                f"* :mod:`{obj.__name__}` -- ``{module}.{n}``"
+                if obj.__name__ != f"{module}.{n}"
+                else f"* :mod:`{obj.__name__}`"
+            )
             continue
         tgt = api.target(module, n)
         if tgt is not None:  # relative to the section's module (autosummary refuses it as a prefix)
@@ -203,6 +219,7 @@ def module_section(api: Api, m: str, level: str | None) -> str:
 def ordered(api: Api, modules: list[str]) -> list[str]:
     """``modules`` (one package and its submodules) as a tree, each package's children in the order of the
     package's ``__all__`` (the first name each child defines or is), the others after them by name."""
+
     def children(parent: str) -> list[str]:
         kids = [m for m in modules if m.rpartition(".")[0] == parent]
         names = public(sys.modules[parent]) if hasattr(sys.modules[parent], "__path__") else []
@@ -226,15 +243,24 @@ def ordered(api: Api, modules: list[str]) -> list[str]:
 def page_groups(api: Api, modules: list[str]) -> list[tuple[str, list[str]]]:
     """``(slug, modules)`` per page: bitlab itself, then each child with its submodules (and joined ones)."""
     top = modules[0]
-    children = sorted({m.split(".")[1] for m in modules[1:]},
-                      key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c))
+    children = sorted(
+        {m.split(".")[1] for m in modules[1:]}, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c)
+    )
     groups: list[tuple[str, list[str]]] = [(top, [top])]
     for c in children:
         if c in JOIN and JOIN[c] in children:
             continue
         members = [c] + [j for j, host in JOIN.items() if host == c and j in children]
-        groups.append((c, [m for k in members for m in ordered(api, [m for m in modules if m == f"{top}.{k}"
-                                                                      or m.startswith(f"{top}.{k}.")])]))
+        groups.append(
+            (
+                c,
+                [
+                    m
+                    for k in members
+                    for m in ordered(api, [m for m in modules if m == f"{top}.{k}" or m.startswith(f"{top}.{k}.")])
+                ],
+            )
+        )
     return groups
 
 
@@ -289,10 +315,12 @@ def write(out: Path, root: Path = ROOT) -> list[tuple[str, str]]:
         (out / f"{slug}.rst").write_text(text, encoding="utf-8")
         pages.append((slug, title, members))
     index = heading("API reference", "=") + "\n"
-    index += (f"Every public name of ``{pkg.__name__}``, with its signature and docstring, generated from the "
-              f"package by ``scripts/api_pages.py`` when the book is built. Modules are listed by pipeline "
-              f"stage; names are documented under the module that defines them (the short names of "
-              f"``import {pkg.__name__} as bl`` are on the :doc:`{pkg.__name__}` page).\n\n")
+    index += (
+        f"Every public name of ``{pkg.__name__}``, with its signature and docstring, generated from the "
+        f"package by ``scripts/api_pages.py`` when the book is built. Modules are listed by pipeline "
+        f"stage; names are documented under the module that defines them (the short names of "
+        f"``import {pkg.__name__} as bl`` are on the :doc:`{pkg.__name__}` page).\n\n"
+    )
     index += ".. list-table::\n   :header-rows: 1\n\n   * - page\n     - modules\n"
     for slug, _title, members in pages:
         index += f"   * - :doc:`{slug}`\n     - {', '.join(f':mod:`{m}`' for m in members)}\n"

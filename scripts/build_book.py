@@ -13,6 +13,7 @@ Exits non-zero if any notebook failed or the book did not build.
 The kernel is this interpreter's (``python3`` resolves to ``sys.executable``), run in the notebook's folder,
 with ``CI=true`` unless set (bitlab then shows no progress bars).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import render_book  # noqa: E402 -- the sibling script, importable however this one is run
-
+import render_book
 
 find_notebooks = render_book.find_notebooks
 
@@ -51,10 +51,18 @@ def execute(src: Path, dst: Path, params: dict[str, object], timeout: int) -> tu
 
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3", language="python", cwd=str(src.parent),
-                            progress_bar=False, execution_timeout=timeout)
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=params,
+            kernel_name="python3",
+            language="python",
+            cwd=str(src.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
         ok, err = True, ""
-    except Exception as e:  # noqa: BLE001 -- any failure is reported in the table, the build goes on
+    except Exception as e:
         ok = False
         lines = str(getattr(e, "evalue", "") or e).strip().splitlines()
         err = f"{getattr(e, 'ename', type(e).__name__)}: {lines[0][:200] if lines else ''}"
@@ -76,24 +84,42 @@ def write_index(rows: list[dict[str, object]], path: Path) -> None:
     for r in rows:
         name = html.escape(str(r["notebook"]))
         link = f'<a href="{html.escape(str(r["html"]))}">{name}</a>' if r["html"] else name
-        lines.append(f'<tr><td>{link}</td><td>{"pass" if r["passed"] else "FAIL"}</td>'
-                     f'<td>{float(r["seconds"]):.1f}</td><td>{html.escape(str(r["error"]))}</td></tr>')
-    path.write_text("<!doctype html><meta charset='utf-8'><title>bitlab notebooks</title>"
-                    "<h1>bitlab notebooks</h1><table border=1 cellpadding=4>"
-                    "<tr><th>notebook</th><th>status</th><th>seconds</th><th>error</th></tr>\n"
-                    + "\n".join(lines) + "</table>\n", encoding="utf-8")
+        lines.append(
+            f"<tr><td>{link}</td><td>{'pass' if r['passed'] else 'FAIL'}</td>"
+            f"<td>{float(r['seconds']):.1f}</td><td>{html.escape(str(r['error']))}</td></tr>"
+        )
+    path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>bitlab notebooks</title>"
+        "<h1>bitlab notebooks</h1><table border=1 cellpadding=4>"
+        "<tr><th>notebook</th><th>status</th><th>seconds</th><th>error</th></tr>\n" + "\n".join(lines) + "</table>\n",
+        encoding="utf-8",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("paths", nargs="*", type=Path, default=[Path("notebooks")],
-                    help="notebook folders or .ipynb files (default: notebooks)")
+    ap.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        default=[Path("notebooks")],
+        help="notebook folders or .ipynb files (default: notebooks)",
+    )
     ap.add_argument("--out", type=Path, default=Path("build/book"), help="output folder (default: build/book)")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                    help='papermill parameter (repeatable; default: SCALE="small")')
+    ap.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help='papermill parameter (repeatable; default: SCALE="small")',
+    )
     ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default: 900)")
-    ap.add_argument("--no-execute", action="store_true",
-                    help="do not run the notebooks: render the book from their committed outputs")
+    ap.add_argument(
+        "--no-execute",
+        action="store_true",
+        help="do not run the notebooks: render the book from their committed outputs",
+    )
     ap.add_argument("--no-book", action="store_true", help="skip the Jupyter Book (executed notebooks and pages only)")
     args = ap.parse_args(argv)
 
@@ -118,11 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         if dst.exists():
             try:
                 render(dst, page)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 ok, err = False, err or f"HTML rendering failed: {type(e).__name__}: {e}"
         print(f"    {'pass' if ok else 'FAIL'} in {seconds:.1f} s" + (f"  ({err})" if err else ""), flush=True)
-        rows.append({"notebook": src.name, "passed": ok, "seconds": round(seconds, 2), "error": err,
-                     "html": page.name if page.exists() else ""})
+        rows.append(
+            {
+                "notebook": src.name,
+                "passed": ok,
+                "seconds": round(seconds, 2),
+                "error": err,
+                "html": page.name if page.exists() else "",
+            }
+        )
     write_index(rows, html_dir / "index.html")
     with open(args.out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["notebook", "passed", "seconds", "error", "html"])

@@ -7,6 +7,7 @@ are written and reviewed as plain text, then executed in place with their output
 Cell markers: ``# %%`` (code), ``# %% [markdown]`` (markdown: each line starts with ``# ``),
 ``# %% tags=["parameters"]`` (a tagged code cell; several tags may be listed).
 """
+
 from __future__ import annotations
 
 import argparse

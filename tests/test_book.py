@@ -11,6 +11,7 @@ signature and the start of their docstring, the ``bitlab`` page links what ``imp
 where it is documented, and autodoc imported every module. A screenshot of the front page is saved to
 ``build/book-check/screenshot.png``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -50,9 +51,20 @@ pytestmark = [
 class Chromium:
     """Headless Chromium driven by the Chrome DevTools protocol over --remote-debugging-pipe (fds 3 and 4)."""
 
-    FLAGS: ClassVar[list[str]] = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900", "--remote-debugging-pipe"]
+    FLAGS: ClassVar[list[str]] = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        "--remote-debugging-pipe",
+    ]
 
     def __init__(self, exe: str, profile: Path, timeout: float = 30.0):
         to_chrome_r, self._w = os.pipe()
@@ -69,9 +81,14 @@ class Chromium:
         profile.mkdir(parents=True, exist_ok=True)
         self.log = profile.parent / "chromium.log"  # a file, not a pipe nobody drains
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([exe, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         preexec_fn=wire, pass_fds=(3, 4))
+            self.proc = subprocess.Popen(
+                [exe, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=wire,
+                pass_fds=(3, 4),
+            )
         for fd in high:
             os.close(fd)
         self.timeout, self._buf, self._id, self.events = timeout, b"", 0, []
@@ -178,8 +195,11 @@ def first_heading(nb_path: Path) -> str:
 
 
 def figure_count(nb_path: Path) -> int:
-    return sum(any(t in out.get("data", {}) for t in FIGURE_TYPES)
-               for cell in json.loads(nb_path.read_text())["cells"] for out in cell.get("outputs", []))
+    return sum(
+        any(t in out.get("data", {}) for t in FIGURE_TYPES)
+        for cell in json.loads(nb_path.read_text())["cells"]
+        for out in cell.get("outputs", [])
+    )
 
 
 class IdParser(HTMLParser):
@@ -200,8 +220,19 @@ def book():
     if OUT.exists():
         shutil.rmtree(OUT)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_book.py"), *map(str, NOTEBOOKS),
-                           "--no-execute", "--out", str(OUT)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "build_book.py"),
+            *map(str, NOTEBOOKS),
+            "--no-execute",
+            "--out",
+            str(OUT),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(*[ln for ln in proc.stderr.splitlines() if ln.startswith("Sphinx:")], sep="\n")
     html = OUT / "_build" / "html"
@@ -296,8 +327,14 @@ def public_modules() -> list[str]:
         sys.path.insert(0, str(ROOT))
     bitlab = importlib.import_module("bitlab")
     assert Path(bitlab.__file__).resolve().is_relative_to(ROOT), f"bitlab imported from {bitlab.__file__}"
-    return ["bitlab", *(m.name for m in pkgutil.walk_packages(bitlab.__path__, "bitlab.")
-                        if not any(part.startswith("_") for part in m.name.split(".")))]
+    return [
+        "bitlab",
+        *(
+            m.name
+            for m in pkgutil.walk_packages(bitlab.__path__, "bitlab.")
+            if not any(part.startswith("_") for part in m.name.split("."))
+        ),
+    ]
 
 
 def api_pages(pages: dict) -> dict:
@@ -331,10 +368,15 @@ def test_every_public_module_has_its_section(book):
 
 
 # (page, top-level module the object lives under, name): the object is looked up in the working tree
-KNOWN = [("inject", "bitlab.inject", "corrupted"), ("codecs", "bitlab.codecs", "WeightScaling"),
-         ("campaigns", "bitlab.campaigns", "ber_sweep"), ("campaigns", "bitlab.campaigns", "bit_census"),
-         ("training", "bitlab.training", "fit"), ("formats", "bitlab.formats", "Q"),
-         ("faults", "bitlab.faults", "BitErrorRate")]
+KNOWN = [
+    ("inject", "bitlab.inject", "corrupted"),
+    ("codecs", "bitlab.codecs", "WeightScaling"),
+    ("campaigns", "bitlab.campaigns", "ber_sweep"),
+    ("campaigns", "bitlab.campaigns", "bit_census"),
+    ("training", "bitlab.training", "fit"),
+    ("formats", "bitlab.formats", "Q"),
+    ("faults", "bitlab.faults", "BitErrorRate"),
+]
 
 
 @pytest.mark.parametrize("page,package,name", KNOWN, ids=[k[2] for k in KNOWN])
@@ -355,8 +397,9 @@ def test_api_page_shows_name_with_signature_and_docstring(book, page, package, n
             assert p.name in text, f"{name}: parameter {p.name} missing from the signature {text!r}"
     first = re.findall(r"\w+", inspect.getdoc(obj))[:4]  # words only: the page typesets quotes and markup
     doc = re.findall(r"\w+", sigs[0]["doc"])
-    assert any(doc[i:i + len(first)] == first for i in range(len(doc))), \
+    assert any(doc[i : i + len(first)] == first for i in range(len(doc))), (
         f"{name}: docstring {' '.join(first)!r}... not shown, got {sigs[0]['doc'][:100]!r}"
+    )
 
 
 def test_bitlab_page_links_what_bl_exposes(book):

@@ -2,6 +2,7 @@
 must not be shown with the outputs of an earlier, successful run -- whether it fails while running (papermill
 writes the failed run) or before (an unreadable notebook: nothing is written). The API reference pages
 (scripts/api_pages.py) follow the package they are generated from."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,8 +27,10 @@ def test_failed_notebook_replaces_the_copy_of_an_earlier_run(tmp_path, how):
     pytest.importorskip("papermill")
     pytest.importorskip("ipykernel")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("SCALE = 'small'", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')")]
+    nb.cells = [
+        nbformat.v4.new_code_cell("SCALE = 'small'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')"),
+    ]
     src = tmp_path / "07_broken.ipynb"
     nbformat.write(nb, src)
     if how == "unreadable":
@@ -43,7 +46,7 @@ def test_failed_notebook_replaces_the_copy_of_an_earlier_run(tmp_path, how):
     assert "STALE OUTPUT" not in text
     if how == "raises":
         assert "broken on purpose" in text  # papermill kept the failed run with its error
-    html = (out / "html" / "07_broken.html")
+    html = out / "html" / "07_broken.html"
     assert not html.exists() or "STALE OUTPUT" not in html.read_text()
 
 
@@ -61,13 +64,16 @@ def test_api_pages_follow_the_package(tmp_path, monkeypatch):
     and linked from the package that re-exports it."""
     pkg = tmp_path / "src" / "bitlab"
     (pkg / "stage").mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""Top."""\nfrom .stage import thing\n__all__ = ["thing", "stage"]\n'
-                                     'from . import stage\n')
+    (pkg / "__init__.py").write_text(
+        '"""Top."""\nfrom .stage import thing\n__all__ = ["thing", "stage"]\nfrom . import stage\n'
+    )
     (pkg / "_version.py").write_text('__version__ = "0"\n')
     (pkg / "stage" / "__init__.py").write_text('"""Stage."""\nfrom .brand_new import thing\n__all__ = ["thing"]\n')
-    (pkg / "stage" / "brand_new.py").write_text('"""A module added today."""\n__all__ = ["thing", "LIMIT"]\n'
-                                                '#: the limit\nLIMIT = 3\n\n'
-                                                'def thing(x: int) -> int:\n    """Doubles."""\n    return 2 * x\n')
+    (pkg / "stage" / "brand_new.py").write_text(
+        '"""A module added today."""\n__all__ = ["thing", "LIMIT"]\n'
+        "#: the limit\nLIMIT = 3\n\n"
+        'def thing(x: int) -> int:\n    """Doubles."""\n    return 2 * x\n'
+    )
     for name in [m for m in sys.modules if m == "bitlab" or m.startswith("bitlab.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "path", list(sys.path))

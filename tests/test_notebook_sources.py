@@ -4,6 +4,7 @@ cell type, source text and tags (outputs, execution counts and other metadata ar
 notebook has a source and every source a notebook. A notebook edited in Jupyter without its source (or the
 other way round) fails here: rebuild it with ``python scripts/py2nb.py notebooks/src/NN_topic.py --execute``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -53,7 +54,9 @@ def test_notebook_holds_the_cells_of_its_source(src):
         if h[1] != w[1]:
             wl, hl = w[1].splitlines(), h[1].splitlines()
             n = next((k for k, (a, b) in enumerate(zip(wl, hl)) if a != b), min(len(wl), len(hl)))
-            pytest.fail(f"{ipynb.name} cell {i} ({w[0]}) differs from {src.name} at its line {n + 1}:\n"
-                        f"source:   {(wl[n:n + 1] or ['<end>'])[0]!r}\nnotebook: {(hl[n:n + 1] or ['<end>'])[0]!r}")
+            pytest.fail(
+                f"{ipynb.name} cell {i} ({w[0]}) differs from {src.name} at its line {n + 1}:\n"
+                f"source:   {(wl[n : n + 1] or ['<end>'])[0]!r}\nnotebook: {(hl[n : n + 1] or ['<end>'])[0]!r}"
+            )
         assert h[2] == w[2], f"{ipynb.name} cell {i}: tags {h[2]}, the source says {w[2]}"
     assert len(have) == len(want), f"{ipynb.name} has {len(have)} cells, {src.name} gives {len(want)}"

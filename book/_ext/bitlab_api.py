@@ -15,6 +15,7 @@
   module's context (a summary line in a table) links the one documented ``bitlab`` object of that name;
 * Google-style ``Args:`` sections are read (napoleon) in the docstrings of functions, methods and classes.
 """
+
 from __future__ import annotations
 
 import importlib
