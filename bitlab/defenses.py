@@ -2,8 +2,8 @@
 
 Two kinds of defense:
 
-* **storage** defenses are protection codecs (:mod:`bitlab.protect`, :mod:`bitlab.scaling`,
-  :mod:`bitlab.secded`, :mod:`bitlab.checksum`): they change how weights are stored and read, cost
+* **storage** defenses are protection codecs (:mod:`bitlab.codecs`: nulling, weight scaling,
+  SECDED, group checksums): they change how weights are stored and read, cost
   stored bits (``codec.overhead_bits``) and work at every read (decode), but leave training alone;
 * **training** defenses change how the model is trained (weight decay, SAM, SAR, Hessian-aware
   training): no stored bits and no inference work, but more training time.
@@ -13,7 +13,7 @@ A storage defense and a training defense combine freely: train with one recipe, 
 The default hyperparameters are ours, chosen for the digits MLP of the book (see notebook 06):
 weight decay 1e-2 on Adam (Fasfous et al. 2022 use SGD; the value is ours), SAM ``rho = 0.05`` on
 Adam (Foret et al. 2021), SAR ``rho = 1, fraction = 0.01`` (our reading of Zhou et al. 2024, see
-:class:`bitlab.optim.SAR`), Hessian-aware ``lambda = 0.01`` with one Rademacher probe and RMSProp
+:class:`bitlab.training.optim.SAR`), Hessian-aware ``lambda = 0.01`` with one Rademacher probe and RMSProp
 (Pranto et al. 2025).
 """
 
@@ -60,7 +60,7 @@ def _hessian(seed: int) -> dict[str, Any]:
 class Defense:
     """One defense: its ``kind`` ("none", "storage" or "training"), the ``paper`` and ``notebook``
     it comes from, the extra work at ``inference`` (words), a factory for its ``codec`` (storage) and
-    one for its training recipe (``recipe(seed) -> keyword arguments of bitlab.train.fit``)."""
+    one for its training recipe (``recipe(seed) -> keyword arguments of bitlab.training.fit``)."""
 
     name: str
     kind: str
@@ -75,7 +75,7 @@ class Defense:
         return self.make_codec()
 
     def fit_kwargs(self, seed: int = 0) -> dict[str, Any]:
-        """Keyword arguments for :func:`bitlab.train.fit` (fresh optimizer factory / regularizer
+        """Keyword arguments for :func:`bitlab.training.fit` (fresh optimizer factory / regularizer
         seeded with ``seed``); empty for storage defenses, which train like the baseline."""
         return self.recipe(seed)
 
@@ -167,7 +167,7 @@ def overhead_table(fmt: Format, names: Sequence[str] | None = None) -> pd.DataFr
 def training_cost(
     histories: Mapping[str, Sequence[pd.DataFrame] | pd.DataFrame], baseline: str = "none"
 ) -> pd.DataFrame:
-    """Mean seconds per epoch of each recipe from :func:`bitlab.train.fit` histories (one frame or a
+    """Mean seconds per epoch of each recipe from :func:`bitlab.training.fit` histories (one frame or a
     list of frames, e.g. one per seed), and the ratio to ``baseline``'s."""
     if baseline not in histories:
         raise ValueError(f"baseline: {baseline!r}; allowed one of the given recipes {sorted(histories)}")

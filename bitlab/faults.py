@@ -107,7 +107,8 @@ def _check_rate(p: float, name: str = "p") -> float:
 
 
 class Fault:
-    """Base class: ``sample`` sites, then ``apply`` them to words (XOR by default)."""
+    """Base class: ``sample`` picks the sites; :func:`fault_words` applies them to the stored words as
+    the fault's ``mode`` says (``"flip"``: XOR; stuck-at modes set the bit)."""
 
     bits: BitSelection = None
     #: "flip" (XOR) or "stuck0"/"stuck1"

@@ -1,5 +1,5 @@
 """Figures the notebooks draw (matplotlib + seaborn). Each function takes a tidy DataFrame from
-:mod:`bitlab.campaign` and returns the matplotlib Axes it drew on."""
+:mod:`bitlab.campaigns` and returns the matplotlib Axes it drew on."""
 
 from __future__ import annotations
 

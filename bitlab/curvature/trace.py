@@ -150,7 +150,7 @@ def trace_penalty(
 def hessian_regularizer(
     lam: float, params: ParamSelection = None, n_probes: int = 1, seed: int = 0, loss_fn: LossFn | None = None
 ) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """A ``regularizer(model, x, y) -> lam * Tr(H)`` for :func:`bitlab.train.fit` (Pranto et al. 2025),
+    """A ``regularizer(model, x, y) -> lam * Tr(H)`` for :func:`bitlab.training.fit` (Pranto et al. 2025),
     with ``Tr(H)`` of ``loss_fn(model(x), y)`` (cross-entropy by default) estimated by :func:`trace_penalty`
     from its own generator seeded with ``seed`` (fresh probes each call). ``params`` restricts the penalty,
     e.g. to the last layers (``params="3.*"``)."""

@@ -5,7 +5,7 @@
   eps-ball, ``steps`` times ``x <- Proj_{B_inf(x0, eps)}(x + alpha * sign(grad_x L))``.
 * :func:`robust_accuracy` -- accuracy on the attacked inputs.
 * :func:`pgd_adversary`, :func:`fgsm_adversary` -- callables ``(model, x, y) -> x_adv`` for
-  ``bitlab.train.fit(..., adversary=...)`` (Madry-style adversarial training).
+  ``bitlab.training.fit(..., adversary=...)`` (Madry-style adversarial training).
 
 The loss is the cross-entropy. Every attack runs the model in eval mode (BatchNorm uses its running
 statistics and is not updated by the attack) and puts the model back in its previous mode afterwards;
@@ -163,7 +163,7 @@ def pgd_adversary(
     random_start: bool = True,
     clamp: Clamp = (0.0, 1.0),
 ) -> Adversary:
-    """``(model, x, y) -> pgd(model, x, y, ...)`` for ``bitlab.train.fit(adversary=...)`` (Madry et al. 2018
+    """``(model, x, y) -> pgd(model, x, y, ...)`` for ``bitlab.training.fit(adversary=...)`` (Madry et al. 2018
     adversarial training). One generator, seeded with ``seed``, supplies the random starts of all batches,
     so a training run is reproducible. The attack runs in eval mode (BatchNorm statistics are not updated
     by it) and the model's mode is restored; ``fit`` trains on the returned inputs in train mode."""
@@ -182,7 +182,7 @@ def pgd_adversary(
 
 
 def fgsm_adversary(eps: float, clamp: Clamp = (0.0, 1.0)) -> Adversary:
-    """``(model, x, y) -> fgsm(model, x, y, eps)`` for ``bitlab.train.fit(adversary=...)``."""
+    """``(model, x, y) -> fgsm(model, x, y, eps)`` for ``bitlab.training.fit(adversary=...)``."""
     _check_eps(eps)
     _check_clamp(clamp)
 

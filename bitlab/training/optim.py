@@ -10,7 +10,7 @@
 * :func:`hit_fraction` -- fraction of stored words hit by at least one flip at a bit error rate.
 
 Both optimizers need a closure: ``opt.step(closure)`` runs ``closure`` twice (at ``w`` and at the perturbed
-weights), as :func:`bitlab.train.fit` does. ``first_step()`` / ``second_step()`` are the two halves, for
+weights), as :func:`bitlab.training.fit` does. ``first_step()`` / ``second_step()`` are the two halves, for
 custom loops. Pass ``model=`` so that BatchNorm running statistics are updated by the first (clean) pass only.
 """
 
@@ -298,7 +298,7 @@ class SAR(SAM):
             (at least one). Match it to the fault model, e.g. ``hit_fraction(ber, width)``.
         eta: absolute floor of the intensity (>= 0), so that zero weights -- which a real exponent flip
             turns into large values -- can also be perturbed.
-        model, base_optimizer, **kwargs: as in :class:`SAM`.
+        model, base_optimizer, ``**kwargs``: as in :class:`SAM`.
     """
 
     _own_keys = ("rho", "fraction", "eta")

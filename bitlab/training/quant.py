@@ -224,7 +224,7 @@ class QuantizedModel(nn.Module):
     hold fake-quantized weights and fake-quantize their input activations in forward pre-hooks.
 
     Attributes: ``bits``, ``layers`` (names, model order), ``act_scales`` (name -> float),
-    ``act_max_abs`` (name -> max |input| seen in calibration), ``weight_scales`` (name -> 0-dim tensor,
+    ``act_max_abs`` (name -> ``max |input|`` seen in calibration), ``weight_scales`` (name -> 0-dim tensor,
     or ``(out_channels,)`` when ``per_channel``), ``weight_max_abs`` (name -> float), ``act_method``.
     ``quantize_activations = False`` switches the activation quantizers (and fault hook) off.
     Build it with :func:`quantize_model`.

@@ -26,12 +26,12 @@ How (for models that are an ``nn.Sequential`` chain, nested ones included), one 
    monotone and 1-Lipschitz. Per flip and sample (:func:`~.certify.certify`):
 
    a. *screen* (:mod:`.screen`): per sample and class the flipped naive logits are within
-      ``|delta| A + B`` of the clean naive ones, where ``A`` carries the weight's inputs |x| through
-      |W| of every later layer and ``B`` both runs' rounding bounds. ``A`` and ``B`` depend on the
+      ``|delta| A + B`` of the clean naive ones, where ``A`` carries the weight's inputs ``|x|`` through
+      ``|W|`` of every later layer and ``B`` both runs' rounding bounds. ``A`` and ``B`` depend on the
       weight, not on the bit, so all bits of a weight are screened by one comparison per sample:
       the outcome is the clean one when ``e_y + e_k`` stays below the clean gap ``z_y - z_k`` for
       every class ``k`` (mirrored for a clean-wrong sample); overflow is excluded per flip. Where
-      the screen leaves most samples open (a first layer: |W| bounds compound layer by layer; a
+      the screen leaves most samples open (a first layer: ``|W|`` bounds compound layer by layer; a
       probe on four weights decides, :mod:`.cost`) it is skipped;
    b. *row path* (:mod:`.rows`) for the samples the screen leaves open, when they are few: the
       exact change of the logits in float64 (rank-1 through the next mixing layer, then dense),
