@@ -35,7 +35,7 @@ Batches = list[tuple[Tensor, Tensor]]
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode inside the block; on exit (also on an exception) give every submodule
     back its own previous mode, so a model with some submodules in train mode and others in eval mode
-    comes back exactly as it was (``model.train(was_training)`` would reset them all to the root's)."""
+    comes back exactly as it was (restoring with the root's flag alone would reset them all to it)."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
