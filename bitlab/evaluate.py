@@ -63,6 +63,8 @@ def materialize(data: object, batch_size: int = 2048) -> Batches:
         return data
     if isinstance(data, torch.utils.data.TensorDataset):
         x, y = data.tensors[0], data.tensors[1]
+        if len(x) == 0:
+            raise ValueError("data: the dataset holds no sample; pass a non-empty Dataset or DataLoader")
         return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     if isinstance(data, torch.utils.data.Dataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .formats import BitSelection
+from .validate import check_int
 
 __all__ = [
     "Sites",
@@ -96,6 +97,13 @@ def _strides(shape: Sequence[int]) -> list[int]:
         strides.append(acc)
         acc *= int(d)
     return strides[::-1]
+
+
+def _index(index: object) -> int | tuple[int, ...]:
+    """A flat element index or a multi-index tuple, of integers (numpy integers accepted)."""
+    if isinstance(index, tuple):
+        return tuple(check_int("index", j, 0) for j in index)
+    return check_int("index", index, 0)
 
 
 def _check_rate(p: float, name: str = "p") -> float:
@@ -193,6 +201,10 @@ class SingleBitFlip(Fault):
     index: int | tuple[int, ...]
     bit: int
 
+    def __post_init__(self) -> None:  # numpy integers (e.g. a census row's index) are ints here
+        object.__setattr__(self, "index", _index(self.index))
+        object.__setattr__(self, "bit", check_int("bit", self.bit, 0))
+
     def sample(self, names, shapes, bits, generator=None):
         if self.param not in names:
             raise ValueError(
@@ -230,8 +242,7 @@ class StuckAt(Fault):
 
     def __post_init__(self) -> None:
         _check_rate(self.p)
-        if self.value not in (0, 1) or isinstance(self.value, bool):
-            raise ValueError(f"value: {self.value!r}; allowed values are 0 and 1")
+        object.__setattr__(self, "value", check_int("value", self.value, 0, 1))
 
     @property
     def mode(self) -> str:  # type: ignore[override]
@@ -254,9 +265,10 @@ class FlipList(Fault):
 
     def __post_init__(self) -> None:
         try:
-            flips = tuple((str(p), i if isinstance(i, tuple) else int(i), int(b)) for p, i, b in self.flips)
+            triples = [(p, i, b) for p, i, b in self.flips]
         except (TypeError, ValueError) as e:
             raise TypeError(f"flips: expected a sequence of (param, index, bit) triples ({e})") from None
+        flips = tuple((str(p), _index(i), check_int("flips: bit", b, 0)) for p, i, b in triples)
         object.__setattr__(self, "flips", flips)
 
     def sample(self, names, shapes, bits, generator=None):

@@ -240,6 +240,11 @@ class Int(Format):
     def calibrate(self, x: Tensor) -> Tensor:
         a = x.detach().abs().to(torch.float32)
         if self.per_channel and x.dim() > 1:
+            if not -x.dim() <= self.axis < x.dim():
+                raise ValueError(
+                    f"axis: {self.axis} does not exist in a tensor of shape {tuple(x.shape)}; "
+                    f"allowed {-x.dim()}..{x.dim() - 1}"
+                )
             dims = [d for d in range(x.dim()) if d != self.axis % x.dim()]
             amax = a.amax(dim=dims, keepdim=True)
         else:

@@ -25,6 +25,7 @@ from .codecs.base import Codec, Identity, subset_state
 from .faults import Fault, Sites, fault_words
 from .formats import FP32, Format, resolve_bits
 from .params import ParamSelection, select_modules, select_params
+from .validate import check_generator
 
 __all__ = ["corrupted", "corrupted_activations", "Store", "InjectionReport", "ActivationReport"]
 
@@ -156,7 +157,7 @@ class Store:
         saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
         try:
             with torch.no_grad():
-                sites = fault.sample(self.names, self.shapes, bits, generator)
+                sites = fault.sample(self.names, self.shapes, bits, check_generator("generator", generator))
                 report = InjectionReport(fault.label(), self.fmt.name, self.codec.name, self.names, sites)
                 for i, slot in enumerate(self.slots):
                     word, bit = sites.of(i)

@@ -24,6 +24,7 @@ from ..formats import FP32, Format
 from ..inject import Store
 from ..params import ParamSelection
 from ..progress import bar as progress_bar
+from ..validate import check_number
 
 __all__ = ["ber_sweep", "summarize", "tolerable_ber"]
 
@@ -106,6 +107,7 @@ def summarize(
     """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group.
 
     ``by`` defaults to the descriptive columns present among ``model, format, codec, ber``."""
+    level = check_number("level", level, 0.0, 1.0, open_lo=True, open_hi=True)
     if by is None:
         by = [c for c in ("model", "format", "codec", "ber") if c in df.columns]
     missing = [c for c in list(by) + [value] if c not in df.columns]

@@ -4,12 +4,14 @@ Errors"): detect a corrupted weight, by its range or by a parity bit, and read i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from ..formats import Format
+from ..validate import check_number
 from .base import Codec, State, popcount
 
 __all__ = ["RangeNulling", "ParityNulling"]
@@ -23,9 +25,7 @@ class RangeNulling(Codec):
     name = "range-null"
 
     def __init__(self, margin: float = 0.0) -> None:
-        if not isinstance(margin, (int, float)) or margin < 0:
-            raise ValueError(f"margin: {margin!r}; allowed values are numbers >= 0")
-        self.margin = float(margin)
+        self.margin = check_number("margin", margin, 0.0, math.inf, open_hi=True)
 
     def fit(self, w: Tensor, fmt: Format) -> State:
         state = super().fit(w, fmt)

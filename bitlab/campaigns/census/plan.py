@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ...codecs.base import Codec, subset_state
 from ...formats import Format
+from ...validate import check_int
 
 __all__ = ["flipped_values", "weight_plan"]
 
@@ -16,6 +17,8 @@ __all__ = ["flipped_values", "weight_plan"]
 def weight_plan(chosen: list[tuple[str, nn.Parameter]], n_weights: int | None, seed: int) -> list[tuple[str, Tensor]]:
     """The weights a census visits per parameter: all of them, or ``n_weights`` drawn without
     replacement (seeded) and sorted. Shared by the naive and the fast census."""
+    if n_weights is not None:
+        check_int("n_weights", n_weights, 1)
     g = torch.Generator().manual_seed(seed)
     plan = []
     for name, p in chosen:

@@ -1,0 +1,106 @@
+"""Bad input found by the adversarial review of issue 15 gets a clear error at the boundary, naming the
+argument; integers from numpy (a census row's index) are accepted where integers are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import bitlab as bl
+from bitlab.campaigns import naive_bit_census, summarize
+from bitlab.evaluate import materialize
+from bitlab.validate import check_generator, check_int, check_number
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3))
+
+
+DATA = torch.utils.data.TensorDataset(torch.rand(6, 4), torch.randint(0, 3, (6,)))
+
+
+def test_check_int_and_number():
+    assert check_int("k", np.int64(5), 1) == 5 and type(check_int("k", np.int64(5), 1)) is int
+    for bad, kind in [(True, TypeError), (3.7, TypeError), ("3", TypeError), (0, ValueError), (9, ValueError)]:
+        with pytest.raises(kind, match="k"):
+            check_int("k", bad, 1, 8)
+    assert check_number("x", np.float32(0.5), 0, 1) == 0.5
+    for bad in [float("nan"), 0.0, 1.0, 2.0]:
+        with pytest.raises(ValueError, match=r"x: .*allowed numbers in \(0, 1\)"):
+            check_number("x", bad, 0.0, 1.0, open_lo=True, open_hi=True)
+    with pytest.raises(TypeError, match="g"):
+        check_generator("g", 42)
+
+
+def test_single_bit_flip_takes_a_census_rows_numpy_index():
+    m = _model()
+    census = naive_bit_census(m, DATA, bits=[30], params="0.weight", n_weights=2)
+    row = census.iloc[0]
+    with bl.corrupted(m, bl.SingleBitFlip(row["param"], row["index"], row["bit"]), params="0.weight") as r:
+        assert r.flips == 1
+        assert m[0].weight.detach().reshape(-1)[int(row["index"])].item() == row["flipped"]
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_naive_census_refuses_bad_n_weights_like_the_fast_one(n):
+    with pytest.raises((ValueError, TypeError), match="n_weights"):
+        naive_bit_census(_model(), DATA, bits=[30], n_weights=n)
+    with pytest.raises((ValueError, TypeError), match="n_weights"):
+        bl.bit_census(_model(), DATA, bits=[30], n_weights=n)
+
+
+def test_stuck_at_value_must_be_the_int_0_or_1():
+    assert bl.StuckAt(0.5, np.int64(1)).mode == "stuck1"
+    for bad in (1.0, 2, True):
+        with pytest.raises((ValueError, TypeError), match="value"):
+            bl.StuckAt(0.5, bad)
+
+
+def test_flip_list_refuses_fractional_bits_and_indices():
+    assert bl.FlipList([("0.weight", np.int64(1), np.int64(3))]).flips == (("0.weight", 1, 3),)
+    with pytest.raises(TypeError, match="bit"):
+        bl.FlipList([("0.weight", 1, 3.7)])
+    with pytest.raises(TypeError, match="index"):
+        bl.FlipList([("0.weight", 1.5, 3)])
+
+
+def test_a_seed_is_not_a_generator():
+    with (
+        pytest.raises(TypeError, match=r"generator.*manual_seed"),
+        bl.corrupted(_model(), bl.BitErrorRate(0.1), generator=42),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("level", [-0.5, 0.0, 1.0, 2.0, float("nan")])
+def test_summarize_level_is_a_probability(level):
+    df = pd.DataFrame({"ber": [1e-3] * 3, "accuracy": [0.5, 0.6, 0.7]})
+    with pytest.raises(ValueError, match="level"):
+        summarize(df, level=level)
+
+
+def test_int_axis_outside_the_tensor_is_refused():
+    w = torch.rand(3, 4)
+    assert bl.Int(8, True, axis=-1).calibrate(w).shape == (1, 4)
+    with pytest.raises(ValueError, match="axis: 7"):
+        bl.Int(8, True, axis=7).calibrate(w)
+
+
+@pytest.mark.parametrize("margin", [float("nan"), float("inf"), -1.0])
+def test_range_nulling_margin_is_finite_and_non_negative(margin):
+    with pytest.raises(ValueError, match="margin"):
+        bl.RangeNulling(margin)
+
+
+def test_empty_data_is_refused_by_name():
+    empty = torch.utils.data.TensorDataset(torch.rand(0, 4), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="data"):
+        materialize(empty)
+    with pytest.raises(ValueError, match="data"):
+        bl.ber_sweep(_model(), empty, [1e-3], trials=1, progress=False)
+    with pytest.raises(ValueError, match="data"):
+        naive_bit_census(_model(), empty, bits=[30])
