@@ -26,6 +26,7 @@ from .validate import check_int
 BitSelection = str | int | Sequence[int] | None
 
 __all__ = [
+    "finite_abs",
     "Format",
     "FloatFormat",
     "Q",
@@ -38,6 +39,14 @@ __all__ = [
     "to_unsigned",
     "to_signed",
 ]
+
+
+def finite_abs(x: Tensor) -> Tensor:
+    """``|x|`` in float32 with NaN and +-Inf counted as 0: a scale factor is taken over the finite values
+    only, so one non-finite element cannot zero (NaN) or blow up (Inf) the scale of its whole tensor.
+    On encoding, NaN then reads as 0 and +-Inf saturates to the largest level, element by element."""
+    a = x.detach().abs().to(torch.float32)
+    return torch.where(torch.isfinite(a), a, torch.zeros_like(a))
 
 
 def to_unsigned(q: Tensor, width: int) -> Tensor:
@@ -238,7 +247,7 @@ class Int(Format):
         self.fields = {"sign": (bits - 1,), "magnitude": tuple(range(bits - 1)), "msb": (bits - 1,)}
 
     def calibrate(self, x: Tensor) -> Tensor:
-        a = x.detach().abs().to(torch.float32)
+        a = finite_abs(x)
         if self.per_channel and x.dim() > 1:
             if not -x.dim() <= self.axis < x.dim():
                 raise ValueError(

@@ -104,3 +104,36 @@ def test_empty_data_is_refused_by_name():
         bl.ber_sweep(_model(), empty, [1e-3], trials=1, progress=False)
     with pytest.raises(ValueError, match="data"):
         naive_bit_census(_model(), empty, bits=[30])
+
+
+# -- non-finite weights are handled per element -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_one_non_finite_weight_does_not_poison_int8(bad, per_channel):
+    w = torch.tensor([[0.5, -0.25, 0.125], [1.0, 0.75, -0.5]])
+    poisoned = w.clone()
+    poisoned[0, 2] = bad
+    fmt = bl.Int(8, per_channel=per_channel)
+    s = fmt.calibrate(poisoned)
+    back = fmt.decode(fmt.encode(poisoned, s), s)
+    clean_s = fmt.calibrate(w)
+    ref = fmt.decode(fmt.encode(w, clean_s), clean_s)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    keep[0, 2] = False
+    assert torch.equal(back[keep], ref[keep])  # every other weight reads back as without the bad one
+    expected = 0.0 if bad != bad else float(torch.sign(torch.tensor(bad))) * float(s.reshape(-1)[0]) * fmt.qmax
+    assert back[0, 2].item() == pytest.approx(expected)  # NaN -> 0, +-Inf saturates
+    from bitlab.training.quant import weight_scale
+
+    assert torch.equal(weight_scale(poisoned, per_channel=per_channel), weight_scale(w, per_channel=per_channel))
+
+
+def test_one_nan_weight_leaves_range_nulling_on():
+    m = _model()
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    flip = bl.SingleBitFlip("0.weight", 5, 30)  # an exponent-MSB flip: a huge value, outside the range
+    with bl.corrupted(m, flip, codec=bl.RangeNulling(), params="0.weight"):
+        assert m[0].weight.detach().reshape(-1)[5].item() == 0.0

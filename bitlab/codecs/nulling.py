@@ -30,7 +30,8 @@ class RangeNulling(Codec):
     def fit(self, w: Tensor, fmt: Format) -> State:
         state = super().fit(w, fmt)
         clean = super().decode(super().encode(w.reshape(-1), fmt, state), fmt, state)
-        lo, hi = clean.min().item(), clean.max().item()
+        finite = clean[torch.isfinite(clean)]  # a non-finite weight must not switch the range check off
+        lo, hi = (finite.min().item(), finite.max().item()) if finite.numel() else (0.0, 0.0)
         pad = self.margin * (hi - lo)
         state.update(lo=lo - pad, hi=hi + pad)
         return state

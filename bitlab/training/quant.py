@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..evaluate import eval_mode, model_device
-from ..formats import to_signed, to_unsigned
+from ..formats import finite_abs, to_signed, to_unsigned
 
 __all__ = [
     "qmax",
@@ -107,9 +107,9 @@ def fake_quantize(x: Tensor, scale: Tensor | float, bits: int = 8) -> Tensor:
 
 
 def weight_scale(w: Tensor, bits: int = 8, per_channel: bool = False) -> Tensor:
-    """``max|w| / qmax``: a 0-dim tensor, or shape ``(w.shape[0],)`` per output channel. A range of 0
-    gets scale 1 (every level is 0 anyway), as :class:`bitlab.formats.Int` does."""
-    a = w.detach().abs().to(torch.float32)
+    """``max|w| / qmax`` over the finite weights: a 0-dim tensor, or shape ``(w.shape[0],)`` per output
+    channel. A range of 0 gets scale 1 (every level is 0 anyway), as :class:`bitlab.formats.Int` does."""
+    a = finite_abs(w)
     amax = a.reshape(a.shape[0], -1).amax(dim=1) if per_channel and w.dim() > 1 else a.max()
     s = amax / qmax(bits)
     return torch.where(s > 0, s, torch.ones_like(s))
