@@ -14,6 +14,8 @@ on the clean read too, so the whole tensor is read back through the store (and s
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,6 +82,22 @@ class _Slot:
     orig: Tensor | None = None  # flat snapshot of the clean weights (dense paths)
     clean: Tensor | None = None  # flat fault-free read (elementwise codecs)
     words: Tensor | None = None  # clean stored words (codecs whose check spans words)
+
+
+#: models inside a ``corrupted`` context now (any thread): a second context on the same model is refused,
+#: since contexts that overlap without nesting (exit a, then b) would restore each other's corrupted words
+_ACTIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _enter(model: nn.Module) -> None:
+    with _ACTIVE_LOCK:
+        if model in _ACTIVE:
+            raise RuntimeError(
+                f"model: this {type(model).__name__} is already inside a corrupted() context (in this or another "
+                "thread); one fault context at a time per model: exit the first, or use a deep copy of the model"
+            )
+        _ACTIVE.add(model)
 
 
 class Store:
@@ -151,10 +169,14 @@ class Store:
 
     @contextmanager
     def corrupted(self, fault: Fault, generator: torch.Generator | None = None) -> Iterator[InjectionReport]:
-        """Hold the weights as read back under ``fault``; restore them bit for bit on exit."""
+        """Hold the weights as read back under ``fault``; restore them bit for bit on exit, and every buffer
+        too (a train-mode forward inside would otherwise keep BatchNorm statistics of the corrupted model).
+        A model already inside a ``corrupted`` context (this thread or another) is refused."""
         _check_args(fault, self.fmt, self.codec)
         bits = resolve_bits(fault.bits, self.codec.width(self.fmt), self.codec.fields(self.fmt))
         saved: list[tuple[Tensor, Tensor | None, Tensor]] = []
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        _enter(self.model)
         try:
             with torch.no_grad():
                 sites = fault.sample(self.names, self.shapes, bits, check_generator("generator", generator))
@@ -171,6 +193,9 @@ class Store:
                         data.copy_(values.view_as(data))
                     else:
                         data.view(-1)[uidx] = values
+                for b, value in buffers:  # e.g. BatchNorm statistics updated by a train-mode forward inside
+                    b.copy_(value)
+            _ACTIVE.discard(self.model)
 
 
 @contextmanager

@@ -137,3 +137,58 @@ def test_one_nan_weight_leaves_range_nulling_on():
     flip = bl.SingleBitFlip("0.weight", 5, 30)  # an exponent-MSB flip: a huge value, outside the range
     with bl.corrupted(m, flip, codec=bl.RangeNulling(), params="0.weight"):
         assert m[0].weight.detach().reshape(-1)[5].item() == 0.0
+
+
+# -- state: one fault context per model, buffers restored --------------------------------------------------
+
+
+def test_a_second_context_on_the_same_model_is_refused_and_the_first_restores():
+    m = _model()
+    before = m[0].weight.detach().clone()
+    fault = bl.BitFlips(3, bits="exponent_msb")
+    with bl.corrupted(m, fault, generator=torch.Generator().manual_seed(0)):
+        with pytest.raises(RuntimeError, match="already inside a corrupted"), bl.corrupted(m, fault):
+            pass
+        assert not torch.equal(m[0].weight, before)
+    assert torch.equal(m[0].weight, before)
+    with bl.corrupted(m, fault):  # free again after exit
+        pass
+    other = _model()
+    with bl.corrupted(m, fault), bl.corrupted(other, fault):  # different models may overlap
+        pass
+
+
+def test_another_thread_cannot_corrupt_the_same_model_meanwhile():
+    import threading
+
+    m = _model()
+    inside, done, errors = threading.Event(), threading.Event(), []
+
+    def first():
+        with bl.corrupted(m, bl.BitFlips(2)):
+            inside.set()
+            done.wait(5)
+
+    t = threading.Thread(target=first)
+    t.start()
+    inside.wait(5)
+    try:
+        with bl.corrupted(m, bl.BitFlips(2)):
+            pass
+    except RuntimeError as e:
+        errors.append(str(e))
+    done.set()
+    t.join(5)
+    assert errors and "another thread" in errors[0]
+
+
+def test_batchnorm_statistics_updated_inside_are_restored():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with bl.corrupted(m, bl.BitFlips(2, bits="exponent_msb"), generator=torch.Generator().manual_seed(1)):
+        m(torch.rand(8, 4))  # a train-mode forward updates running_mean / running_var / num_batches_tracked
+        assert not torch.equal(m[1].running_mean, before["1.running_mean"])
+    after = m.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
