@@ -192,3 +192,20 @@ def test_batchnorm_statistics_updated_inside_are_restored():
         assert not torch.equal(m[1].running_mean, before["1.running_mean"])
     after = m.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_evaluate_accuracy_equals_accuracy_exactly():
+    from bitlab.evaluate import accuracy, evaluate
+
+    g = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(torch.rand(997, 4, generator=g), torch.randint(0, 3, (997,), generator=g))
+    m = _model()
+    assert evaluate(m, data)["accuracy"] == accuracy(m, data)
+
+
+def test_evaluate_on_an_empty_loader_names_the_data():
+    from bitlab.evaluate import evaluate
+
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(0, 4), torch.zeros(0)))
+    with pytest.raises(ValueError, match="data"):
+        evaluate(_model(), empty)
