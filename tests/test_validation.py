@@ -104,6 +104,20 @@ def test_empty_data_is_refused_by_name():
         bl.ber_sweep(_model(), empty, [1e-3], trials=1, progress=False)
     with pytest.raises(ValueError, match="data"):
         naive_bit_census(_model(), empty, bits=[30])
+    from bitlab.campaigns import activation_sweep, bit_flip_attack
+    from bitlab.curvature.landscape import loss_slice, random_direction
+    from bitlab.training.quant import quantize_model
+
+    m = _model()
+    calls = [
+        lambda: bl.bit_census(m, empty, bits=[30]),
+        lambda: bit_flip_attack(m, empty, budget=1, progress=False),
+        lambda: loss_slice(m, nn.CrossEntropyLoss(), empty, random_direction(m), [0.0]),
+        lambda: activation_sweep(quantize_model(m, torch.rand(4, 4)), empty, [1e-3], trials=1, progress=False),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="data"):
+            call()
 
 
 # -- non-finite weights are handled per element -------------------------------------------------------------
