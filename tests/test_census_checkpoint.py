@@ -1,6 +1,7 @@
 """The census checkpoint (JSON lines, append-only, checksummed): resume, refusal of damaged or
 foreign files, truncated last lines, exact float round trip."""
 
+import copy
 import json
 import random
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 from bitlab.campaigns.census import bit_census
-from bitlab.campaigns.census.checkpoint import FORMAT, CheckpointFile
+from bitlab.campaigns.census.checkpoint import FORMAT, CheckpointFile, configuration
+from bitlab.codecs import RangeNulling, WeightScaling
+from bitlab.formats import Int
 from bitlab.zoo.models import mlp
 
 
@@ -98,3 +101,54 @@ def test_floats_round_trip_exactly(tmp_path):
     ckpt.append(("w", 0, len(values)), values)
     back = CheckpointFile(tmp_path / "f.jsonl", "k").load()[("w", 0, len(values))]
     assert [v.hex() for v in back] == [v.hex() for v in values]
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+
+
+def _changed_architecture(m):
+    m = copy.deepcopy(m)
+    m[2] = torch.nn.Tanh()  # no parameter changes: only the architecture
+    return m
+
+
+def _changed_buffer(m):
+    m = copy.deepcopy(m)
+    m[1].running_mean.add_(0.5)  # same parameters, other BatchNorm statistics
+    return m
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ({"model": "arch"}, {}),
+        ({"model": "buffer"}, {}),
+        ({"codec": RangeNulling(0)}, {"codec": RangeNulling(5)}),
+        ({"codec": WeightScaling(1.0)}, {"codec": WeightScaling(1.0000001)}),
+        ({"fmt": Int(8, True, axis=0)}, {"fmt": Int(8, True, axis=1)}),
+    ],
+    ids=["architecture", "buffer", "RangeNulling margin", "WeightScaling t", "Int axis"],
+)
+def test_resume_with_anything_that_changes_the_answer_is_refused(first, second, tmp_path):
+    """Issue 15: each of these used to resume with the other census's accuracies."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(20, 8, generator=g), torch.randint(0, 3, (20,), generator=g))
+    base = _bn_model().eval()
+    variants = {"arch": _changed_architecture(base), "buffer": _changed_buffer(base)}
+    kw = dict(bits=[6, 5] if "fmt" in first else [30, 29], n_weights=2, params="0.weight", progress=False)
+    path = tmp_path / "c.jsonl"
+    model_a = variants.get(first.pop("model", None), base)
+    bit_census(model_a, data, checkpoint=path, **kw, **first)
+    with pytest.raises(ValueError, match="different census"):
+        bit_census(base, data, checkpoint=path, **kw, **second)
+    fresh = bit_census(base, data, **kw, **second)  # and a fresh run of the second one is what it is
+    assert len(fresh) == 4
+
+
+def test_configuration_names_every_attribute():
+    assert configuration(RangeNulling(0)) != configuration(RangeNulling(5))
+    assert configuration(Int(8, True, axis=0)) != configuration(Int(8, True, axis=1))
+    assert configuration(WeightScaling(1.0)) != configuration(WeightScaling(1.0000001))
+    assert configuration(RangeNulling(2)) == configuration(RangeNulling(2))

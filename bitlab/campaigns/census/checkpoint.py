@@ -14,12 +14,13 @@ import os
 import warnings
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ...codecs.base import Codec
 from ...formats import Format
 
-__all__ = ["FORMAT", "VERSION", "CheckpointFile", "ChunkId", "fingerprint"]
+__all__ = ["FORMAT", "VERSION", "CheckpointFile", "ChunkId", "configuration", "fingerprint"]
 
 FORMAT = "bitlab-census-checkpoint"
 VERSION = 1
@@ -28,7 +29,24 @@ VERSION = 1
 ChunkId = tuple[str, int, int]
 
 
+def _tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype (bf16 included), with its dtype and shape."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return repr((str(t.dtype), tuple(t.shape))).encode() + flat.view(torch.uint8).numpy().tobytes()
+
+
+def configuration(obj: object) -> str:
+    """A format's or codec's type and every attribute it holds (tensors by digest), e.g.
+    ``RangeNulling(margin=5.0)`` vs ``RangeNulling(margin=0.0)``, or ``Int`` with another ``axis``."""
+    items = []
+    for k, v in sorted(vars(obj).items()):
+        shown = hashlib.sha256(_tensor_bytes(v)).hexdigest() if isinstance(v, Tensor) else repr(v)
+        items.append(f"{k}={shown}")
+    return f"{type(obj).__module__}.{type(obj).__qualname__}({', '.join(items)})"
+
+
 def fingerprint(
+    model: nn.Module,
     chosen: list[tuple[str, nn.Parameter]],
     plan: list[tuple[str, Tensor]],
     positions: Sequence[int],
@@ -36,17 +54,22 @@ def fingerprint(
     codec: Codec,
     batches: list[tuple[Tensor, Tensor]],
 ) -> str:
-    """A digest of what a census computes: format, codec, bits, the parameters' values, the visited
-    weights and the data."""
+    """A digest of everything that changes a census's answer: the model's architecture (every module's
+    type and configuration), every parameter and buffer, the format and the codec with all their
+    attributes, the bits, the chosen parameters and visited weights, and the data."""
     h = hashlib.sha256()
-    h.update(repr((fmt.name, codec.name, positions)).encode())
-    for (name, p), (_, idx) in zip(chosen, plan):
+    h.update(repr((configuration(fmt), configuration(codec), tuple(positions))).encode())
+    for name, m in model.named_modules():
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})".encode())
+    for name, t in model.state_dict(keep_vars=True).items():
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(_tensor_bytes(t))
+    for (name, _), (_, idx) in zip(chosen, plan):
+        h.update(name.encode())
         h.update(idx.numpy().tobytes())
     for x, y in batches:
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        h.update(y.detach().cpu().contiguous().numpy().tobytes())
+        h.update(_tensor_bytes(x))
+        h.update(_tensor_bytes(y))
     return h.hexdigest()
 
 

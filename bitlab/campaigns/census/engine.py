@@ -200,8 +200,9 @@ def bit_census(
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data)
     plan = weight_plan(chosen, n_weights, seed)
-    key = fingerprint(chosen, plan, positions, fmt, codec, batches)
-    ckpt = None if checkpoint is None else CheckpointFile(checkpoint, key)
+    ckpt = None
+    if checkpoint is not None:  # the fingerprint hashes every parameter, buffer and sample: only when needed
+        ckpt = CheckpointFile(checkpoint, fingerprint(model, chosen, plan, positions, fmt, codec, batches))
     done = {} if ckpt is None else ckpt.load()
     values = {name: p.detach().reshape(-1)[idx].clone() for (name, p), (_, idx) in zip(chosen, plan)}
     flipped = {name: flipped_values(p, idx, positions, fmt, codec) for (name, p), (_, idx) in zip(chosen, plan)}
