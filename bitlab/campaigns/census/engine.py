@@ -157,11 +157,6 @@ def _check_batch_flips(batch_flips: object) -> int:
     return batch_flips
 
 
-def _check_n_weights(n_weights: object) -> None:
-    if n_weights is not None and (isinstance(n_weights, bool) or not isinstance(n_weights, int) or n_weights < 1):
-        raise ValueError(f"n_weights: {n_weights!r}; allowed None or ints >= 1")
-
-
 def bit_census(
     model: nn.Module,
     data: object,
@@ -192,7 +187,6 @@ def bit_census(
     after each chunk is saved. See the module docstring for how exactness is guaranteed.
     """
     batch_flips = _check_batch_flips(batch_flips)
-    _check_n_weights(n_weights)
     codec = Identity() if codec is None else codec
     if not getattr(codec, "elementwise", True):  # one flip may change several weights: no shortcut
         return _naive(model, data, fmt, bits, params, n_weights, seed, codec, progress)
