@@ -32,7 +32,7 @@ def test_materialize_accepts_datasets_and_loaders(tiny_data):
 def test_ber_sweep_rows_and_determinism(tiny_model, tiny_data):
     kw = dict(bers=[0.0, 1e-3, 1e-1], trials=4, fmt=bl.FP16, seed=3)
     df = ber_sweep(tiny_model, tiny_data, **kw)
-    assert list(df.columns) == ["ber", "trial", "flips", "accuracy", "format", "codec", "seed"]
+    assert list(df.columns) == ["ber", "trial", "flips", "accuracy", "rad", "format", "codec", "seed"]
     assert len(df) == 12 and (df[df.ber == 0].flips == 0).all()
     assert (df[df.ber == 0].accuracy == df.attrs["clean_accuracy"]).all()
     assert df[df.ber == 0.1].flips.mean() > 10

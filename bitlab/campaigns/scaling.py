@@ -10,7 +10,9 @@ import pandas as pd
 from torch import nn
 
 from ..codecs.scaling import WeightScaling
+from ..evaluate import Output
 from ..formats import Format
+from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection
 from .sweep import ber_sweep
 
@@ -28,15 +30,19 @@ def sweep_t(
     params: ParamSelection = None,
     pow2: bool = False,
     progress: bool | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
-    """Accuracy on held-out ``val_data`` with weights stored in ``fmt`` under :class:`WeightScaling`
-    for each ``t`` in ``ts`` (``None`` means no scaling), at bit error rate(s) ``ber``, ``trials``
+    """``metric`` (accuracy by default; ``output`` picks the scored tensor) on held-out ``val_data`` with
+    weights stored in ``fmt`` under :class:`WeightScaling` for each ``t`` in ``ts`` (``None`` means no
+    scaling), at bit error rate(s) ``ber``, ``trials``
     draws each. Every ``t`` sees the same fault draws (same ``seed``), so differences come from ``t``.
 
     Returns one row per trial (the :func:`~bitlab.campaigns.sweep.ber_sweep` columns plus ``t`` and
-    ``clean_accuracy``, the fault-free accuracy with that ``t``); ``df.attrs["best_t"]`` is
+    ``clean_<metric>``, e.g. ``clean_accuracy``: the fault-free value with that ``t``); ``df.attrs["best_t"]`` is
     :func:`best_t` of the frame. ``t`` values that do not fit the format are an error (see ``max_t``).
     """
+    m = resolve_metric(metric)
     bers = [float(ber)] if isinstance(ber, (int, float)) else [float(b) for b in ber]
     if not ts:
         raise ValueError("ts: empty; give at least one t > 0 (or None for no scaling)")
@@ -46,21 +52,36 @@ def sweep_t(
         if codec is not None:
             codec.t_for(fmt)
         df = ber_sweep(
-            model, val_data, bers, trials=trials, fmt=fmt, codec=codec, params=params, seed=seed, progress=progress
+            model,
+            val_data,
+            bers,
+            trials=trials,
+            fmt=fmt,
+            codec=codec,
+            params=params,
+            seed=seed,
+            progress=progress,
+            metric=m,
+            output=output,
         )
         df["t"] = float("nan") if t is None else float(t)
-        df["clean_accuracy"] = df.attrs["clean_accuracy"]
+        df[f"clean_{m.name}"] = df.attrs["clean"]
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
+    out.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better})
     out.attrs["best_t"] = best_t(out)
     return out
 
 
 def best_t(df: pd.DataFrame) -> float:
-    """The ``t`` with the highest mean accuracy in a :func:`sweep_t` frame (ties: higher fault-free
-    accuracy, then the smaller ``t``). ``nan`` means no scaling was best."""
-    g = df.groupby("t", dropna=False).agg(acc=("accuracy", "mean"), clean=("clean_accuracy", "first"))
+    """The ``t`` with the best mean metric in a :func:`sweep_t` frame (ties: the better fault-free value,
+    then the smaller ``t``); the metric and its direction from ``df.attrs`` (accuracy if absent).
+    ``nan`` means no scaling was best."""
+    name = str(df.attrs.get("metric", "accuracy"))
+    sign = 1.0 if df.attrs.get("higher_is_better", True) else -1.0
+    g = df.groupby("t", dropna=False).agg(acc=(name, "mean"), clean=(f"clean_{name}", "first"))
     g = g.reset_index()
+    g["acc"], g["clean"] = sign * g["acc"], sign * g["clean"]
     g["neg_t"] = -g["t"].fillna(0.0)
     top = g.sort_values(["acc", "clean", "neg_t"], ascending=False).iloc[0]
     return float(top["t"])

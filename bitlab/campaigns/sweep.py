@@ -1,9 +1,10 @@
 """BER sweeps: run the store -> fault -> read -> evaluate pipeline many times and return tidy
 pandas DataFrames (one row per trial), ready for seaborn.
 
-* :func:`ber_sweep` -- accuracy at a range of bit error rates, many trials each (Qin et al. 2017).
+* :func:`ber_sweep` -- a metric (accuracy by default) at a range of bit error rates, many trials each
+  (Qin et al. 2017).
 * :func:`summarize` -- mean and 95% confidence interval per group.
-* :func:`tolerable_ber` -- the highest BER whose mean accuracy stays within ``drop`` of clean.
+* :func:`tolerable_ber` -- the highest BER whose mean metric stays within ``drop`` of clean.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from scipy import stats
 from torch import nn
 
 from ..codecs.base import Codec, Identity
-from ..evaluate import batch_accuracy, materialize
+from ..evaluate import Output, materialize, model_device, score
 from ..faults import BitErrorRate, Fault
 from ..formats import FP32, Format
 from ..inject import Store
+from ..metrics import MetricSpec, relative_drop, resolve_metric
 from ..params import ParamSelection
 from ..progress import bar as progress_bar
 from ..validate import check_number
@@ -46,16 +48,23 @@ def ber_sweep(
     progress: bool | None = None,
     label: str | None = None,
     stop_at: float | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
-    """Accuracy of ``model`` on ``data`` with its weights stored in ``fmt`` (+ ``codec``) under i.i.d.
-    bit errors at each rate in ``bers``, ``trials`` independent draws each (Qin et al. 2017, Fig. 1 style).
+    """``metric`` (accuracy by default) of ``model`` on ``data`` with its weights stored in ``fmt`` (+
+    ``codec``) under i.i.d. bit errors at each rate in ``bers``, ``trials`` independent draws each (Qin et
+    al. 2017, Fig. 1 style). ``output`` picks the scored tensor from a tuple/dict output
+    (:func:`bitlab.evaluate.pick`); batches may hold tensor, tuple or dict inputs.
 
-    Returns one row per trial: ``ber, trial, flips, accuracy, format, codec, seed`` (+ ``model`` if
-    ``label`` is given). ``df.attrs["clean_accuracy"]`` holds the fault-free accuracy in that store
-    (which differs from the float model for lossy formats). ``fault`` maps a rate to a fault model
-    (default :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep early: once the mean
-    accuracy at a rate is at or below it (e.g. chance level), the higher rates are not run (they have
-    no rows), which saves most of the time of sweeps that go far past the breaking point.
+    Returns one row per trial: ``ber, trial, flips, <metric>, rad, format, codec, seed`` (+ ``model`` if
+    ``label`` is given), where ``<metric>`` is the metric's name (``accuracy``, ``mse``, ...) and ``rad``
+    its relative drop from the fault-free value (:func:`bitlab.metrics.relative_drop`; positive is worse).
+    ``df.attrs`` holds ``metric``, ``clean`` and ``clean_<metric>`` (e.g. ``clean_accuracy``): the
+    fault-free value in that store (which differs from the float model for lossy formats). ``fault`` maps
+    a rate to a fault model (default :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep
+    early: once the mean metric at a rate is at or past it on the worse side (e.g. chance accuracy), the
+    higher rates are not run (they have no rows), which saves most of the time of sweeps that go far
+    past the breaking point.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
@@ -66,24 +75,26 @@ def ber_sweep(
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"bers: {b} is not a probability; allowed values are in [0, 1]")
     codec = Identity() if codec is None else codec
-    batches = materialize(data)
+    m = resolve_metric(metric)
+    batches = materialize(data, device=model_device(model))
     g = torch.Generator().manual_seed(seed)
     store = Store(model, fmt, codec, params)
     with store.corrupted(BitErrorRate(0.0)):
-        clean = batch_accuracy(model, batches)
+        clean = score(model, batches, m, output)
     rows = []
     bar = progress_bar(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", progress=progress)
     for ber in bers:
         accs = []
         for t in range(trials):
             with store.corrupted(_fault_for(fault, ber), generator=g) as r:
-                acc = batch_accuracy(model, batches)
+                acc = score(model, batches, m, output)
             rows.append(
                 {
                     "ber": ber,
                     "trial": t,
                     "flips": r.flips,
-                    "accuracy": acc,
+                    m.name: acc,
+                    "rad": relative_drop(clean, acc, m),
                     "format": fmt.name,
                     "codec": codec.name,
                     "seed": seed,
@@ -91,23 +102,28 @@ def ber_sweep(
             )
             accs.append(acc)
             bar.update()
-        if stop_at is not None and sum(accs) / len(accs) <= stop_at:
+        mean = sum(accs) / len(accs)
+        if stop_at is not None and (mean <= stop_at if m.higher_is_better else mean >= stop_at):
             break
     bar.close()
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
-    df.attrs["clean_accuracy"] = clean
+    df.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better, "clean": clean})
+    df.attrs[f"clean_{m.name}"] = clean
     return df
 
 
 def summarize(
-    df: pd.DataFrame, by: Sequence[str] | None = None, value: str = "accuracy", level: float = 0.95
+    df: pd.DataFrame, by: Sequence[str] | None = None, value: str | None = None, level: float = 0.95
 ) -> pd.DataFrame:
     """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group.
 
-    ``by`` defaults to the descriptive columns present among ``model, format, codec, ber``."""
+    ``value`` defaults to the frame's metric (``df.attrs["metric"]``, else ``accuracy``); ``by`` to the
+    descriptive columns present among ``model, format, codec, ber``."""
     level = check_number("level", level, 0.0, 1.0, open_lo=True, open_hi=True)
+    if value is None:
+        value = str(df.attrs.get("metric", "accuracy"))
     if by is None:
         by = [c for c in ("model", "format", "codec", "ber") if c in df.columns]
     missing = [c for c in list(by) + [value] if c not in df.columns]
@@ -125,17 +141,22 @@ def summarize(
 
 
 def tolerable_ber(df: pd.DataFrame, clean: float | None = None, drop: float = 0.01) -> float:
-    """The highest bit error rate whose mean accuracy stays within ``drop`` (absolute, 0.01 = one
-    point) of ``clean`` (default ``df.attrs["clean_accuracy"]``), from a one-configuration
-    :func:`ber_sweep` frame. Interpolated linearly in log10(BER) between the last grid point that
-    passes and the first that fails; ``nan`` if the smallest rate already fails, the largest rate
-    if none fails (a lower bound)."""
+    """The highest bit error rate whose mean metric stays within ``drop`` (absolute: 0.01 = one point of
+    accuracy) of ``clean`` (default ``df.attrs["clean"]``) on the worse side, from a one-configuration
+    :func:`ber_sweep` frame (the metric and its direction from ``df.attrs``; accuracy if absent).
+    Interpolated linearly in log10(BER) between the last grid point that passes and the first that
+    fails; ``nan`` if the smallest rate already fails, the largest rate if none fails (a lower bound)."""
+    name = str(df.attrs.get("metric", "accuracy"))
+    sign = 1.0 if df.attrs.get("higher_is_better", True) else -1.0
     if clean is None:
-        clean = df.attrs.get("clean_accuracy")
+        clean = df.attrs.get("clean", df.attrs.get(f"clean_{name}"))
         if clean is None:
-            raise ValueError("clean: not given and the frame has no attrs['clean_accuracy']")
-    means = df[df["ber"] > 0].groupby("ber")["accuracy"].mean().sort_index()
-    threshold = clean - drop
+            raise ValueError(f"clean: not given and the frame has no attrs['clean'] (nor attrs['clean_{name}'])")
+    if name not in df.columns:
+        raise ValueError(f"df: the frame has no column {name!r} (its metric); columns are {list(df.columns)}")
+    # in the sign-flipped frame higher is better, so one rule covers accuracy and errors alike
+    means = sign * df[df["ber"] > 0].groupby("ber")[name].mean().sort_index()
+    threshold = sign * clean - drop
     ok = (means >= threshold).to_numpy()
     if ok.all():
         return float(means.index[-1])

@@ -80,6 +80,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -88,10 +89,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ...codecs.base import Codec, Identity
-from ...evaluate import eval_mode, materialize
+from ...evaluate import Batches, Output, eval_mode, materialize, model_device
 from ...faults import BitErrorRate
 from ...formats import FP32, BitSelection, Format, resolve_bits
 from ...inject import Store
+from ...metrics import METRICS, Metric, MetricSpec, resolve_metric
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
 from .budget import ELEMENTS_PER_CHUNK, heap_headroom
@@ -170,6 +172,8 @@ def bit_census(
     batch_flips: int = 2048,
     codec: Codec | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
     """Single-bit census of Pranto et al. 2025 (RAD of every single-bit flip), equal to
     :func:`bitlab.campaigns.census.naive_bit_census` row for row and float for float, but fast.
@@ -185,14 +189,21 @@ def bit_census(
     them (an interrupted census resumed gives the same frame as one run straight through).
     ``batch_flips``: flips evaluated together (memory vs. speed). ``on_chunk(n_done)`` is called
     after each chunk is saved. See the module docstring for how exactness is guaranteed.
+
+    ``metric`` and ``output`` as in :func:`bitlab.campaigns.ber_sweep`. The bounds certify accuracy
+    only: another metric, an ``output=`` picker or batches whose inputs are not one tensor are
+    recomputed exactly by the naive loop, and ``attrs["note"]`` says so (the frame is the naive one).
     """
     batch_flips = _check_batch_flips(batch_flips)
     codec = Identity() if codec is None else codec
-    if not getattr(codec, "elementwise", True):  # one flip may change several weights: no shortcut
-        return _naive(model, data, fmt, bits, params, n_weights, seed, codec, progress)
+    m = resolve_metric(metric)
+    given = materialize(data, device=model_device(model))
+    why = _no_shortcut(codec, m, output, given)
+    if why:
+        return _naive(model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why)
+    batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
     chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
-    batches = materialize(data)
     plan = weight_plan(chosen, n_weights, seed)
     ckpt = None
     if checkpoint is not None:  # the fingerprint hashes every parameter, buffer and sample: only when needed
@@ -226,6 +237,19 @@ def bit_census(
     return df
 
 
+def _no_shortcut(codec: Codec, metric: Metric, output: Output, batches: Batches) -> str:
+    """Why the census must take the naive loop ("" when the fast paths apply)."""
+    if not getattr(codec, "elementwise", True):
+        return f"codec {codec.name}: one flip may change several weights"
+    if metric is not METRICS["accuracy"]:
+        return f"metric {metric.name!r}: the bounds certify accuracy only"
+    if output is not None:
+        return "output=: the bounds need a model that returns its logits"
+    if not all(isinstance(x, Tensor) for x, _ in batches):
+        return "the batches' inputs are not one tensor"
+    return ""
+
+
 def _naive(
     model: nn.Module,
     data: object,
@@ -236,11 +260,25 @@ def _naive(
     seed: int,
     codec: Codec,
     progress: bool | None,
+    metric: Metric,
+    output: Output,
+    why: str,
 ) -> pd.DataFrame:
-    """The naive loop, with the fast census's statistics."""
+    """The naive loop, with the fast census's statistics and the reason in ``attrs["note"]``."""
     df = naive_bit_census(
-        model, data, fmt=fmt, bits=bits, params=params, n_weights=n_weights, seed=seed, codec=codec, progress=progress
+        model,
+        data,
+        fmt=fmt,
+        bits=bits,
+        params=params,
+        n_weights=n_weights,
+        seed=seed,
+        codec=codec,
+        progress=progress,
+        metric=metric,
+        output=output,
     )
+    df.attrs["note"] = f"recomputed exactly by the naive loop ({why})"
     df.attrs["stats"] = dict(certified=0, rechecked=0, recomputed=len(df), from_checkpoint=0)
     df.attrs["paths"] = {name: NAIVE_LOOP for name in dict.fromkeys(df["param"])} if len(df) else {}
     return df
@@ -346,7 +384,7 @@ def _frame(
             )
         )
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    df.attrs["clean_accuracy"] = acc_clean
+    df.attrs.update({"metric": "accuracy", "higher_is_better": True, "clean": acc_clean, "clean_accuracy": acc_clean})
     return df
 
 

@@ -8,10 +8,11 @@ import pandas as pd
 from torch import nn
 
 from ...codecs.base import Codec, Identity
-from ...evaluate import batch_accuracy, materialize
+from ...evaluate import Output, materialize, model_device, score
 from ...faults import BitErrorRate, SingleBitFlip
 from ...formats import FP32, BitSelection, Format, resolve_bits
 from ...inject import Store
+from ...metrics import MetricSpec, relative_drop, resolve_metric
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
 from .plan import weight_plan
@@ -29,21 +30,26 @@ def naive_bit_census(
     seed: int = 0,
     codec: Codec | None = None,
     progress: bool | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
     """Flip every selected bit of every selected weight, one at a time: flip, full forward, restore.
 
     Returns one row per (param, index, bit): ``value`` (the stored weight), ``flipped`` (what it reads
-    back as), ``accuracy`` and ``rad`` = (acc_clean - acc_flipped) / acc_clean, the relative accuracy
-    drop of Pranto et al. 2025. ``n_weights`` samples that many weights per parameter (without
-    replacement, seeded) instead of all of them. ``acc_clean`` is the fault-free accuracy in ``fmt``.
+    back as), the metric (column ``accuracy`` by default, else the metric's name) and ``rad`` =
+    (acc_clean - acc_flipped) / acc_clean, the relative accuracy drop of Pranto et al. 2025
+    (:func:`bitlab.metrics.relative_drop` for other metrics: positive is worse). ``n_weights`` samples
+    that many weights per parameter (without replacement, seeded) instead of all of them. The clean
+    value is the fault-free one in ``fmt`` (``attrs["clean"]``, ``attrs["clean_<metric>"]``).
     """
+    m = resolve_metric(metric)
     codec = Identity() if codec is None else codec
     chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
-    batches = materialize(data)
+    batches = materialize(data, device=model_device(model))
     store = Store(model, fmt, codec, params)
     with store.corrupted(BitErrorRate(0.0)):
-        clean = batch_accuracy(model, batches)
+        clean = score(model, batches, m, output)
     plan = [(name, int(i), b) for name, idx in weight_plan(chosen, n_weights, seed) for i in idx for b in positions]
     rows = []
     lookup = dict(chosen)
@@ -51,7 +57,7 @@ def naive_bit_census(
         value = lookup[name].detach().reshape(-1)[i].item()
         with store.corrupted(SingleBitFlip(name, i, b)):
             flipped = lookup[name].detach().reshape(-1)[i].item()
-            acc = batch_accuracy(model, batches)
+            acc = score(model, batches, m, output)
         rows.append(
             {
                 "param": name,
@@ -59,10 +65,11 @@ def naive_bit_census(
                 "bit": b,
                 "value": value,
                 "flipped": flipped,
-                "accuracy": acc,
-                "rad": (clean - acc) / clean if clean > 0 else float("nan"),
+                m.name: acc,
+                "rad": relative_drop(clean, acc, m),
             }
         )
     df = pd.DataFrame(rows)
-    df.attrs["clean_accuracy"] = clean
+    df.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better, "clean": clean})
+    df.attrs[f"clean_{m.name}"] = clean
     return df
