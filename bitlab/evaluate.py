@@ -33,6 +33,9 @@ __all__ = [
     "eval_mode",
     "model_device",
     "to_device",
+    "take",
+    "gather",
+    "concat",
     "call",
     "pick",
     "correct",
@@ -89,6 +92,40 @@ def to_device(obj: object, device: torch.device | str) -> object:
         moved = [to_device(v, device) for v in obj]
         return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # type: ignore[arg-type]
     return obj
+
+
+def take(inputs: object, n: int) -> object:
+    """The first ``n`` samples of one batch's inputs (every tensor in a tuple, list or dict sliced)."""
+    if isinstance(inputs, Tensor):
+        return inputs[:n]
+    if isinstance(inputs, Mapping):
+        return {k: take(v, n) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(take(v, n) for v in inputs)
+    return inputs
+
+
+def gather(inputs: object, index: Tensor) -> object:
+    """The samples ``index`` (indices or a boolean mask) of one batch's inputs, every tensor indexed."""
+    if isinstance(inputs, Tensor):
+        return inputs[index.to(inputs.device)]
+    if isinstance(inputs, Mapping):
+        return {k: gather(v, index) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(gather(v, index) for v in inputs)
+    return inputs
+
+
+def concat(parts: list[object]) -> object:
+    """Several batches' inputs joined along the batch dimension (same structure in each)."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)  # type: ignore[arg-type]
+    if isinstance(first, Mapping):
+        return {k: concat([p[k] for p in parts]) for k in first}  # type: ignore[index]
+    if isinstance(first, (tuple, list)):
+        return type(first)(concat([p[i] for p in parts]) for i in range(len(first)))  # type: ignore[index]
+    raise TypeError(f"data: inputs of type {type(first).__name__} cannot be joined; use tensors, tuples or dicts")
 
 
 def call(model: nn.Module, inputs: object) -> object:
@@ -168,9 +205,20 @@ def materialize(data: object, batch_size: int = 2048, device: torch.device | str
         raise TypeError(
             f"data: expected a Dataset, a DataLoader or a list of (inputs, targets) batches, got {type(data).__name__}"
         )
-    if device is not None:
+    if device is not None and not all(_on(b, torch.device(device)) for b in batches):
         batches = [(to_device(x, device), y.to(device)) for x, y in batches]
     return batches
+
+
+def _on(obj: object, device: torch.device) -> bool:
+    """Whether every tensor in ``obj`` already lives on ``device`` (then no copy is made)."""
+    if isinstance(obj, Tensor):
+        return obj.device == device or (device.index is None and obj.device.type == device.type)
+    if isinstance(obj, Mapping):
+        return all(_on(v, device) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return all(_on(v, device) for v in obj)
+    return True
 
 
 def _batches(data: object, batch_size: int) -> Batches:

@@ -25,9 +25,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..evaluate import batch_accuracy, eval_mode, materialize
+from ..evaluate import Output, call, eval_mode, materialize, model_device, score, take, to_device
 from ..faults import BitErrorRate, Fault, fault_words, sample_distinct
 from ..formats import BitSelection, Int, resolve_bits
+from ..metrics import MetricSpec, relative_drop, resolve_metric
 from ..progress import bar as progress_bar
 from ..training.quant import ActFault, QuantizedModel
 
@@ -197,9 +198,10 @@ def flips_per_inference_fn(
 
 
 @torch.no_grad()
-def activation_sizes(qm: QuantizedModel, x: Tensor, layers: Sequence[str] | None = None) -> dict[str, int]:
+def activation_sizes(qm: QuantizedModel, x: object, layers: Sequence[str] | None = None) -> dict[str, int]:
     """Activation words per inference of each chosen layer (model order), seen on one forward pass of
-    the first input of ``x``; a layer that is not called, or called more than once, is an error."""
+    the first input of ``x`` (a tensor, or a tuple/dict of inputs); a layer that is not called, or
+    called more than once, is an error."""
     names = _check_layers(qm, layers)
     seen: dict[str, list[int]] = {}
 
@@ -207,8 +209,8 @@ def activation_sizes(qm: QuantizedModel, x: Tensor, layers: Sequence[str] | None
         seen.setdefault(name, []).append(words[0].numel())
         return words
 
-    with eval_mode(qm), qm.act_fault(probe):
-        qm(x[:1])
+    with eval_mode(qm), qm.act_fault(probe), torch.no_grad():
+        call(qm, to_device(take(x, 1), model_device(qm)))
     bad = [n for n in names if len(seen.get(n, [])) != 1]
     if bad:
         raise ValueError(
@@ -249,10 +251,13 @@ def activation_sweep(
     seed: int = 0,
     progress: bool | None = None,
     label: str | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
-    """Accuracy of the quantized model ``qm`` on ``data`` under transient bit flips in the integer input
-    activations of ``layers`` (default: every quantized layer), ``trials`` draws per rate (Fasfous et al.
-    2022, activation bit-flip campaigns).
+    """``metric`` (accuracy by default; ``output`` picks the scored tensor, as in
+    :func:`bitlab.campaigns.ber_sweep`) of the quantized model ``qm`` on ``data`` under transient bit
+    flips in the integer input activations of ``layers`` (default: every quantized layer), ``trials``
+    draws per rate (Fasfous et al. 2022, activation bit-flip campaigns).
 
     ``mode="ber"``: every selected activation bit of every inference flips independently with probability
     ``rate``; ``mode="flips"``: exactly ``rate`` (an int) bits flip per inference (per test image), spread
@@ -260,11 +265,13 @@ def activation_sweep(
     ``"magnitude"``, indices; default all). Faults are drawn afresh for every batch and trial from one
     generator seeded with ``seed``.
 
-    Returns one row per (rate, trial): ``rate, trial, flips`` (total over the data), ``flips_per_inference``,
-    ``accuracy, mode, layers, seed`` (+ ``ber`` in BER mode, so that :func:`bitlab.campaign.tolerable_ber`
-    and :func:`bitlab.plot.accuracy_vs_ber` apply; + ``model`` if ``label``). ``attrs``: ``clean_accuracy``
-    (quantized, fault-free), ``mode``, ``layers``, ``bits_per_inference``. The model's previous fault hook
-    is restored on exit, also when evaluation raises."""
+    Returns one row per (rate, trial): ``rate, trial, flips`` (total over the data),
+    ``flips_per_inference``, ``<metric>`` (``accuracy`` by default), ``rad`` (its relative drop),
+    ``mode, layers, seed`` (+ ``ber`` in BER mode, so that :func:`bitlab.campaign.tolerable_ber` and
+    :func:`bitlab.plot.accuracy_vs_ber` apply; + ``model`` if ``label``). ``attrs``: ``metric``,
+    ``clean`` and ``clean_<metric>`` (quantized, fault-free), ``mode``, ``layers``,
+    ``bits_per_inference``. The model's previous fault hook is restored on exit, also when evaluation
+    raises."""
 
     if not isinstance(qm, QuantizedModel):
         raise TypeError(f"qm: expected a QuantizedModel (from bitlab.quant.quantize_model), got {type(qm).__name__}")
@@ -274,13 +281,14 @@ def activation_sweep(
         raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
     names = _check_layers(qm, layers)
     positions = _positions(bits, qm.bits)
-    batches = materialize(data)
+    m = resolve_metric(metric)
+    batches = materialize(data, device=model_device(qm))
     sizes = activation_sizes(qm, batches[0][0], names)
     bits_per_inference = sum(sizes.values()) * len(positions)
     rates = _check_rates(rates, mode, bits_per_inference)
     n_inputs = sum(len(y) for _, y in batches)
     with qm.act_fault(None):
-        clean = batch_accuracy(qm, batches)
+        clean = score(qm, batches, m, output)
     g = torch.Generator().manual_seed(seed)
     layer_label = "all" if len(names) == len(qm.layers) else ",".join(names)
     rows = []
@@ -293,14 +301,15 @@ def activation_sweep(
             else:
                 fn = flips_per_inference_fn(rate, sizes, g, qm.bits, positions, counts)
             with qm.act_fault(fn):
-                acc = batch_accuracy(qm, batches)
+                acc = score(qm, batches, m, output)
             flips = sum(counts.values())
             row = {
                 "rate": rate,
                 "trial": t,
                 "flips": flips,
                 "flips_per_inference": flips / n_inputs,
-                "accuracy": acc,
+                m.name: acc,
+                "rad": relative_drop(clean, acc, m),
                 "mode": mode,
                 "layers": layer_label,
                 "seed": seed,
@@ -313,20 +322,28 @@ def activation_sweep(
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
-    df.attrs.update(clean_accuracy=clean, mode=mode, layers=names, bits_per_inference=bits_per_inference)
+    df.attrs.update(metric=m.name, higher_is_better=m.higher_is_better, clean=clean)
+    df.attrs.update({f"clean_{m.name}": clean, "mode": mode, "layers": names, "bits_per_inference": bits_per_inference})
     return df
 
 
 def resilience_auc(
-    df: pd.DataFrame, x: str | None = None, value: str = "accuracy", relative: bool = False, clean: float | None = None
+    df: pd.DataFrame,
+    x: str | None = None,
+    value: str | None = None,
+    relative: bool = False,
+    clean: float | None = None,
 ) -> float:
     """Fault resilience of one configuration as a single number: the area under the mean ``value``
     vs ``log10(x)`` curve (trapezoids over the grid's positive rates), divided by the width of the log
     grid -- the mean accuracy over a log-spaced range of fault rates, in [0, 1]. Our reading of the
     "fault resilience" of Fasfous et al. 2022 (their exact metric is not public).
 
-    ``x`` defaults to ``"ber"`` if present, else ``"rate"``. ``relative=True`` divides by the clean
-    accuracy (``clean`` or ``df.attrs["clean_accuracy"]``). Compare only frames on the same grid."""
+    ``x`` defaults to ``"ber"`` if present, else ``"rate"``; ``value`` to the frame's metric
+    (``df.attrs["metric"]``, else ``accuracy``). ``relative=True`` divides by the clean value (``clean``
+    or ``df.attrs["clean"]``). Compare only frames on the same grid."""
+    if value is None:
+        value = str(df.attrs.get("metric", "accuracy"))
     if x is None:
         x = "ber" if "ber" in df.columns else "rate"
     for col in (x, value):
@@ -339,8 +356,8 @@ def resilience_auc(
     y = means.to_numpy(dtype=float)
     area = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(lx))) / float(lx[-1] - lx[0])
     if relative:
-        c: float | None = df.attrs.get("clean_accuracy") if clean is None else clean
+        c: float | None = df.attrs.get("clean", df.attrs.get("clean_accuracy")) if clean is None else clean
         if c is None or not c > 0:
-            raise ValueError("clean: not given (or not > 0) and the frame has no attrs['clean_accuracy']")
+            raise ValueError("clean: not given (or not > 0) and the frame has no attrs['clean']")
         area /= c
     return area

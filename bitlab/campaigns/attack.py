@@ -35,8 +35,9 @@ returns or raises. :meth:`AttackResult.applied` re-applies the flips found (thro
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..codecs.base import Codec, Identity
-from ..evaluate import batch_accuracy, eval_mode, materialize
+from ..evaluate import Output, call, concat, eval_mode, gather, materialize, model_device, pick, score, take
 from ..faults import FlipList
 from ..formats import Format, Int
 from ..inject import InjectionReport, corrupted
+from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..validate import check_int
@@ -65,6 +67,7 @@ LOSS_CAP = 1000.0
 INT8 = Int(8)
 
 Target = None | float | str
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -73,8 +76,9 @@ class AttackResult:
 
     ``flips`` has one row per flip: ``step`` (1, 2, ...), ``param``, ``index`` (flat), ``bit``,
     ``old`` and ``new`` (the weight before and after), ``estimate`` (first-order loss gain ``g * dw``),
-    ``loss`` (attack-batch loss after the flip) and ``accuracy`` (on the evaluation data after it).
-    ``clean_loss``/``clean_accuracy`` are those of the model stored in ``fmt`` before any flip.
+    ``loss`` (attack-batch loss after the flip) and the metric (column ``metric``, ``accuracy`` by
+    default; on the evaluation data after it). ``clean_loss``/``clean_accuracy`` (the clean value of
+    the metric) are those of the model stored in ``fmt`` before any flip.
     ``stopped`` says why the search ended: ``"budget"``, ``"target"`` or ``"stalled"``.
     """
 
@@ -86,6 +90,8 @@ class AttackResult:
     num_classes: int
     stopped: str
     seconds: float
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
     def __len__(self) -> int:
         return len(self.flips)
@@ -97,16 +103,19 @@ class AttackResult:
     def flips_to(self, accuracy: float | None = None) -> int | None:
         """Number of flips after which the accuracy is at most ``accuracy`` (default: the chance
         level, :meth:`chance_level`); 0 if the clean model already is; ``None`` if never reached."""
+        if accuracy is None and self.metric != "accuracy":
+            raise ValueError(f"accuracy: give the level of metric {self.metric!r} (the chance level is for accuracy)")
         level = self.chance_level() if accuracy is None else float(accuracy)
-        if self.clean_accuracy <= level:
+        sign = 1.0 if self.higher_is_better else -1.0
+        if sign * self.clean_accuracy <= sign * level:
             return 0
-        hit = self.flips.index[self.flips["accuracy"] <= level]
+        hit = self.flips.index[sign * self.flips[self.metric] <= sign * level]
         return int(self.flips.loc[hit[0], "step"]) if len(hit) else None
 
     def curve(self) -> pd.DataFrame:
-        """Loss and accuracy against the number of flips, starting from 0 (the clean store)."""
-        head = pd.DataFrame([{"step": 0, "loss": self.clean_loss, "accuracy": self.clean_accuracy}])
-        return pd.concat([head, self.flips[["step", "loss", "accuracy"]]], ignore_index=True)
+        """Loss and the metric against the number of flips, starting from 0 (the clean store)."""
+        head = pd.DataFrame([{"step": 0, "loss": self.clean_loss, self.metric: self.clean_accuracy}])
+        return pd.concat([head, self.flips[["step", "loss", self.metric]]], ignore_index=True)
 
     def fault(self, n: int | None = None) -> FlipList:
         """The first ``n`` flips (default: all) as a fault for :func:`bitlab.corrupted`."""
@@ -140,13 +149,13 @@ def attack_params(model: nn.Module, params: ParamSelection = None) -> list[tuple
     return chosen
 
 
-def _attack_batch(data: object, size: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``size`` samples drawn (seeded, without replacement) from ``data``."""
-    batches = materialize(data)
-    x = torch.cat([b[0] for b in batches])
+def _attack_batch(data: object, size: int, seed: int, device: torch.device) -> tuple[object, Tensor]:
+    """``size`` samples drawn (seeded, without replacement, on the CPU) from ``data``, on ``device``."""
+    batches = materialize(data, device=device)
+    x = concat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
-    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
-    return x[pick], y[pick]
+    chosen = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
+    return gather(x, chosen), y[chosen.to(y.device)]
 
 
 def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
@@ -157,9 +166,15 @@ def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
     return (ce.sum() + cap * (~finite).sum()) / len(y)
 
 
-def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def _loss(model: nn.Module, x: object, y: Tensor, output: Output, loss_fn: LossFn) -> float:
+    """The attack objective on the attack batch; NaN (a loss without a cap on a broken output) is +inf."""
     with torch.no_grad():
-        return float(attack_loss(model(x), y))
+        v = float(loss_fn(pick(call(model, x), output), y))
+    return float("inf") if math.isnan(v) else v
+
+
+def _finite_rows(out: Tensor) -> Tensor:
+    return torch.isfinite(out).reshape(len(out), -1).all(dim=1)
 
 
 def _rank(
@@ -205,6 +220,9 @@ def bit_flip_attack(
     target_accuracy: Target = None,
     seed: int = 0,
     progress: bool | None = None,
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
+    loss: LossFn | None = None,
 ) -> AttackResult:
     """Progressive bit search (Rakin et al. 2019, Sec. 3): up to ``budget`` flips, each the best of an
     in-layer search (``candidates_per_layer`` gradient-ranked flips per layer, tried by real loss)
@@ -216,7 +234,19 @@ def bit_flip_attack(
     ``target_accuracy`` stops the search once the accuracy is at most that value (``"chance"``: the
     chance level ``1/num_classes + CHANCE_MARGIN``); ``None`` spends the whole budget unless the search
     stalls. ``model`` is restored bit for bit on return and on error.
+
+    ``metric`` is what is measured after each flip (accuracy by default; column and ``target_accuracy``
+    then refer to it, in its direction; ``"chance"`` needs accuracy), ``output`` picks the scored tensor
+    from a tuple/dict output, and ``loss`` is the objective the attack increases, ``(outputs, targets)
+    -> scalar`` (default :func:`attack_loss`, the capped cross-entropy; a regression model needs e.g.
+    an MSE). Batches may hold tensor, tuple or dict inputs.
     """
+    m = resolve_metric(metric)
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss: expected None or a callable (outputs, targets) -> scalar, got {type(loss).__name__}")
+    loss_fn: LossFn = attack_loss if loss is None else loss
+    if target_accuracy == "chance" and m.name != "accuracy":
+        raise ValueError(f"target_accuracy: 'chance' needs metric='accuracy', got metric {m.name!r}; give a number")
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a bitlab number format (Int(8), FP32, ...), got {type(fmt).__name__}")
     check_int("budget", budget, 1)
@@ -228,7 +258,7 @@ def bit_flip_attack(
         or (
             isinstance(target_accuracy, (int, float))
             and not isinstance(target_accuracy, bool)
-            and 0.0 <= target_accuracy <= 1.0
+            and (0.0 <= target_accuracy <= 1.0 or m.name not in ("accuracy", "top5"))
         )
     ):
         raise ValueError(f"target_accuracy: {target_accuracy!r}; allowed None, 'chance' or a number in [0, 1]")
@@ -236,8 +266,9 @@ def bit_flip_attack(
     for name, p in layers:
         if not p.is_contiguous():
             raise ValueError(f"params: {name!r} is not contiguous; call .contiguous() on it before attacking")
-    x, y = _attack_batch(data, attack_batch, seed)
-    eval_batches = materialize(data if eval_data is None else eval_data)
+    device = model_device(model)
+    x, y = _attack_batch(data, attack_batch, seed, device)
+    eval_batches = materialize(data if eval_data is None else eval_data, device=device)
     codec = Identity()
     saved = [(p, p.data.clone(), p.requires_grad) for _, p in layers]
     start = time.perf_counter()
@@ -254,25 +285,28 @@ def bit_flip_attack(
             for _, p in layers:
                 p.requires_grad_(True)
             with torch.no_grad():
-                num_classes = int(model(x[:1]).shape[1])
-            clean_loss, clean_acc = _loss(model, x, y), batch_accuracy(model, eval_batches)
+                first = pick(call(model, take(x, 1)), output)
+                num_classes = int(first.shape[1]) if first.dim() == 2 else 0
+            clean_loss = _loss(model, x, y, output, loss_fn)
+            clean_acc = score(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
+            worse = (lambda v: v <= target) if m.higher_is_better else (lambda v: v >= target)
             done: list[set[tuple[int, int]]] = [set() for _ in layers]
             rows: list[dict[str, Any]] = []
-            loss, stopped = clean_loss, "budget"
+            cur_loss, stopped = clean_loss, "budget"
             bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
             for step in range(1, budget + 1):
-                if target is not None and (rows[-1]["accuracy"] if rows else clean_acc) <= target:
+                if target is not None and worse(rows[-1][m.name] if rows else clean_acc):
                     stopped = "target"
                     break
                 with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
-                    live = torch.isfinite(model(x)).all(dim=1)
+                    live = _finite_rows(pick(call(model, x), output))
                 if not live.any():
                     stopped = "stalled"
                     break
-                grads = torch.autograd.grad(
-                    attack_loss(model(x[live]), y[live]), [p for _, p in layers], allow_unused=True
-                )
+                xl = gather(x, live)
+                objective = loss_fn(pick(call(model, xl), output), y[live])
+                grads = torch.autograd.grad(objective, [p for _, p in layers], allow_unused=True)
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
                     for li, (_, p) in enumerate(layers):
@@ -284,11 +318,11 @@ def bit_flip_attack(
                         ):
                             old = flat[i].clone()
                             flat[i] = new
-                            trial = _loss(model, x, y)
+                            trial = _loss(model, x, y, output, loss_fn)
                             flat[i] = old
                             if best is None or trial > best[0]:
                                 best = (trial, li, i, b, new, est)
-                    if best is None or not best[0] > loss:
+                    if best is None or not best[0] > cur_loss:
                         stopped = "stalled"
                         break
                     trial, li, i, b, new, est = best
@@ -297,8 +331,8 @@ def bit_flip_attack(
                     words[li][i] ^= 1 << b
                     p.data.view(-1)[i] = new
                     done[li].add((i, b))
-                    loss = trial
-                    acc = batch_accuracy(model, eval_batches)
+                    cur_loss = trial
+                    acc = score(model, eval_batches, m, output)
                 rows.append(
                     {
                         "step": step,
@@ -308,13 +342,13 @@ def bit_flip_attack(
                         "old": old_value,
                         "new": new,
                         "estimate": est,
-                        "loss": loss,
-                        "accuracy": acc,
+                        "loss": cur_loss,
+                        m.name: acc,
                     }
                 )
                 bar.update()
             else:
-                if target is not None and rows and rows[-1]["accuracy"] <= target:
+                if target is not None and rows and worse(rows[-1][m.name]):
                     stopped = "target"
             bar.close()
         finally:
@@ -322,9 +356,12 @@ def bit_flip_attack(
                 for p, values, req in saved:
                     p.data.copy_(values)
                     p.requires_grad_(req)
-    columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", "accuracy"]
+    columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", m.name]
     df = pd.DataFrame(rows, columns=columns)
-    df.attrs.update(clean_accuracy=clean_acc, clean_loss=clean_loss, fmt=fmt.name)
+    df.attrs.update(metric=m.name, higher_is_better=m.higher_is_better, clean=clean_acc)
+    df.attrs.update({f"clean_{m.name}": clean_acc, "clean_loss": clean_loss, "fmt": fmt.name})
+    names = [n for n, _ in layers]
+    seconds = time.perf_counter() - start
     return AttackResult(
-        df, fmt, [n for n, _ in layers], clean_loss, clean_acc, num_classes, stopped, time.perf_counter() - start
+        df, fmt, names, clean_loss, clean_acc, num_classes, stopped, seconds, m.name, m.higher_is_better
     )

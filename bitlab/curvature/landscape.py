@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..evaluate import correct, eval_mode, materialize
+from ..evaluate import Output, call, eval_mode, materialize, model_device, pick
+from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection, select_params
 
 __all__ = ["Direction", "loss_slice", "random_direction", "bitflip_direction"]
@@ -114,21 +115,24 @@ def bitflip_direction(
     return out
 
 
-def _batches(data: object) -> list[tuple[Tensor, Tensor]]:
-
-    return materialize(data)
-
-
 def loss_slice(
-    model: nn.Module, loss_fn: LossFn | None, data: object, direction: Direction, alphas: Sequence[float]
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    data: object,
+    direction: Direction,
+    alphas: Sequence[float],
+    metric: MetricSpec = "accuracy",
+    output: Output = None,
 ) -> pd.DataFrame:
-    """Mean loss and accuracy of ``model`` on ``data`` at ``w + alpha * d`` for each ``alpha``.
+    """Mean loss and ``metric`` (accuracy by default) of ``model`` on ``data`` at ``w + alpha * d`` for
+    each ``alpha``; ``output`` picks the scored tensor from a tuple/dict output (as in ``ber_sweep``).
 
     ``loss_fn(logits, y)`` returns a mean loss (default ``F.cross_entropy``); ``direction`` maps parameter
     names to tensors of their shapes (see :func:`random_direction`, :func:`bitflip_direction`). The model
     is evaluated in eval mode (BatchNorm with its running statistics) and handed back with its weights
     bit for bit as before and in the mode it came in, also when evaluation raises. Non-finite logits
-    count as wrong (the loss may then be inf/nan). Returns one row per alpha: ``alpha, loss, accuracy``."""
+    count as wrong (the loss may then be inf/nan). Returns one row per alpha: ``alpha, loss, <metric>``."""
+    m = resolve_metric(metric)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
@@ -145,7 +149,7 @@ def loss_slice(
     alphas = [float(a) for a in alphas]
     if not alphas or not all(math.isfinite(a) for a in alphas):
         raise ValueError("alphas must be a non-empty sequence of finite numbers")
-    batches = _batches(data)
+    batches = materialize(data, device=model_device(model))
     saved = {name: params[name].detach().clone() for name in direction}
     rows = []
     try:
@@ -153,13 +157,15 @@ def loss_slice(
             for a in alphas:
                 for name, d in direction.items():
                     params[name].copy_(saved[name] + a * d.to(saved[name]))
-                tot = hits = seen = 0.0
+                tot = 0.0
+                scores = []
                 for x, y in batches:
-                    out = model(x)
+                    out = pick(call(model, x), output)
                     tot += float(loss_fn(out, y)) * len(y)
-                    hits += int(correct(out, y).sum())
-                    seen += len(y)
-                rows.append({"alpha": a, "loss": tot / seen, "accuracy": hits / seen})
+                    scores.append(m.scores(out, y))
+                s = torch.cat(scores)
+                value = int(s.sum()) / len(s) if m.name in ("accuracy", "top5") else float(s.mean())
+                rows.append({"alpha": a, "loss": tot / len(s), m.name: value})
     finally:
         with torch.no_grad():
             for name, w in saved.items():

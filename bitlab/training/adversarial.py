@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..evaluate import Output, eval_mode, model_device, pick
 from ..evaluate import correct as predicted_right
-from ..evaluate import eval_mode, model_device
 from ..zoo.data import as_loader
 
 __all__ = ["fgsm", "pgd", "robust_accuracy", "pgd_adversary", "fgsm_adversary"]
@@ -117,6 +117,17 @@ def pgd(
         return x_adv.detach()
 
 
+class Picked(nn.Module):
+    """``model`` whose forward returns the tensor ``output`` picks (:func:`bitlab.evaluate.pick`)."""
+
+    def __init__(self, model: nn.Module, output: Output) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        return pick(self.model(*args, **kwargs), self.output)
+
+
 def robust_accuracy(
     model: nn.Module,
     data: Dataset | DataLoader,
@@ -128,10 +139,12 @@ def robust_accuracy(
     clamp: Clamp = (0.0, 1.0),
     batch_size: int = 256,
     seed: int = 0,
+    output: Output = None,
 ) -> float:
     """Fraction of ``data`` still classified correctly after the ``attack`` (``"pgd"`` or ``"fgsm"``) of
     radius ``eps``; NaN/Inf logits count as wrong. PGD's random starts come from a generator seeded with
-    ``seed``, so the result is deterministic. The model's mode is restored."""
+    ``seed``, so the result is deterministic. The model's mode is restored. ``output`` picks the logits
+    from a tuple/dict output; the inputs must be one tensor (the attack perturbs it)."""
     _check_eps(eps)
     _check_steps(steps)
     if attack not in ("pgd", "fgsm"):
@@ -139,15 +152,20 @@ def robust_accuracy(
     device = model_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     correct = seen = 0
+    scored = model if output is None else Picked(model, output)
     with eval_mode(model):
         for x, y in as_loader(data, batch_size):
+            if not isinstance(x, Tensor):
+                raise TypeError(
+                    f"data: robust_accuracy perturbs one input tensor per batch, got {type(x).__name__} inputs"
+                )
             x, y = x.to(device), y.to(device)
             if attack == "pgd":
-                x_adv = pgd(model, x, y, eps, steps, step_size, random_start, clamp, gen)
+                x_adv = pgd(scored, x, y, eps, steps, step_size, random_start, clamp, gen)
             else:
-                x_adv = fgsm(model, x, y, eps, clamp)
+                x_adv = fgsm(scored, x, y, eps, clamp)
             with torch.no_grad():
-                out = model(x_adv)
+                out = scored(x_adv)
             correct += int(predicted_right(out, y).sum())
             seen += len(y)
     if seen == 0:
