@@ -25,13 +25,16 @@ def accuracy_vs_ber(
     df: pd.DataFrame,
     hue: str | Sequence[str] | None = None,
     ax: plt.Axes | None = None,
-    value: str = "accuracy",
+    value: str | None = None,
     clean: Mapping[Any, float] | float | None = None,
     title: str | None = None,
 ) -> plt.Axes:
-    """Mean accuracy against bit error rate (log axis) with a 95% confidence band per ``hue``
-    group (e.g. ``"codec"``, ``"model"`` or ``["format", "codec"]``); BER 0 is left out of the log axis.
-    ``clean`` draws the fault-free accuracy as a dotted line (one number, or one per hue value)."""
+    """Mean accuracy (or ``value``: default the frame's metric, ``df.attrs["metric"]``) against bit error
+    rate (log axis) with a 95% confidence band per ``hue`` group (e.g. ``"codec"``, ``"model"`` or
+    ``["format", "codec"]``); BER 0 is left out of the log axis. ``clean`` draws the fault-free value
+    as a dotted line (one number, or one per hue value)."""
+    if value is None:
+        value = str(df.attrs.get("metric", "accuracy"))
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     hues = [] if hue is None else ([hue] if isinstance(hue, str) else list(hue))
