@@ -4,37 +4,34 @@ quadratic model behind Hessian-aware training (Pranto et al. 2025)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .products import Data, HessianOperator, LossFn, Vec, batch_mean, eval_mode
+from .products import Data, HessianOperator, LossFn, Vec, eval_mode, sized_mean
 
 __all__ = ["flip_loss_prediction"]
 
 
-def _mean_loss(model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """The size-weighted mean of the batch losses (the loss the Hessian operator differentiates)."""
-    device = next(model.parameters()).device
+def _mean_loss(op: HessianOperator) -> float:
+    """The size-weighted mean of the batch losses over ``op``'s data (the loss the operator differentiates)."""
 
-    def loss(x: Tensor, y: Tensor) -> Vec:
-        return [loss_fn(model(x.to(device)), y.to(device)).detach().to(device="cpu", dtype=torch.float64)]
+    def loss(batch: object) -> Vec:
+        return [op.batch_loss(batch).detach().to(device="cpu", dtype=torch.float64)]
 
-    return float(batch_mean(data, loss)[0])
+    with torch.no_grad():
+        return float(sized_mean(op.batches, loss, op.loss.pairs)[0])
 
 
 def _mean_grad(op: HessianOperator) -> Tensor:
     """The flat float64 gradient of the mean loss over ``op``'s data (size-weighted, as the operator)."""
 
-    def batch_grad(x: Tensor, y: Tensor) -> Vec:
-        loss = op.loss_fn(op.model(x.to(op.device)), y.to(op.device))
-        gs = torch.autograd.grad(loss, op.params, allow_unused=True)
+    def batch_grad(batch: object) -> Vec:
+        gs = op.gradient(batch, create_graph=False)
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, op.params)])
         return [flat.detach().to(device="cpu", dtype=torch.float64)]
 
-    return batch_mean(op.batches, batch_grad)[0]
+    return sized_mean(op.batches, batch_grad, op.loss.pairs)[0]
 
 
 def flip_loss_prediction(
@@ -51,7 +48,11 @@ def flip_loss_prediction(
     Returns a copy of ``flips`` with ``value, delta, grad, curvature, first_order, second_order, predicted``
     and, if ``observed``, ``observed`` = L(w + delta e_i) - L(w) measured with the weight set (restored
     bit for bit afterwards, also on an exception). The expansion is only meaningful for small ``delta``;
-    non-finite ``flipped`` values give non-finite predictions."""
+    non-finite ``flipped`` values give non-finite predictions. ``flipped`` is rounded to the parameter's
+    stored dtype first (the value the weight can take). ``loss_fn`` and ``data`` take the forms of
+    :class:`~.products.HessianOperator` (``(outputs, targets)`` or ``batch_loss(fn)``); forwards run under
+    the math attention kernel, and a float16/bfloat16 model is evaluated on its float32 copy (the weight
+    set there), so ``observed`` and ``predicted`` describe the same function."""
     if not isinstance(flips, pd.DataFrame):
         raise TypeError(
             f"flips must be a pandas DataFrame with columns param, index, flipped, got {type(flips).__name__}"
@@ -69,6 +70,7 @@ def flip_loss_prediction(
             out[c] = pd.Series(dtype="float64")
         return out
     names = list(dict.fromkeys(out["param"].tolist()))
+    stored = {n: p.dtype for n, p in model.named_parameters()}
     named = dict(model.named_parameters())
     unknown = [n for n in names if n not in named]
     if unknown:
@@ -91,9 +93,11 @@ def flip_loss_prediction(
             e = torch.zeros(op.n, dtype=torch.float64)
             e[j] = 1.0
             diag[j] = float(op(e)[j])
-        flat_values = torch.cat([p.detach().reshape(-1) for p in op.params])
-        value = flat_values[flat_pos].to(torch.float64)
-        delta = torch.tensor(out["flipped"].to_numpy(dtype="float64")) - value
+        flat_values = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in op.params])
+        value = flat_values[flat_pos]
+        as_stored = zip(out["param"], out["flipped"])
+        flipped = [float(torch.tensor(float(f), dtype=torch.float64).to(stored[n])) for n, f in as_stored]
+        delta = torch.tensor(flipped, dtype=torch.float64) - value
         g = grad[flat_pos]
         h = torch.tensor([diag[j] for j in flat_pos.tolist()], dtype=torch.float64)
         out["value"] = value.numpy()
@@ -104,15 +108,16 @@ def flip_loss_prediction(
         out["second_order"] = (0.5 * h * delta**2).numpy()
         out["predicted"] = out["first_order"] + out["second_order"]
         if observed:
+            work = dict(op.model.named_parameters())
             with torch.no_grad():
-                base = _mean_loss(model, loss_fn, op.batches)
+                base = _mean_loss(op)
                 changes = []
-                for n, i, new in zip(out["param"], out["index"], out["flipped"]):
-                    w = named[n].data.view(-1)
+                for n, i, new in zip(out["param"], out["index"], flipped):
+                    w = work[n].data.view(-1)
                     old = w[int(i)].clone()
                     try:
-                        w[int(i)] = float(new)
-                        changes.append(_mean_loss(model, loss_fn, op.batches) - base)
+                        w[int(i)] = new
+                        changes.append(_mean_loss(op) - base)
                     finally:
                         w[int(i)] = old
             out["observed"] = changes

@@ -1,24 +1,36 @@
 """The Hessian-vector product of the mean loss by double backprop, ``H v = d/dtheta (grad L(theta) . v)``
 (Pearlmutter 1994), over one batch or a whole data set, with the parameter selection and train-mode guard.
 
-Conventions. ``loss_fn(output, y)`` returns the *mean* loss of a batch (``F.cross_entropy``); over a
-data set the Hessian is the size-weighted average of the batch Hessians (:func:`batch_mean`), i.e. the
-Hessian of the mean loss over all examples. ``params`` selects the parameters the Hessian is taken over:
-``None`` (every trainable parameter), a name glob (``"3.*"``, ``"fc*"``), a list of names/globs, or a
-predicate ``(name, param) -> bool``; the others are held fixed, so a selection gives a diagonal block of
-``H``. Vectors are lists of tensors shaped like the selected parameters (:func:`flatten` /
-:func:`unflatten` convert).
+Conventions. The loss is ``loss_fn(outputs, targets)`` on ``(inputs, targets)`` batches (``F.cross_entropy``;
+inputs a tensor, a tuple of tensors or a dict of keyword arguments) or ``batch_loss(fn)`` with ``fn(model,
+batch)`` on batches of any structure (:mod:`.losses`); either returns the *mean* loss of a batch, and
+batches are moved to the model's device. Over a data set the Hessian is the size-weighted average of the
+batch Hessians (:func:`sized_mean`), i.e. the Hessian of the mean loss over all examples. ``params`` selects
+the parameters the Hessian is taken over: ``None`` (every trainable parameter), a name glob (``"3.*"``,
+``"fc*"``), a list of names/globs, or a predicate ``(name, param) -> bool``; the others are held fixed, so a
+selection gives a diagonal block of ``H``. Vectors are lists of tensors shaped like the selected parameters
+(:func:`flatten` / :func:`unflatten` convert).
 
 Modes. The Hessian of a model in train mode with BatchNorm (batch statistics, running-stat updates) or
 Dropout (random masks) is not the Hessian of the deployed model. With ``mode="check"`` (the default)
 such a model raises a ValueError asking for ``model.eval()``; ``mode="eval"`` switches to eval mode for
 the computation and restores every module's previous mode afterwards (:func:`eval_mode`).
+
+Kernels and precision. Every forward pass runs under ``sdpa_kernel(SDPBackend.MATH)``
+(:func:`~.kernels.double_backward`): the fused attention kernels of ``nn.MultiheadAttention`` /
+``nn.TransformerEncoderLayer`` have no double backward, the math kernel has; an op that still has none
+raises a RuntimeError naming the module that recorded it (:func:`~.kernels.explain`). A model with
+float16/bfloat16 parameters is differentiated on a float32 copy (an exact upcast; floating inputs cast
+too), so the products are those of the float32 model at the same weights and the model is not touched;
+the vectors then come back in float32.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import evaluate
 from ..params import ParamSelection, select_params
-from ..zoo.data import as_loader
+from .kernels import double_backward, explain, is_double_backward_error
+from .losses import BatchLoss, as_batch_loss, data_batches, iter_sized, to_device
 
 __all__ = [
     "MODES",
@@ -40,13 +53,15 @@ __all__ = [
     "flatten",
     "hessian_params",
     "hvp",
+    "sized_mean",
     "unflatten",
     "unflatten_batched",
 ]
 
 Vec = list[Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-Data = Dataset | DataLoader | tuple[Tensor, Tensor] | list[Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor] | BatchLoss
+Data = Dataset | DataLoader | tuple[Any, ...] | list[Any] | dict[str, Any]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 MODES = ("check", "eval")
 
 
@@ -124,32 +139,30 @@ def eval_mode(model: nn.Module, mode: str = "check") -> Iterator[nn.Module]:
         yield model
 
 
-def batches(data: Data) -> list[tuple[Tensor, Tensor]] | DataLoader:
-    """``data`` as an iterable of ``(x, y)`` batches: a one-element list for a batch ``(x, y)``, else a
-    DataLoader (a Dataset is loaded in batches of 1024)."""
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
-            raise TypeError("data: expected a batch (x, y) of two tensors, a Dataset or a DataLoader")
-        if len(data[0]) == 0:
-            raise ValueError("data: the batch (x, y) is empty")
-        return [(data[0], data[1])]
-    return as_loader(data, batch_size=1024)
+def batches(data: Data) -> list[Any] | DataLoader:
+    """``data`` as an iterable of ``(inputs, targets)`` batches (:func:`~.losses.data_batches`): one batch
+    ``(x, y)``, a list of batches, or a Dataset/DataLoader (a Dataset is loaded in batches of 1024)."""
+    return data_batches(data, pairs=True)
 
 
-def batch_mean(data: Iterable[tuple[Tensor, Tensor]], fn: Callable[[Tensor, Tensor], Vec]) -> Vec:
-    """The size-weighted mean over the batches ``(x, y)`` of ``fn(x, y)`` (a list of tensors):
-    ``sum_b |b| fn(b) / sum_b |b|``, the data-set value of a per-batch mean (loss, gradient, ``H v``).
-    Empty data raises ValueError."""
+def sized_mean(data: Iterable[Any], fn: Callable[[Any], Vec], pairs: bool = True) -> Vec:
+    """The size-weighted mean over the batches of ``fn(batch)`` (a list of tensors): ``sum_b |b| fn(b) /
+    sum_b |b|``, the data-set value of a per-batch mean (loss, gradient, ``H v``); ``|b|`` is
+    :func:`~.losses.batch_size`. Empty data raises ValueError."""
     total: Vec | None = None
     seen = 0
-    for x, y in data:
-        size = len(y)
-        part = fn(x, y)
+    for batch, size in iter_sized(data, pairs):
+        part = fn(batch)
         total = [t * size for t in part] if total is None else [t + u * size for t, u in zip(total, part)]
         seen += size
     if total is None or not seen:
         raise ValueError("data must not be empty")
     return [t / seen for t in total]
+
+
+def batch_mean(data: Iterable[tuple[Tensor, Tensor]], fn: Callable[[Tensor, Tensor], Vec]) -> Vec:
+    """:func:`sized_mean` over ``(x, y)`` batches of ``fn(x, y)``, weighted by ``len(y)``."""
+    return sized_mean(data, lambda b: fn(b[0], b[1]), pairs=True)
 
 
 # --------------------------------------------------------------------------------------------- operator
@@ -160,25 +173,51 @@ class HessianOperator:
     (``n_hvp``). For a single batch the gradient graph is built once and reused (``retain_graph``)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data, params: ParamSelection = None):
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be a callable (output, y) -> scalar loss, got {type(loss_fn).__name__}")
-        self.model, self.loss_fn = model, loss_fn
+        self.loss = as_batch_loss(loss_fn)
+        self.loss_fn = loss_fn
+        self.original = model
+        self.cast: torch.dtype | None = None
+        if any(p.dtype in LOW_PRECISION for p in model.parameters()):
+            # differentiate a float32 copy: half-precision double backprop loses most of the digits
+            model, self.cast = copy.deepcopy(model).float(), torch.float32
+        self.model = model
         self.named = hessian_params(model, params)
         self.params = [p for _, p in self.named]
         self.n = sum(p.numel() for p in self.params)
         self.device = self.params[0].device
-        self.batches = batches(data)
+        self.batches = data_batches(data, self.loss.pairs)
         self.n_hvp = 0
         self._vmap_ok = True
+        self._batch: Any = None
         self._grads: list[Tensor | None] | None = None
-        if isinstance(self.batches, list):
-            self._grads = self._grad_graph(*self.batches[0])
+        if isinstance(self.batches, list) and len(self.batches) == 1:
+            self._grads = self._grad_graph(self.batches[0])
 
-    def _grad_graph(self, x: Tensor, y: Tensor) -> list[Tensor | None]:
-        loss = self.loss_fn(self.model(x.to(self.device)), y.to(self.device))
-        if loss.ndim != 0:
-            raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {tuple(loss.shape)}")
-        return list(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True))
+    def prepare(self, batch: Any) -> Any:
+        """``batch`` on the model's device (floating tensors cast to float32 for a low-precision model)."""
+        return to_device(batch, self.device, self.cast)
+
+    def batch_loss(self, batch: Any) -> Tensor:
+        """The loss of one batch, its forward under the math attention kernel (a double backward)."""
+        with double_backward():
+            return self.loss(self.model, self.prepare(batch))
+
+    def gradient(self, batch: Any, create_graph: bool) -> list[Tensor | None]:
+        """The gradient of one batch's loss; a missing double backward is explained by module name."""
+        loss = self.batch_loss(batch)
+        try:
+            return list(torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True))
+        except RuntimeError as err:
+            raise self._explained(err, batch) from err
+
+    def _explained(self, err: RuntimeError, batch: Any) -> RuntimeError:
+        if not is_double_backward_error(err):
+            return err
+        return explain(err, self.model, lambda: self.batch_loss(batch))
+
+    def _grad_graph(self, batch: Any) -> list[Tensor | None]:
+        self._batch = batch
+        return self.gradient(batch, create_graph=True)
 
     def _product(self, grads: list[Tensor | None], vecs: Vec, retain: bool, columns: int | None) -> Vec:
         """``H v`` on one gradient graph by double backprop: ``vecs`` shaped like the parameters, or with
@@ -188,14 +227,17 @@ class HessianOperator:
         live = [(g, v) for g, v in zip(grads, vecs) if g is not None and g.requires_grad]
         hv: Sequence[Tensor | None] = [None] * len(self.params)
         if live:
-            hv = torch.autograd.grad(
-                [g for g, _ in live],
-                self.params,
-                grad_outputs=[v for _, v in live],
-                retain_graph=retain,
-                allow_unused=True,
-                is_grads_batched=columns is not None,
-            )
+            try:
+                hv = torch.autograd.grad(
+                    [g for g, _ in live],
+                    self.params,
+                    grad_outputs=[v for _, v in live],
+                    retain_graph=retain,
+                    allow_unused=True,
+                    is_grads_batched=columns is not None,
+                )
+            except RuntimeError as err:
+                raise self._explained(err, self._batch) from err
         return [
             h.detach()
             if h is not None
@@ -210,8 +252,10 @@ class HessianOperator:
         mean over the batches (one graph each)."""
         if self._grads is not None:
             return self._product(self._grads, vecs, retain=True, columns=columns)
-        return batch_mean(
-            self.batches, lambda x, y: self._product(self._grad_graph(x, y), vecs, retain=False, columns=columns)
+        return sized_mean(
+            self.batches,
+            lambda b: self._product(self._grad_graph(b), vecs, retain=False, columns=columns),
+            self.loss.pairs,
         )
 
     def vec(self, vec: Vec) -> Vec:
@@ -275,7 +319,9 @@ def hvp(
 ) -> Vec | Tensor:
     """Hessian-vector product ``H v`` of the mean loss by double backprop (Pearlmutter 1994).
 
-    ``data`` is one batch ``(x, y)`` or a Dataset/DataLoader (the batch Hessians weighted by batch size).
+    ``loss_fn`` is ``loss_fn(outputs, targets)`` or ``batch_loss(fn)`` (module docstring); ``data`` is one
+    batch ``(x, y)``, a list of batches or a Dataset/DataLoader (the batch Hessians weighted by batch size).
+    The forward runs under ``sdpa_kernel(SDPBackend.MATH)`` (double backward through attention).
     ``vec`` is a list of tensors shaped like the selected ``params`` (returns the same), or a flat vector
     (returns a flat vector)."""
     with eval_mode(model, mode):

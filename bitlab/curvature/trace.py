@@ -1,6 +1,11 @@
 """Stochastic estimates of the Hessian trace: Hutchinson's ``Tr(H) = E[z^T H z]`` with Rademacher ``z``
 (Hutchinson 1989), Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1), and the differentiable
-Hutchinson penalty of Hessian-aware training, ``loss + lambda * Tr(H)`` (Pranto et al. 2025)."""
+Hutchinson penalty of Hessian-aware training, ``loss + lambda * Tr(H)`` (Pranto et al. 2025).
+
+The estimators take ``loss_fn(outputs, targets)`` or ``batch_loss(fn)`` and run their forwards under the math
+attention kernel (:mod:`.kernels`), so they work on stock Transformer layers. :func:`trace_penalty` gets a
+loss already computed: compute it inside ``with bl.hessian.double_backward():`` for a model with attention
+(:func:`hessian_regularizer` does so itself)."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from torch import Tensor, nn
 
 from ..params import ParamSelection
 from ..validate import check_int
+from .kernels import double_backward, explain, is_double_backward_error
+from .losses import as_batch_loss, to_device
 from .probes import check_generator, rademacher
-from .products import Data, HessianOperator, LossFn, eval_mode, hessian_params
+from .products import LOW_PRECISION, Data, HessianOperator, LossFn, eval_mode, hessian_params
 
 __all__ = ["TraceEstimate", "hessian_regularizer", "hutchinson_trace", "hutchpp_trace", "trace_penalty"]
 
@@ -121,8 +128,10 @@ def trace_penalty(
     """Differentiable Hutchinson estimate of ``Tr(H)`` of ``loss`` (Pranto et al. 2025: minimize
     ``loss + lambda * Tr(H)``): ``(1/m) sum_i z_i^T H z_i`` with Rademacher ``z_i``, each ``H z_i`` by double
     backprop with ``create_graph=True``, so the result can be back-propagated (third-order terms included).
-    ``loss`` must have been computed from the model's parameters with a graph. Its expectation over the
-    probes is ``Tr(H)``."""
+    ``loss`` must have been computed from the model's parameters with a graph, for a model with attention
+    under ``with bl.hessian.double_backward():`` (``sdpa_kernel(SDPBackend.MATH)``; the default fused
+    kernels have no double backward, and the RuntimeError then says so). Its expectation over the probes is
+    ``Tr(H)``. Float16/bfloat16 parameters are refused by name (train in float32, e.g. under autocast)."""
     check_int("n_probes", n_probes, 1)
     generator = check_generator(generator)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
@@ -132,7 +141,24 @@ def trace_penalty(
         )
     if not loss.requires_grad:
         raise ValueError("loss does not require grad: compute it from the model's parameters, with grad enabled")
-    ps = [p for _, p in hessian_params(model, params)]
+    named = hessian_params(model, params)
+    low = [n for n, p in named if p.dtype in LOW_PRECISION]
+    if low:
+        raise ValueError(
+            f"params: {low[:5]} are {named[0][1].dtype if len(low) == len(named) else 'float16/bfloat16'}; "
+            "trace_penalty differentiates the training loss twice in the parameters' own dtype, which half "
+            "precision cannot carry: keep the parameters in float32 (mixed precision: torch.autocast)"
+        )
+    ps = [p for _, p in named]
+    try:
+        return _penalty(loss, ps, n_probes, generator)
+    except RuntimeError as err:
+        if not is_double_backward_error(err):
+            raise
+        raise explain(err) from err
+
+
+def _penalty(loss: Tensor, ps: list[nn.Parameter], n_probes: int, generator: torch.Generator | None) -> Tensor:
     grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
     pairs = [(g, p) for g, p in zip(grads, ps) if g is not None and g.requires_grad]
     total = loss.new_zeros(())
@@ -151,16 +177,22 @@ def hessian_regularizer(
     lam: float, params: ParamSelection = None, n_probes: int = 1, seed: int = 0, loss_fn: LossFn | None = None
 ) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     """A ``regularizer(model, x, y) -> lam * Tr(H)`` for :func:`bitlab.training.fit` (Pranto et al. 2025),
-    with ``Tr(H)`` of ``loss_fn(model(x), y)`` (cross-entropy by default) estimated by :func:`trace_penalty`
-    from its own generator seeded with ``seed`` (fresh probes each call). ``params`` restricts the penalty,
-    e.g. to the last layers (``params="3.*"``)."""
+    with ``Tr(H)`` of ``loss_fn(model(x), y)`` (cross-entropy by default; or a ``batch_loss(fn)``, called as
+    ``fn(model, (x, y))``; ``x`` may be a tensor, tuple or dict of inputs) estimated by :func:`trace_penalty`
+    from its own generator seeded with ``seed`` (fresh probes each call). The forward runs under the math
+    attention kernel (:func:`~.kernels.double_backward`), so stock Transformer layers work. ``params``
+    restricts the penalty, e.g. to the last layers (``params="3.*"``)."""
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam!r}")
     check_int("n_probes", n_probes, 1)
-    loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+    loss = as_batch_loss(loss_fn if loss_fn is not None else nn.functional.cross_entropy)
     gen = torch.Generator().manual_seed(seed)
 
     def regularizer(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return lam * trace_penalty(model, loss_fn(model(x), y), params=params, n_probes=n_probes, generator=gen)
+        p = next(model.parameters(), None)
+        batch = (x, y) if p is None else to_device((x, y), p.device)
+        with double_backward():
+            value = loss(model, batch)
+        return lam * trace_penalty(model, value, params=params, n_probes=n_probes, generator=gen)
 
     return regularizer
