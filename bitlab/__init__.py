@@ -3,7 +3,7 @@
 A small, readable library behind a notebook series that reproduces five papers on bit-flip faults in
 DNN parameters and activations. The layout follows the pipeline::
 
-    formats -> codecs -> faults (params) -> inject -> evaluate -> campaigns
+    formats -> codecs -> faults (params) -> inject -> evaluate (metrics) -> campaigns
                                                       training, curvature, zoo on the side
 
 The pipeline's own names (formats, fault models, codecs, ``corrupted``) load with ``import bitlab``;
@@ -34,6 +34,7 @@ from .inject import corrupted, corrupted_activations
 #: attribute name -> submodule (relative to ``bitlab``), imported on first access
 _SUBMODULES: dict[str, str] = {
     "evaluate": "evaluate",
+    "metrics": "metrics",
     "campaigns": "campaigns",
     "curvature": "curvature",
     "training": "training",
@@ -78,6 +79,8 @@ _OLD_PATHS: dict[str, str] = {
 #: function or class name -> submodule it is re-exported from, imported on first access
 _LAZY: dict[str, str] = {
     "accuracy": "evaluate",
+    "score": "evaluate",
+    "Metric": "metrics",
     "fit": "training.loop",
     "ber_sweep": "campaigns.sweep",
     "summarize": "campaigns.sweep",

@@ -82,14 +82,17 @@ def model_device(model: nn.Module) -> torch.device:
     return device
 
 
-def to_device(obj: object, device: torch.device | str) -> object:
-    """``obj`` with every tensor in it (nested in tuples, lists and dicts) moved to ``device``."""
+def to_device(obj: object, device: torch.device | str, dtype: torch.dtype | None = None) -> object:
+    """``obj`` with every tensor in it (nested in tuples, lists and dicts) moved to ``device``; with
+    ``dtype``, floating tensors are cast to it as well."""
     if isinstance(obj, Tensor):
+        if dtype is not None and obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype)
         return obj.to(device)
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, dtype) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        moved = [to_device(v, device) for v in obj]
+        moved = [to_device(v, device, dtype) for v in obj]
         return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # type: ignore[arg-type]
     return obj
 

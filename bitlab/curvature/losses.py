@@ -1,7 +1,7 @@
 """The two forms of loss the curvature estimators take, and the batches they are evaluated on.
 
 * ``loss_fn(outputs, targets) -> scalar`` (e.g. ``F.cross_entropy``): every batch is a pair
-  ``(inputs, targets)`` and the model is called on the inputs (:func:`model_forward`: a dict is passed as
+  ``(inputs, targets)`` and the model is called on the inputs (:func:`bitlab.evaluate.call`: a dict is passed as
   keyword arguments, ``model(**x)``; a tuple or list as positional arguments, ``model(*x)``; anything else
   as ``model(x)``).
 * ``batch_loss(fn)`` with ``fn(model, batch) -> scalar``: ``fn`` calls the model itself, on a batch of any
@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..evaluate import call
 from ..zoo.data import as_loader
 
 __all__ = [
@@ -34,9 +34,7 @@ __all__ = [
     "batch_size",
     "data_batches",
     "iter_sized",
-    "model_forward",
     "scalar_loss",
-    "to_device",
 ]
 
 FORMS = (
@@ -83,7 +81,7 @@ def batch_loss(fn: Callable[[nn.Module, Any], Tensor]) -> BatchLoss:
 
 def as_batch_loss(loss_fn: object) -> BatchLoss:
     """``loss_fn`` as a :class:`BatchLoss`: itself if made by :func:`batch_loss`, else a plain
-    ``loss_fn(outputs, targets)`` applied to ``(model_forward(model, inputs), targets)``."""
+    ``loss_fn(outputs, targets)`` applied to ``(call(model, inputs), targets)``."""
     if isinstance(loss_fn, BatchLoss):
         return loss_fn
     _check_arity("loss_fn", loss_fn, "loss_fn(outputs, targets) -> scalar")
@@ -91,7 +89,7 @@ def as_batch_loss(loss_fn: object) -> BatchLoss:
 
     def pair_loss(model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
-        return fn(model_forward(model, inputs), targets)  # type: ignore[operator]
+        return fn(call(model, inputs), targets)  # type: ignore[operator]
 
     return BatchLoss(pair_loss, pairs=True)
 
@@ -105,29 +103,6 @@ def scalar_loss(loss: object) -> Tensor:
             f"use reduction='mean'. Allowed forms: {FORMS}"
         )
     return loss
-
-
-def model_forward(model: nn.Module, inputs: object) -> Any:
-    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def to_device(obj: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``; with ``dtype``, floating
-    tensors are cast to it as well."""
-    if isinstance(obj, Tensor):
-        if dtype is not None and obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype)
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device, dtype) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device, dtype) for v in obj)
-    return obj
 
 
 def _first_tensor(obj: Any) -> Tensor | None:

@@ -37,9 +37,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import evaluate
+from ..evaluate import to_device
 from ..params import ParamSelection, select_params
 from .kernels import double_backward, explain, is_double_backward_error
-from .losses import BatchLoss, as_batch_loss, data_batches, iter_sized, to_device
+from .losses import BatchLoss, as_batch_loss, data_batches, iter_sized
 
 __all__ = [
     "MODES",

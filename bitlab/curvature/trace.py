@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..evaluate import to_device
 from ..params import ParamSelection
 from ..validate import check_int
 from .kernels import double_backward, explain, is_double_backward_error
-from .losses import as_batch_loss, to_device
+from .losses import as_batch_loss
 from .probes import check_generator, rademacher
 from .products import LOW_PRECISION, Data, HessianOperator, LossFn, eval_mode, hessian_params
 
