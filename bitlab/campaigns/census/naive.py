@@ -10,11 +10,11 @@ from torch import nn
 from ...codecs.base import Codec, Identity
 from ...evaluate import batch_accuracy, materialize
 from ...faults import BitErrorRate, SingleBitFlip
-from ...formats import FP32, BitSelection, Format, resolve_bits
+from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
-from .plan import weight_plan
+from .plan import census_format, weight_plan
 
 __all__ = ["naive_bit_census"]
 
@@ -22,7 +22,7 @@ __all__ = ["naive_bit_census"]
 def naive_bit_census(
     model: nn.Module,
     data: object,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     bits: BitSelection = "all",
     params: ParamSelection = None,
     n_weights: int | None = None,
@@ -35,10 +35,12 @@ def naive_bit_census(
     Returns one row per (param, index, bit): ``value`` (the stored weight), ``flipped`` (what it reads
     back as), ``accuracy`` and ``rad`` = (acc_clean - acc_flipped) / acc_clean, the relative accuracy
     drop of Pranto et al. 2025. ``n_weights`` samples that many weights per parameter (without
-    replacement, seeded) instead of all of them. ``acc_clean`` is the fault-free accuracy in ``fmt``.
+    replacement, seeded) instead of all of them. ``acc_clean`` is the fault-free accuracy in ``fmt``;
+    ``fmt=None``: each parameter's own dtype (FP32, FP16 or BF16, see :func:`~.plan.census_format`).
     """
     codec = Identity() if codec is None else codec
     chosen = select_params(model, params)
+    fmt = census_format(chosen, fmt)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data)
     store = Store(model, fmt, codec, params)
