@@ -55,8 +55,10 @@ How (for models that are an ``nn.Sequential`` chain, nested ones included), one 
    bit-identical to the clean run (same kernel, same shapes, the changed term is an exact zero),
    so samples that never touch the weight keep their clean outcome.
 
-A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm) takes the exact path
-(3c, 3e) for every flip ("packed exact"); a parameter of any other module of a Sequential reruns the
+A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm), or whose chain is not
+float32 arithmetic on the CPU (float16/bfloat16 models flipped in FP16/BF16, a GPU: named per
+parameter in ``attrs["uncertified"]``), takes the exact path (3c, 3e) for every flip ("packed
+exact"), in the model's own dtype and on its device; a parameter of any other module of a Sequential reruns the
 network from its module on the cached input ("suffix rerun"); any other model (not a Sequential)
 runs the full forward per flip ("full forward"), like the naive loop but without its per-flip
 bookkeeping. Codecs whose check spans several words (one flip changes several weights) are

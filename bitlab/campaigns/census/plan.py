@@ -78,7 +78,8 @@ def flipped_values(orig: Tensor, idx: Tensor, positions: tuple[int, ...], fmt: F
     state = codec.fit(orig.detach(), fmt)
     sub = subset_state(state, idx, flat.numel())
     words = codec.encode(flat[idx], fmt, sub)
-    masks = torch.ones(len(positions), dtype=torch.int64).bitwise_left_shift(torch.tensor(positions, dtype=torch.int64))
+    shifts = torch.tensor(positions, dtype=torch.int64, device=words.device)  # on the weights' device
+    masks = torch.ones_like(shifts).bitwise_left_shift(shifts)
     faulty = words[:, None] ^ masks[None, :]
     sub_rep = subset_state(state, idx.repeat_interleave(len(positions)), flat.numel())
     out = codec.decode(faulty.reshape(-1), fmt, sub_rep).to(orig.dtype)
