@@ -55,8 +55,10 @@ How (for models that are an ``nn.Sequential`` chain, nested ones included), one 
    bit-identical to the clean run (same kernel, same shapes, the changed term is an exact zero),
    so samples that never touch the weight keep their clean outcome.
 
-A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm) takes the exact path
-(3c, 3e) for every flip ("packed exact"); a parameter of any other module of a Sequential reruns the
+A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm), or whose chain is not
+float32 arithmetic on the CPU (float16/bfloat16 models flipped in FP16/BF16, a GPU: named per
+parameter in ``attrs["uncertified"]``), takes the exact path (3c, 3e) for every flip ("packed
+exact"), in the model's own dtype and on its device; a parameter of any other module of a Sequential reruns the
 network from its module on the cached input ("suffix rerun"); any other model (not a Sequential)
 runs the full forward per flip ("full forward"), like the naive loop but without its per-flip
 bookkeeping. Codecs whose check spans several words (one flip changes several weights) are
@@ -91,7 +93,7 @@ from tqdm import tqdm
 from ...codecs.base import Codec, Identity
 from ...evaluate import Batches, Output, eval_mode, materialize, model_device
 from ...faults import BitErrorRate
-from ...formats import FP32, BitSelection, Format, resolve_bits
+from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...metrics import METRICS, Metric, MetricSpec, resolve_metric
 from ...params import ParamSelection, select_params
@@ -104,9 +106,9 @@ from .cost import ScreenChoice
 from .exact import exact_packed, packable, recompute_one
 from .layers import chain_layers, owner
 from .naive import naive_bit_census
-from .plan import flipped_values, weight_plan
+from .plan import census_format, flipped_values, weight_plan
 from .rounding import fan_in
-from .screen import certifiable
+from .screen import certifiable, uncertified_reason
 
 __all__ = ["bit_census", "count_above"]
 
@@ -151,6 +153,7 @@ class _Run:
         default_factory=lambda: dict(certified=0, rechecked=0, recomputed=0, from_checkpoint=0)
     )
     n_new: int = 0
+    uncertified: dict[str, str] = field(default_factory=dict)  # parameter -> why the bounds do not cover it
 
 
 def _check_batch_flips(batch_flips: object) -> int:
@@ -162,7 +165,7 @@ def _check_batch_flips(batch_flips: object) -> int:
 def bit_census(
     model: nn.Module,
     data: object,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     bits: BitSelection = "all",
     params: ParamSelection = None,
     n_weights: int | None = None,
@@ -183,8 +186,12 @@ def bit_census(
     flips computed by this call: ``certified`` by bounds (``rechecked`` of them from the next
     layer's exact input), ``recomputed`` exactly, and ``from_checkpoint``; ``attrs["paths"]``, the
     path each parameter took ("bounds", "packed exact", "suffix rerun", "full forward" or "naive
-    loop", see the module docstring). ``n_weights`` samples that many weights per parameter (same
-    draw as the naive census for the same ``seed``).
+    loop", see the module docstring); ``attrs["uncertified"]``, for the parameters of a chain the
+    bounds cannot cover because of their dtype or device (float16/bfloat16 arithmetic, a GPU), why,
+    by name: their flips are recomputed exactly, in the model's own dtype and on its device.
+    ``fmt``: the format each weight is flipped in; None (the default) is the parameters' own dtype
+    (FP32, FP16 or BF16, :func:`~.plan.census_format`). ``n_weights`` samples that many weights per
+    parameter (same draw as the naive census for the same ``seed``).
     ``checkpoint``: a file where finished chunks are saved; a rerun with the same arguments skips
     them (an interrupted census resumed gives the same frame as one run straight through).
     ``batch_flips``: flips evaluated together (memory vs. speed). ``on_chunk(n_done)`` is called
@@ -197,12 +204,13 @@ def bit_census(
     batch_flips = _check_batch_flips(batch_flips)
     codec = Identity() if codec is None else codec
     m = resolve_metric(metric)
+    chosen = select_params(model, params)
+    fmt = census_format(chosen, fmt)
     given = materialize(data, device=model_device(model))
     why = _no_shortcut(codec, m, output, given)
     if why:
         return _naive(model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why)
     batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
-    chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     plan = weight_plan(chosen, n_weights, seed)
     ckpt = None
@@ -234,6 +242,7 @@ def bit_census(
     df = _frame(jobs, plan, positions, values, flipped, done, acc_clean)
     df.attrs["stats"] = dict(run.stats)
     df.attrs["paths"] = {job.name: job.path for job in jobs}
+    df.attrs["uncertified"] = dict(run.uncertified)
     return df
 
 
@@ -281,6 +290,7 @@ def _naive(
     df.attrs["note"] = f"recomputed exactly by the naive loop ({why})"
     df.attrs["stats"] = dict(certified=0, rechecked=0, recomputed=len(df), from_checkpoint=0)
     df.attrs["paths"] = {name: NAIVE_LOOP for name in dict.fromkeys(df["param"])} if len(df) else {}
+    df.attrs["uncertified"] = {}
     return df
 
 
@@ -297,6 +307,9 @@ def _plan_param(
         return _Param(name, p, FULL_FORWARD, 0, "", flip_index, flipped.reshape(-1), order, step)
     l, attr = where
     path = BOUNDS if certifiable(clean, l, attr) else PACKED_EXACT if packable(clean, l, attr) else SUFFIX_RERUN
+    why = uncertified_reason(clean, l)
+    if path != BOUNDS and why is not None:  # float16/bfloat16 or a GPU: recomputed exactly, said by name
+        run.uncertified[name] = why
     if packable(clean, l, attr):  # interleave output channels, so that a chunk's flips share layer calls
         fan = 1 if attr == "bias" else fan_in(clean.layers[l])
         n_ch = clean.acts[l + 1].shape[1]
@@ -376,8 +389,8 @@ def _frame(
                     "param": [name] * len(acc),
                     "index": idx.repeat_interleave(nb).numpy(),
                     "bit": np.tile(np.asarray(positions, dtype=np.int64), len(idx)),
-                    "value": values[name].double().repeat_interleave(nb).numpy(),
-                    "flipped": flipped[name].double().reshape(-1).numpy(),
+                    "value": values[name].double().cpu().repeat_interleave(nb).numpy(),
+                    "flipped": flipped[name].double().cpu().reshape(-1).numpy(),
                     "accuracy": acc,
                     "rad": rad,
                 }

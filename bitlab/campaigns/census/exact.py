@@ -115,7 +115,8 @@ def _settle(
     ks = [k for pack, _ in pending for k in pack]
     z = torch.cat([z for _, z in pending])
     first: dict[tuple[int, bytes], int] = {}
-    same = [first.setdefault((ch[k], z[j].numpy().tobytes()), j) for j, k in enumerate(ks)]
+    raw = _bit_rows(z)
+    same = [first.setdefault((ch[k], raw[j].numpy().tobytes()), j) for j, k in enumerate(ks)]
     twins = [(ks[j], ks[i]) for j, i in enumerate(same) if i != j]
     keep = sorted(set(same))
     ks, z = [ks[j] for j in keep], z[keep]
@@ -132,14 +133,20 @@ def _settle(
         counts[k], exact[k] = counts[k0], exact[k0]
 
 
+def _bit_rows(z: Tensor) -> Tensor:
+    """The bit patterns of each row ``z[j]`` (flips, ...) as bytes on the CPU, for any float dtype
+    (numpy has no bfloat16) and any device: an explicit copy for the twin bookkeeping only."""
+    return z.reshape(len(z), -1).contiguous().view(torch.uint8).cpu()
+
+
 def _changed(clean: CleanRun, elem: list[int], outs: list[Tensor], chans: list[int]) -> Tensor:
     """The changed channels of a pack after the exact elementwise / per-channel modules up to the
     next mixing layer (ReLU, max-pooling, Identity, Dropout in eval give the same value for each
     element whatever the shape of the call): (flips, N, size), flip ``j`` holding channel
     ``chans[j]`` (or its run of features after Flatten) of the next mixing layer's input."""
     layers = clean.layers
-    pick = torch.tensor(chans)
     z = outs[0] if len(outs) == 1 else torch.cat(outs)
+    pick = torch.tensor(chans, device=z.device)
     whole = 2 * len(chans) >= z.shape[1]  # most channels changed: no gather before the ops
     if not whole:
         z = z.index_select(1, pick)  # the pack's channels (N, flips, ...)
@@ -158,7 +165,7 @@ def _finish(clean: CleanRun, t: int | None, z: Tensor, chans: list[int]) -> list
     if t is None:  # the changed units are logits: splice all flips at once
         size = z.shape[2]
         h = clean.acts[-1].reshape(N, -1)[None].repeat(nf, 1, 1)
-        h.view(nf, N, -1, size)[torch.arange(nf), :, torch.tensor(chans)] = z
+        h.view(nf, N, -1, size)[torch.arange(nf, device=h.device), :, torch.tensor(chans, device=h.device)] = z
     else:
         h = _naive_suffix(clean, t, z, chans).reshape(nf, N, -1)  # (flips, N, classes)
     return correct(h.reshape(nf * N, -1), clean.y.repeat(nf)).reshape(nf, N).sum(1).tolist()

@@ -7,10 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ELEMENTWISE", "MIXING", "apply_elementwise", "chain_layers", "max_pool", "owner", "route", "supported"]
+__all__ = [
+    "ELEMENTWISE",
+    "FLOAT_DTYPES",
+    "MIXING",
+    "apply_elementwise",
+    "chain_layers",
+    "max_pool",
+    "owner",
+    "route",
+    "supported",
+]
 
 ELEMENTWISE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout2d)
 MIXING = (nn.Linear, nn.Conv2d)
+#: the weight dtypes of the mixing layers the exact per-channel path runs in (their own arithmetic)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def chain_layers(model: nn.Module) -> list[nn.Module] | None:
@@ -30,15 +42,16 @@ def chain_layers(model: nn.Module) -> list[nn.Module] | None:
 
 
 def supported(m: nn.Module) -> bool:
-    """Whether the bounds and the exact per-channel path cover module ``m``."""
+    """Whether the exact per-channel path covers module ``m`` (any of :data:`FLOAT_DTYPES`; the
+    bounds also need float32 on the CPU, see :func:`~.screen.uncertified_reason`)."""
     if isinstance(m, nn.Linear):
-        return m.weight.dtype == torch.float32
+        return m.weight.dtype in FLOAT_DTYPES
     if isinstance(m, nn.Conv2d):
         return (
             m.groups == 1
             and m.padding_mode == "zeros"
             and not isinstance(m.padding, str)
-            and m.weight.dtype == torch.float32
+            and m.weight.dtype in FLOAT_DTYPES
         )
     if isinstance(m, nn.MaxPool2d):
         return not m.return_indices

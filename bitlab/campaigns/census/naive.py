@@ -10,12 +10,12 @@ from torch import nn
 from ...codecs.base import Codec, Identity
 from ...evaluate import Output, materialize, model_device, score
 from ...faults import BitErrorRate, SingleBitFlip
-from ...formats import FP32, BitSelection, Format, resolve_bits
+from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...metrics import MetricSpec, relative_drop, resolve_metric
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
-from .plan import weight_plan
+from .plan import census_format, weight_plan
 
 __all__ = ["naive_bit_census"]
 
@@ -23,7 +23,7 @@ __all__ = ["naive_bit_census"]
 def naive_bit_census(
     model: nn.Module,
     data: object,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     bits: BitSelection = "all",
     params: ParamSelection = None,
     n_weights: int | None = None,
@@ -41,10 +41,12 @@ def naive_bit_census(
     (:func:`bitlab.metrics.relative_drop` for other metrics: positive is worse). ``n_weights`` samples
     that many weights per parameter (without replacement, seeded) instead of all of them. The clean
     value is the fault-free one in ``fmt`` (``attrs["clean"]``, ``attrs["clean_<metric>"]``).
+    ``fmt=None``: each parameter's own dtype (FP32, FP16 or BF16, see :func:`~.plan.census_format`).
     """
     m = resolve_metric(metric)
     codec = Identity() if codec is None else codec
     chosen = select_params(model, params)
+    fmt = census_format(chosen, fmt)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data, device=model_device(model))
     store = Store(model, fmt, codec, params)

@@ -13,9 +13,17 @@ from .budget import CACHE_ELEMENTS
 from .clean import CleanRun
 from .follow import spread_bounds
 from .layers import MIXING, route, supported
-from .rounding import SAFE_MAX, TINY, dot_gamma, fan_in
+from .rounding import SAFE_MAX, TINY, dot_gamma, fan_in, weight_of
 
-__all__ = ["ScreenBounds", "ScreenLayer", "bound_width", "certifiable", "screen_bounds", "screen_layer"]
+__all__ = [
+    "ScreenBounds",
+    "ScreenLayer",
+    "bound_width",
+    "certifiable",
+    "screen_bounds",
+    "screen_layer",
+    "uncertified_reason",
+]
 
 
 @dataclass(eq=False)
@@ -43,11 +51,31 @@ class ScreenLayer:
     top_sum: float  # the largest clean sum |W||x| + |b| at any mixing layer from l on
 
 
+def uncertified_reason(clean: CleanRun, l: int) -> str | None:
+    """Why the bounds cannot cover any flip from layer ``l`` on, by name: mixing layers or activations
+    that are not float32 (the rounding constants are float32's; float16/bfloat16 kernels round and
+    accumulate differently), or a chain that is not on the CPU (the bounds' bookkeeping is CPU code).
+    None where neither applies."""
+    for u in range(l, len(clean.layers)):
+        m = clean.layers[u]
+        if isinstance(m, MIXING) and weight_of(m).dtype != torch.float32:
+            return f"{weight_of(m).dtype} weights in layer {u} (the bounds cover float32 arithmetic only)"
+    for u in range(l, len(clean.acts)):
+        if clean.acts[u].dtype != torch.float32:
+            return f"{clean.acts[u].dtype} activations at layer {u} (the bounds cover float32 arithmetic only)"
+    device = clean.acts[l].device
+    if device.type != "cpu":
+        return f"device {device} (the bounds run on the CPU only)"
+    return None
+
+
 def certifiable(clean: CleanRun, l: int, attr: str) -> bool:
     """Whether the bounds cover a flip of ``attr`` of layer ``l``: a supported Linear/Conv2d, followed
-    by supported modules only, full-precision float32 matmuls and finite clean activations."""
+    by supported modules only, full-precision float32 matmuls on the CPU and finite clean activations."""
     layers = clean.layers
     if attr not in ("weight", "bias") or not isinstance(layers[l], MIXING) or not supported(layers[l]):
+        return False
+    if uncertified_reason(clean, l) is not None:
         return False
     if any(
         a.dim() != (2 if isinstance(m, nn.Linear) else 4)
