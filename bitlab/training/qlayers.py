@@ -96,7 +96,7 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def unit_weights(name: str, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+def unit_weights(name: str, module: nn.Module) -> list[tuple[str, Tensor]]:
     """The (full name, parameter) weights of one unit that are quantized (see the module notes)."""
     if isinstance(module, (*LINEAR, nn.Embedding)):
         return [(_join(name, "weight"), module.weight)]
@@ -125,10 +125,10 @@ def map_inputs(
 ) -> tuple[tuple, dict]:
     """``(args, kwargs)`` with ``fn`` applied to each input the unit reads (query/key/value for attention;
     a tensor passed several times is mapped once and stays one tensor). A ``PackedSequence`` is refused."""
-    args, kwargs, done = list(args), dict(kwargs), {}
+    items, kwargs, done = list(args), dict(kwargs), {}
     for pos, key in _slots(module):
-        holder: Any = args if pos < len(args) else kwargs if key in kwargs else None
-        where: Any = pos if holder is args else key
+        holder: Any = items if pos < len(items) else kwargs if key in kwargs else None
+        where: Any = pos if holder is items else key
         if holder is None or holder[where] is None:
             continue
         x = holder[where]
@@ -139,7 +139,7 @@ def map_inputs(
         if id(x) not in done:
             done[id(x)] = fn(x)
         holder[where] = done[id(x)]
-    return tuple(args), kwargs
+    return tuple(items), kwargs
 
 
 def read_inputs(name: str, module: nn.Module, args: tuple, kwargs: dict) -> list[Tensor]:
