@@ -44,6 +44,7 @@ _SUBMODULES: dict[str, str] = {
     "defenses": "defenses",
     "rescale": "rescale",
     "validate": "validate",
+    "coverage": "coverage",
     # short names
     "train": "training",
     "campaign": "campaigns",

@@ -15,6 +15,7 @@ on the clean read too, so the whole tensor is read back through the store (and s
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .codecs.base import Codec, Identity, subset_state
+from .coverage import CoverageWarning
 from .faults import Fault, Sites, fault_words
 from .formats import FP32, Format, resolve_bits
 from .params import ParamSelection, select_modules, select_params
@@ -123,7 +125,7 @@ class Store:
         with torch.no_grad():
             for name, p in chosen:
                 data = p.data
-                slot = _Slot(name, data, self.codec.fit(data, fmt), sparse=exact and data.is_contiguous())
+                slot = _Slot(name, data, self._fit(name, data), sparse=exact and data.is_contiguous())
                 if not slot.sparse:
                     slot.orig = data.reshape(-1).clone()
                     words = self.codec.encode(slot.orig, fmt, slot.state)
@@ -132,6 +134,17 @@ class Store:
                     else:
                         slot.words = words
                 self.slots.append(slot)
+
+    def _fit(self, name: str, data: Tensor) -> dict:
+        """The codec's state of one tensor; an error names the tensor, and so does a warning for a tensor
+        the codec left alone (its state's ``"left_alone"`` reason, e.g. an all-zero tensor under scaling)."""
+        try:
+            state = self.codec.fit(data, self.fmt)
+        except ValueError as e:
+            raise ValueError(f"params: {name!r}: {e}") from e
+        if state.get("left_alone"):
+            warnings.warn(f"codec {self.codec.name}: {name!r}: {state['left_alone']}", CoverageWarning, stacklevel=4)
+        return state
 
     def _faulty(self, slot: _Slot, word: Tensor, bit: Tensor, mode: str) -> tuple[Tensor, Tensor]:
         """Indices of the hit elements and the values they read back as (elementwise codecs)."""

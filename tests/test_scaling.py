@@ -148,18 +148,21 @@ def test_t_that_does_not_fit_the_format():
         WeightScaling(70000.0).fit(weights(), bl.FP16)
 
 
-def test_all_zero_tensor_is_a_clear_error():
+def test_all_zero_tensor_is_an_error_with_strict_and_named_by_the_store():
     with pytest.raises(ValueError, match=r"w: every weight of this tensor is 0 \(max\|w\| = 0\)"):
-        WeightScaling(1.0).fit(torch.zeros(5), bl.FP32)
+        WeightScaling(1.0, strict=True).fit(torch.zeros(5), bl.FP32)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     torch.nn.init.zeros_(model[2].bias)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="max\\|w\\| = 0"):
-        with bl.corrupted(model, bl.BitErrorRate(0.01), fmt=bl.FP16, codec=WeightScaling(2.0)):
+    with pytest.raises(ValueError, match="params: '2.bias'.*max\\|w\\| = 0"):
+        with bl.corrupted(model, bl.BitErrorRate(0.01), fmt=bl.FP16, codec=WeightScaling(2.0, strict=True)):
             pass
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with bl.corrupted(model, bl.BitErrorRate(0.0), fmt=bl.FP16, codec=WeightScaling(2.0), params="*.weight"):
         pass  # leaving the zero tensor out works
+    with pytest.warns(UserWarning, match="'2.bias'.*stored unscaled"):
+        with bl.corrupted(model, bl.BitErrorRate(0.0), fmt=bl.FP16, codec=WeightScaling(2.0)):
+            assert torch.equal(model[2].bias, torch.zeros(2))
 
 
 # --- injection is undone bit for bit ----------------------------------------------------------

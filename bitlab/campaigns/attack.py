@@ -14,8 +14,12 @@ of attack data. Each iteration of the progressive bit search (PBS):
    positive first-order gain are flipped one at a time and the real loss on the attack batch measured.
 3. **Cross-layer search.** The single flip with the highest real loss over all layers is kept.
 
-Our choices, where the paper leaves room: only Linear/Conv weights are attacked (biases and
-normalization stay float, as in the paper's 8-bit models); a flip is kept only if it raises the
+Our choices, where the paper leaves room: the weights of Linear, Conv1d/2d/3d, Embedding,
+MultiheadAttention (``in_proj_weight`` or ``q/k/v_proj_weight``, ``out_proj.weight``) and LSTM/GRU/RNN
+(``weight_ih_l0``, ``weight_hh_l0``, ...) layers are attacked, the layers
+:func:`bitlab.training.quant.quantize_model` quantizes (biases and normalization stay float, as in the
+paper's 8-bit models; :func:`attack_coverage` lists every parameter with its status and
+``AttackResult.coverage`` holds it); a flip is kept only if it raises the
 attack loss (otherwise the search has stalled and stops); each stored bit is flipped at most once;
 each sample's cross-entropy is capped at ``LOSS_CAP = 1000`` nats, a sample with non-finite logits
 counting as the cap (such a sample is misclassified whatever else changes). With 8-bit weights the cap
@@ -48,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..codecs.base import Codec, Identity
+from ..coverage import Coverage, enforce
 from ..evaluate import Output, call, concat, eval_mode, gather, materialize, model_device, pick, score, take
 from ..faults import FlipList
 from ..formats import Format, Int
@@ -55,9 +60,18 @@ from ..inject import InjectionReport, corrupted
 from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
+from ..training.qlayers import NORMS, quantizable_layers, unit_weights
 from ..validate import check_int
 
-__all__ = ["bit_flip_attack", "AttackResult", "attack_params", "attack_loss", "CHANCE_MARGIN", "LOSS_CAP"]
+__all__ = [
+    "bit_flip_attack",
+    "AttackResult",
+    "attack_params",
+    "attack_coverage",
+    "attack_loss",
+    "CHANCE_MARGIN",
+    "LOSS_CAP",
+]
 
 #: accuracy above random guessing still counted as "at chance" by :meth:`AttackResult.flips_to`
 CHANCE_MARGIN = 0.02
@@ -80,6 +94,7 @@ class AttackResult:
     default; on the evaluation data after it). ``clean_loss``/``clean_accuracy`` (the clean value of
     the metric) are those of the model stored in ``fmt`` before any flip.
     ``stopped`` says why the search ended: ``"budget"``, ``"target"`` or ``"stalled"``.
+    ``coverage`` (:func:`attack_coverage`) lists which parameters the attack could flip and which it left alone.
     """
 
     flips: pd.DataFrame
@@ -92,6 +107,7 @@ class AttackResult:
     seconds: float
     metric: str = "accuracy"
     higher_is_better: bool = True
+    coverage: Coverage | None = None
 
     def __len__(self) -> int:
         return len(self.flips)
@@ -131,20 +147,56 @@ class AttackResult:
             yield report
 
 
+def _attackable(model: nn.Module) -> dict[int, str]:
+    """``id(weight)`` -> the owning layer's kind, for every weight of a supported layer."""
+    modules = dict(model.named_modules())
+    kinds: dict[int, str] = {}
+    for u in quantizable_layers(model):
+        for _, w in unit_weights(u, modules[u]):
+            kinds.setdefault(id(w), type(modules[u]).__name__)
+    return kinds
+
+
+def attack_coverage(model: nn.Module, params: ParamSelection = None) -> Coverage:
+    """Every floating parameter of ``model`` (tied aliases too) and whether the bit-flip attack targets it:
+    ``"covered"`` (a weight of a Linear, Conv*d, Embedding, MultiheadAttention or LSTM/GRU/RNN layer, among
+    ``params``), ``"by design"`` (a bias or normalization parameter the caller did not select, or a name
+    outside ``params``) or ``"unsupported"`` (a parameter of another module kind, or a bias/normalization
+    parameter the caller selected by name)."""
+    cov = Coverage("bit_flip_attack")
+    chosen = {id(p) for _, p in select_params(model, params)}
+    weights = _attackable(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    first: dict[int, str] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if not p.is_floating_point():
+            continue
+        owner = n.rpartition(".")[0]
+        kind = type(modules[owner]).__name__
+        if id(p) not in chosen:
+            cov.add(n, "weight", owner, kind, "by design", "not selected by params=")
+        elif id(p) in weights:
+            tied = first.setdefault(id(p), n)
+            why = f"{weights[id(p)]} weight" if tied == n else f"tied: the same tensor as {tied!r}, attacked once"
+            cov.add(n, "weight", owner, kind, "covered", why)
+        else:
+            layer = any(n.startswith(f"{u}.") or not u for u in quantizable_layers(model))
+            plain = layer or isinstance(modules[owner], NORMS)
+            status = "by design" if plain and params is None else "unsupported"
+            why = "bias or normalization: stays float" if plain else f"{kind} is not an attacked layer kind"
+            cov.add(n, "weight", owner, kind, status, why)
+    return cov
+
+
 def attack_params(model: nn.Module, params: ParamSelection = None) -> list[tuple[str, nn.Parameter]]:
-    """The weights a bit-flip attack targets: the ``weight`` of every Linear and Conv layer, among
-    the parameters ``params`` selects (default: all)."""
-    layer_weights = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-        and isinstance(getattr(m, "weight", None), nn.Parameter)
-    }
-    chosen = [(n, p) for n, p in select_params(model, params) if id(p) in layer_weights]
+    """The weights a bit-flip attack targets: the weights of every supported layer (see the module notes)
+    among the parameters ``params`` selects (default: all), each tensor once."""
+    weights = _attackable(model)
+    chosen = [(n, p) for n, p in select_params(model, params) if id(p) in weights]
     if not chosen:
         raise ValueError(
-            f"params: {params!r} selects no Linear or Conv weight; the bit-flip attack "
-            "targets quantized layer weights (nn.Linear / nn.Conv*d .weight)"
+            f"params: {params!r} selects no attackable weight; the bit-flip attack targets the weights of "
+            "Linear or Conv1d/2d/3d, Embedding, MultiheadAttention and LSTM/GRU/RNN layers"
         )
     return chosen
 
@@ -223,6 +275,7 @@ def bit_flip_attack(
     metric: MetricSpec = "accuracy",
     output: Output = None,
     loss: LossFn | None = None,
+    strict: bool = False,
 ) -> AttackResult:
     """Progressive bit search (Rakin et al. 2019, Sec. 3): up to ``budget`` flips, each the best of an
     in-layer search (``candidates_per_layer`` gradient-ranked flips per layer, tried by real loss)
@@ -240,6 +293,10 @@ def bit_flip_attack(
     from a tuple/dict output, and ``loss`` is the objective the attack increases, ``(outputs, targets)
     -> scalar`` (default :func:`attack_loss`, the capped cross-entropy; a regression model needs e.g.
     an MSE). Batches may hold tensor, tuple or dict inputs.
+
+    ``result.coverage`` (:func:`attack_coverage`) lists what the attack could flip; a parameter left alone
+    as unsupported gives a :class:`~bitlab.coverage.CoverageWarning` naming it, or with ``strict=True``
+    a ``ValueError``.
     """
     m = resolve_metric(metric)
     if loss is not None and not callable(loss):
@@ -263,6 +320,7 @@ def bit_flip_attack(
     ):
         raise ValueError(f"target_accuracy: {target_accuracy!r}; allowed None, 'chance' or a number in [0, 1]")
     layers = attack_params(model, params)
+    coverage = enforce(attack_coverage(model, params), strict)
     for name, p in layers:
         if not p.is_contiguous():
             raise ValueError(f"params: {name!r} is not contiguous; call .contiguous() on it before attacking")
@@ -312,9 +370,10 @@ def bit_flip_attack(
                     for li, (_, p) in enumerate(layers):
                         if grads[li] is None:
                             continue
+                        grad = grads[li].to_dense() if grads[li].is_sparse else grads[li]  # Embedding(sparse=True)
                         flat = p.data.view(-1)
                         for est, i, b, new in _rank(
-                            words[li], flat, grads[li], fmt, states[li], candidates_per_layer, done[li]
+                            words[li], flat, grad, fmt, states[li], candidates_per_layer, done[li]
                         ):
                             old = flat[i].clone()
                             flat[i] = new
@@ -363,5 +422,5 @@ def bit_flip_attack(
     names = [n for n, _ in layers]
     seconds = time.perf_counter() - start
     return AttackResult(
-        df, fmt, names, clean_loss, clean_acc, num_classes, stopped, seconds, m.name, m.higher_is_better
+        df, fmt, names, clean_loss, clean_acc, num_classes, stopped, seconds, m.name, m.higher_is_better, coverage
     )

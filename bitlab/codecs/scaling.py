@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..coverage import Coverage
 from ..formats import FloatFormat, Format, Int, Q
+from ..params import ParamSelection, select_params
 from .base import Codec, State, flat_scale
 
 __all__ = ["WeightScaling", "DEFAULT_T", "default_t", "max_t"]
@@ -36,6 +38,8 @@ __all__ = ["WeightScaling", "DEFAULT_T", "default_t", "max_t"]
 #: (inf/NaN) exponent. BF16 has FP32's exponent and takes its value (not swept separately).
 #: Fixed point ``Q(m, n)`` takes the top of its range; see :func:`default_t`. Re-sweep for your model.
 DEFAULT_T: dict[str, float] = {"FP32": 2.0**124, "FP16": 2.0**12, "BF16": 2.0**124}
+#: why an all-zero tensor is stored unscaled (the ``"left_alone"`` entry of its state)
+ZERO = "every weight is 0 (max|w| = 0): no c = t / max|w| exists, stored unscaled (c = 1)"
 
 
 def max_t(fmt: Format) -> float:
@@ -86,15 +90,23 @@ class WeightScaling(Codec):
     a step ``2**-n / c`` for ``Q(m, n)``). With :class:`Int`, scaling is a no-op: the format's own
     scale factor absorbs ``c``, so the stored words are the unscaled ones.
 
+    A tensor whose weights are all 0 (``max|w| = 0``, e.g. a zero-initialised bias) has no ``c``: it is
+    stored unscaled (``c = 1``), its state says so under ``"left_alone"``, a store built on it
+    (:class:`bitlab.Store`, :func:`bitlab.corrupted`) warns naming it, and :meth:`coverage` lists it;
+    with ``strict=True`` it is an error instead.
+
     Errors: ``t <= 0``; ``t`` above what the format can hold (:func:`max_t`, e.g. 3.97 for Q2.5);
-    a tensor whose weights are all 0 (``max|w| = 0``, no ``c`` exists: leave it out with ``params=``).
+    a tensor with a non-finite weight; an all-zero tensor with ``strict=True``.
     """
 
-    def __init__(self, t: float | None = None, pow2: bool = False) -> None:
+    def __init__(self, t: float | None = None, pow2: bool = False, strict: bool = False) -> None:
         self.t = _check_t(t)
         if not isinstance(pow2, bool):
             raise TypeError(f"pow2: expected a bool, got {type(pow2).__name__}")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict: expected a bool, got {type(strict).__name__}")
         self.pow2 = pow2
+        self.strict = strict
         tag = "default" if self.t is None else f"{self.t:g}"
         self.name = f"scale(t={tag}{', pow2' if pow2 else ''})"
 
@@ -117,10 +129,12 @@ class WeightScaling(Codec):
                 f"w: the tensor holds non-finite weights (max|w| = {m}); weight scaling needs finite weights"
             )
         if m == 0.0:
-            raise ValueError(
-                "w: every weight of this tensor is 0 (max|w| = 0), so c = t / max|w| does not "
-                "exist; leave the tensor out of the store with params=..."
-            )
+            if self.strict:
+                raise ValueError(
+                    "w: every weight of this tensor is 0 (max|w| = 0), so c = t / max|w| does not "
+                    "exist; leave the tensor out with params=..., or pass strict=False to store it unscaled"
+                )
+            return {"c": 1.0, "scale": flat_scale(fmt, w.detach().to(torch.float64)), "left_alone": ZERO}
         c = t / m
         if self.pow2:
             c = 2.0 ** math.floor(math.log2(c))
@@ -129,6 +143,25 @@ class WeightScaling(Codec):
 
     def encode(self, w: Tensor, fmt: Format, state: State) -> Tensor:
         return fmt.encode(w.detach().to(torch.float64) * state["c"], state.get("scale"))
+
+    def coverage(self, model: nn.Module, fmt: Format, params: ParamSelection = None) -> Coverage:
+        """Which of the parameters ``params`` selects (default: all) are scaled (``"covered"``, with their
+        ``c``) and which are stored unscaled (``"unsupported"``: all zero); a tensor :meth:`fit` refuses
+        (non-finite weights) raises naming it."""
+        cov = Coverage(self.name)
+        modules = dict(model.named_modules())
+        for n, p in select_params(model, params):
+            owner = n.rpartition(".")[0]
+            try:
+                state = self.fit(p.detach(), fmt)
+            except ValueError as e:
+                raise ValueError(f"params: {n!r}: {e}") from e
+            kind = type(modules[owner]).__name__
+            if "left_alone" in state:
+                cov.add(n, "weight", owner, kind, "unsupported", state["left_alone"])
+            else:
+                cov.add(n, "weight", owner, kind, "covered", f"c = {state['c']:g}")
+        return cov
 
     def decode(self, words: Tensor, fmt: Format, state: State) -> Tensor:
         v = fmt.decode(words, state.get("scale")).to(torch.float64)

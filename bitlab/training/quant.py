@@ -13,11 +13,14 @@ stored as ``bits``-wide two's complement words (a flip can reach ``-2**(bits-1)`
 
 What is quantized (our reading of "what the integer hardware reads"):
 
-* the **weight** of every chosen ``Conv2d``/``Linear`` layer, with scale ``max|w| / qmax`` per tensor or
-  per output channel; the bias stays in float (an int32 accumulator adds it at scale ``s_x * s_w``);
+* the **weights** of every chosen layer (Linear, Conv1d/2d/3d, Embedding, MultiheadAttention, LSTM/GRU/RNN;
+  see :mod:`.qlayers`), with scale ``max|w| / qmax`` per tensor or per output channel (dim 0); the bias
+  stays in float (an int32 accumulator adds it at scale ``s_x * s_w``);
 * the **input activation** of every chosen layer, i.e. the tensor the layer reads from memory, with one
   scale per layer calibrated on calibration data (``"max"``: ``max|x| / qmax``; ``"percentile"``: the
   given percentile of ``|x|`` over all calibration values, larger inputs saturate).
+
+What is not quantized is listed by name in ``qm.coverage`` (:class:`bitlab.coverage.Coverage`).
 
 Layers not chosen, and every other module (ReLU, pooling, BatchNorm, residual additions), run in float.
 BatchNorm is *not* folded into the convolutions. A chosen layer then computes
@@ -32,18 +35,30 @@ dequantization, at every forward pass. See its docstring for the word format.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..evaluate import eval_mode, model_device
+from ..coverage import Coverage, enforce
 from ..formats import finite_abs, to_signed, to_unsigned
+from .qlayers import (
+    UNITS,
+    choose_layers,
+    has_input,
+    input_scales,
+    map_inputs,
+    observe_inputs,
+    quant_coverage,
+    slow_path,
+    unit_weights,
+)
+from .qlayers import quantizable_layers as quantizable_layers
 
 __all__ = [
     "qmax",
@@ -63,7 +78,7 @@ __all__ = [
 ACT_METHODS = ("max", "percentile")
 #: ``fn(layer_name, words) -> words`` on unsigned two's complement activation words (see set_act_fault)
 ActFault = Callable[[str, Tensor], Tensor]
-QUANTIZABLE = (nn.Conv2d, nn.Linear)
+QUANTIZABLE = UNITS
 
 
 def _check_bits(bits: object) -> int:
@@ -115,47 +130,24 @@ def weight_scale(w: Tensor, bits: int = 8, per_channel: bool = False) -> Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
+def _nonzero_max(s: Tensor, w: Tensor) -> float:
+    """The largest scale over the channels with a nonzero range (all channels if none has one)."""
+    nonzero = s[w.detach().reshape(w.shape[0], -1).abs().amax(dim=1) > 0] if s.dim() else s
+    return float(nonzero.max()) if nonzero.numel() else float(s.max())
+
+
 def _broadcast_channels(s: Tensor, w: Tensor) -> Tensor:
     return s.reshape(-1, *([1] * (w.dim() - 1))) if s.dim() == 1 else s
 
 
-def quantizable_layers(model: nn.Module) -> list[str]:
-    """Names of the ``Conv2d``/``Linear`` submodules: the layers :func:`quantize_model` can quantize
-    (``""`` when the model itself is one)."""
-    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+def _check_act_args(bits: int, method: str, percentile: float) -> None:
+    _check_bits(bits)
+    if method not in ACT_METHODS:
+        raise ValueError(f"act_method: {method!r}; allowed {ACT_METHODS}")
+    if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
+        raise ValueError(f"percentile: expected a number in (0, 100], got {percentile!r}")
 
 
-def _choose_layers(model: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
-    valid = quantizable_layers(model)
-    if not valid:
-        raise ValueError("model: has no Conv2d or Linear layer to quantize")
-    if layers is None:
-        return valid
-    names = [layers] if isinstance(layers, str) else list(layers)
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        raise ValueError(
-            f"layers: {unknown or names!r} are not Conv2d/Linear layers of the model; "
-            f"valid names: {', '.join(map(repr, valid))}"
-        )
-    return [n for n in valid if n in names]  # model order, no duplicates
-
-
-def _batches(data: Tensor | Dataset | DataLoader, batch_size: int = 256) -> Iterable[Tensor]:
-    if isinstance(data, Tensor):
-        yield from data.split(batch_size)
-        return
-    if isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=batch_size)
-    if not isinstance(data, DataLoader):
-        raise TypeError(
-            f"calib_data: expected a Tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}"
-        )
-    for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-@torch.no_grad()
 def calibrate_activations(
     model: nn.Module,
     calib_data: Tensor | Dataset | DataLoader,
@@ -164,68 +156,40 @@ def calibrate_activations(
     method: str = "max",
     percentile: float = 99.99,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Scale factors of the input activations of ``layers`` (default: every Conv2d/Linear), observed by
-    forward pre-hooks over ``calib_data`` in eval mode. Returns ``(scales, max_abs)``, both dicts
-    layer name -> float. ``method="max"``: ``max|x| / qmax``; ``"percentile"``: the ``percentile``-th
-    percentile of ``|x|`` over every calibration value of that input, divided by ``qmax``.
-    The model's training mode is restored afterwards."""
-    _check_bits(bits)
-    if method not in ACT_METHODS:
-        raise ValueError(f"act_method: {method!r}; allowed {ACT_METHODS}")
-    if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
-        raise ValueError(f"percentile: expected a number in (0, 100], got {percentile!r}")
-    names = _choose_layers(model, layers)
+    """Scale factors of the input activations of ``layers`` (default: every quantizable layer that reads a
+    float input, see :mod:`.qlayers`), observed by forward pre-hooks over ``calib_data`` in eval mode.
+    Returns ``(scales, max_abs)``, both dicts layer name -> float. ``method="max"``: ``max|x| / qmax``;
+    ``"percentile"``: the ``percentile``-th percentile of ``|x|`` over every calibration value of that
+    input, divided by ``qmax``. An attention layer's query, key and value share one scale. A named layer
+    whose forward is never called, or that reads no float input (Embedding), is an error naming it.
+    Every submodule's mode is restored afterwards."""
+    _check_act_args(bits, method, percentile)
     modules = dict(model.named_modules())
-    amax: dict[str, float] = {n: 0.0 for n in names}
-    seen: dict[str, list[Tensor]] = {n: [] for n in names}
-    calls = {n: 0 for n in names}
-
-    def make_hook(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple) -> None:
-            a = inputs[0].detach().abs().float()
-            calls[name] += 1
-            amax[name] = max(amax[name], float(a.max()) if a.numel() else 0.0)
-            if method == "percentile":
-                seen[name].append(a.reshape(-1).cpu())
-
-        return hook
-
-    handles = [modules[n].register_forward_pre_hook(make_hook(n)) for n in names]
-    device = model_device(model)
-    batches = 0
-    try:
-        with eval_mode(model):
-            for x in _batches(calib_data):
-                if len(x) == 0:
-                    continue
-                model(x.to(device))
-                batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-    if batches == 0:
-        raise ValueError("calib_data: is empty; calibration needs at least one batch of inputs")
-    unused = [n for n in names if calls[n] == 0]
+    names = choose_layers(model, layers)
+    if layers is None:
+        names = [n for n in names if has_input(modules[n])]
+    no_input = [n for n in names if not has_input(modules[n])]
+    if no_input:
+        raise ValueError(f"layers: {no_input} read integer token ids (Embedding): no input activation to calibrate")
+    amax, seen, unused = observe_inputs(model, calib_data, names, method)
     if unused:
-        raise ValueError(f"layers: {unused} received no input during calibration (not used in forward)")
-    q_max = qmax(bits)
-    scales: dict[str, float] = {}
-    for n in names:
-        if method == "max":
-            r = amax[n]
-        else:
-            r = float(np.percentile(torch.cat(seen[n]).numpy(), percentile))
-        scales[n] = r / q_max if r > 0 else 1.0
-    return scales, amax
+        raise ValueError(
+            f"layers: {unused} received no input during calibration: their forward was never called "
+            "(unused in the model's forward, or computed functionally by their parent)"
+        )
+    return input_scales(amax, seen, qmax(bits), method, percentile), amax
 
 
 class QuantizedModel(nn.Module):
     """A float model evaluated as its integer counterpart: a deep copy (``.model``) whose chosen layers
     hold fake-quantized weights and fake-quantize their input activations in forward pre-hooks.
 
-    Attributes: ``bits``, ``layers`` (names, model order), ``act_scales`` (name -> float),
-    ``act_max_abs`` (name -> ``max |input|`` seen in calibration), ``weight_scales`` (name -> 0-dim tensor,
-    or ``(out_channels,)`` when ``per_channel``), ``weight_max_abs`` (name -> float), ``act_method``.
+    Attributes: ``bits``, ``weight_layers`` (units with quantized weights, model order), ``layers`` (those
+    whose input activation is quantized: what activation faults hit), ``act_scales`` (name -> float),
+    ``act_max_abs`` (name -> ``max |input|`` seen in calibration), ``param_scales`` (parameter name -> 0-dim
+    tensor, or ``(shape[0],)`` when ``per_channel``), ``weight_scales`` (the same keyed by layer, for layers
+    with one ``weight``), ``weight_max_abs`` (layer -> float), ``act_method``, ``coverage`` (a
+    :class:`~bitlab.coverage.Coverage`: what was quantized, what stays float and why).
     ``quantize_activations = False`` switches the activation quantizers (and fault hook) off.
     Build it with :func:`quantize_model`.
     """
@@ -239,31 +203,58 @@ class QuantizedModel(nn.Module):
         act_max_abs: dict[str, float],
         per_channel: bool,
         act_method: str,
+        weight_layers: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.bits = bits
-        self.layers = list(layers)
-        self.act_scales = dict(act_scales)
-        self.act_max_abs = dict(act_max_abs)
+        self.weight_layers = list(layers if weight_layers is None else weight_layers)
         self.per_channel = per_channel
         self.act_method = act_method
         self.quantize_activations = True
+        self.coverage = Coverage("quantize_model")
+        self.param_scales: dict[str, Tensor] = {}
         self.weight_scales: dict[str, Tensor] = {}
         self.weight_max_abs: dict[str, float] = {}
         self._scale_max: dict[str, float] = {}  # weight scale, max over channels with a nonzero range
+        self._param_of: dict[str, str] = {}  # every weight's name (tied aliases too) -> name quantized under
+        self._quantized: dict[int, str] = {}  # id(param) -> name quantized under
         self._act_fault: ActFault | None = None
         modules = dict(model.named_modules())
+        max_abs: dict[int, float] = {}
         with torch.no_grad():
-            for n in layers:
-                w = modules[n].weight
-                s = weight_scale(w, bits, per_channel)
-                self.weight_scales[n] = s
-                self.weight_max_abs[n] = float(w.detach().abs().max())
-                nonzero = s[w.detach().reshape(w.shape[0], -1).abs().amax(dim=1) > 0] if s.dim() else s
-                self._scale_max[n] = float(nonzero.max()) if nonzero.numel() else float(s.max())
-                w.copy_(fake_quantize(w.detach(), _broadcast_channels(s, w), bits))
-        self._handles = [modules[n].register_forward_pre_hook(self._make_hook(n)) for n in layers]
+            for n in self.weight_layers:
+                weights = unit_weights(n, modules[n])
+                for pname, w in weights:
+                    if id(w) not in self._quantized:
+                        self._quantized[id(w)] = pname
+                        s = weight_scale(w, bits, per_channel)
+                        self.param_scales[pname] = s
+                        max_abs[id(w)] = float(w.detach().abs().max()) if w.numel() else 0.0
+                        w.copy_(fake_quantize(w.detach(), _broadcast_channels(s, w), bits))
+                    self._param_of[pname] = self._quantized[id(w)]
+                firsts = [self._param_of[p] for p, _ in weights]
+                self.weight_max_abs[n] = max(max_abs[id(w)] for _, w in weights)
+                self._scale_max[n] = max(_nonzero_max(self.param_scales[f], w) for f, (_, w) in zip(firsts, weights))
+                if len(weights) == 1:
+                    self.weight_scales[n] = self.param_scales[firsts[0]]
+        self.layers: list[str] = []
+        self.act_scales: dict[str, float] = {}
+        self.act_max_abs: dict[str, float] = {}
+        self._handles: list = []
+        self.attach(layers, act_scales, act_max_abs)
+
+    def attach(self, layers: list[str], act_scales: dict[str, float], act_max_abs: dict[str, float]) -> None:
+        """Quantize the input activations of ``layers`` with ``act_scales`` (replacing any earlier hooks)."""
+        for h in self._handles:
+            h.remove()
+        modules = dict(self.model.named_modules())
+        self.layers = list(layers)
+        self.act_scales = {n: act_scales[n] for n in layers}
+        self.act_max_abs = {n: act_max_abs[n] for n in layers}
+        self._handles = [
+            modules[n].register_forward_pre_hook(self._make_hook(n), with_kwargs=True) for n in self.layers
+        ]
 
     def _make_hook(self, name: str) -> Callable:
         return _InputQuantizer(self, name)
@@ -321,15 +312,18 @@ class QuantizedModel(nn.Module):
             self._act_fault = prev
 
     def weight_int(self, name: str) -> Tensor:
-        """The integer weight levels (int64) of layer ``name``."""
-        if name not in self.weight_scales:
-            valid = ", ".join(map(repr, self.layers))
-            raise ValueError(f"name: {name!r} is not a quantized layer; valid names: {valid}")
-        w = dict(self.model.named_modules())[name].weight
-        return quantize(w, _broadcast_channels(self.weight_scales[name], w), self.bits)
+        """The integer weight levels (int64) of layer ``name`` (one with a single ``weight``) or of the
+        quantized parameter ``name`` (e.g. ``"lstm.weight_hh_l0"``, a tied alias too)."""
+        pname = self._param_of.get(name) or self._param_of.get(f"{name}.weight" if name else "weight")
+        if pname is None or (name not in self._param_of and name not in self.weight_scales):
+            valid = ", ".join(map(repr, [*self.weight_scales, *self._param_of]))
+            raise ValueError(f"name: {name!r} is not a quantized layer or weight; valid names: {valid}")
+        w = self.model.get_parameter(pname)
+        return quantize(w, _broadcast_channels(self.param_scales[pname], w), self.bits)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+        with slow_path():  # the layers inside a TransformerEncoderLayer run their own (hooked) forward
+            return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
@@ -345,10 +339,10 @@ class _InputQuantizer:
     def __init__(self, qm: QuantizedModel, name: str) -> None:
         self.qm, self.name = qm, name
 
-    def __call__(self, module: nn.Module, inputs: tuple) -> tuple | None:
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not self.qm.quantize_activations:
             return None
-        return (self.qm.quantize_input(self.name, inputs[0]), *inputs[1:])
+        return map_inputs(self.name, module, args, kwargs, lambda x: self.qm.quantize_input(self.name, x))
 
 
 def quantize_model(
@@ -359,38 +353,57 @@ def quantize_model(
     per_channel: bool = False,
     layers: str | Sequence[str] | None = None,
     percentile: float = 99.99,
+    strict: bool = False,
 ) -> QuantizedModel:
     """Post-training quantization of ``model`` to ``bits``-bit weights and input activations of
-    ``layers`` (default: every Conv2d/Linear), Fasfous et al. 2022 setting.
+    ``layers`` (default: every quantizable layer, see :mod:`.qlayers`), Fasfous et al. 2022 setting.
 
     The model is deep-copied (the original is untouched); the copy's weights are quantized first, then the
     activation scales are calibrated on ``calib_data`` (a Tensor of inputs, Dataset or DataLoader) in one
     pass of the weight-quantized copy in eval mode, with the activations in float (so each layer's scale
     sees its inputs under quantized weights, but not the rounding of earlier activations).
     ``act_method`` is ``"max"`` or ``"percentile"`` (with ``percentile``, e.g. 99.99).
+
+    ``qm.coverage`` lists every floating parameter and layer input: quantized, float by design (biases,
+    normalization, layers outside ``layers=``), or unsupported (a module kind bitlab does not quantize, an
+    input it cannot observe: an attention's ``out_proj`` input, an RNN's hidden state, a layer whose
+    forward is never called). Unsupported rows give one :class:`~bitlab.coverage.CoverageWarning` naming
+    them, or with ``strict=True`` a ``ValueError``. A layer named in ``layers=`` whose forward is never
+    called is an error.
     """
-    _check_bits(bits)
+    _check_act_args(bits, act_method, percentile)
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel: expected a bool, got {type(per_channel).__name__}")
-    if act_method not in ACT_METHODS:
-        raise ValueError(f"act_method: {act_method!r}; allowed {ACT_METHODS}")
-    names = _choose_layers(model, layers)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict: expected a bool, got {type(strict).__name__}")
+    names = choose_layers(model, layers)
     clone = copy.deepcopy(model)
-    qm = QuantizedModel(clone, bits, names, {n: 1.0 for n in names}, {n: 0.0 for n in names}, per_channel, act_method)
-    qm.quantize_activations = False
-    try:
-        scales, amax = calibrate_activations(clone, calib_data, names, bits, act_method, percentile)
-    finally:
-        qm.quantize_activations = True
-    qm.act_scales, qm.act_max_abs = scales, amax
+    qm = QuantizedModel(clone, bits, [], {}, {}, per_channel, act_method, weight_layers=names)
+    modules = dict(clone.named_modules())
+    readers = [n for n in names if has_input(modules[n])]
+    amax, seen, unused = observe_inputs(clone, calib_data, readers, act_method)
+    if unused and layers is not None:
+        raise ValueError(f"layers: {unused} received no input during calibration: their forward was never called")
+    act = [n for n in readers if n not in unused]
+    scales = input_scales({n: amax[n] for n in act}, seen, qmax(bits), act_method, percentile)
+    qm.attach(act, scales, amax)
+    detail = f"int{bits} {'per channel (dim 0)' if per_channel else 'per tensor'}"
+    qm.coverage = quant_coverage(model, names, _renamed(qm, model), act, layers is not None, detail)
+    enforce(qm.coverage, strict)
     qm.training = model.training  # the wrapped deep copy keeps every submodule's own mode
     return qm
 
 
+def _renamed(qm: QuantizedModel, model: nn.Module) -> dict[int, str]:
+    """``id(param)`` in the original ``model`` -> the name its copy was quantized under."""
+    return {id(model.get_parameter(n)): n for n in qm._quantized.values()}
+
+
 def scale_report(qm: QuantizedModel) -> pd.DataFrame:
     """One row per quantized layer: ``layer, kind, weight_scale`` (max over channels when per-channel,
-    ignoring all-zero channels),
-    ``act_scale, weight_max_abs, act_max_abs, bits`` -- the numbers Fasfous et al. 2022 compare."""
+    ignoring all-zero channels, and over the layer's weights: an LSTM has several),
+    ``act_scale, weight_max_abs, act_max_abs, bits`` -- the numbers Fasfous et al. 2022 compare. A layer
+    whose input is not quantized (Embedding) has NaN activation columns."""
     if not isinstance(qm, QuantizedModel):
         raise TypeError(f"qm: expected a QuantizedModel (from quantize_model), got {type(qm).__name__}")
     modules = dict(qm.model.named_modules())
@@ -399,12 +412,12 @@ def scale_report(qm: QuantizedModel) -> pd.DataFrame:
             "layer": n,
             "kind": type(modules[n]).__name__,
             "weight_scale": qm._scale_max[n],
-            "act_scale": qm.act_scales[n],
+            "act_scale": qm.act_scales.get(n, math.nan),
             "weight_max_abs": qm.weight_max_abs[n],
-            "act_max_abs": qm.act_max_abs[n],
+            "act_max_abs": qm.act_max_abs.get(n, math.nan),
             "bits": qm.bits,
         }
-        for n in qm.layers
+        for n in qm.weight_layers
     ]
     return pd.DataFrame(
         rows, columns=["layer", "kind", "weight_scale", "act_scale", "weight_max_abs", "act_max_abs", "bits"]
