@@ -374,3 +374,17 @@ def test_faults_land_on_the_outputs_device_in_its_dtype(dtype):
     assert torch.equal(bits_of(faulty.cpu()), bits_of(want))
     with corrupted_activations(model, bl.BitErrorRate(0.05), "0", fmt=bl.Int(8), generator=g):
         assert model(x).device == x.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantized_activation_faults_apply_on_the_words_device():
+    from bitlab.campaigns.activations import act_fault_fn, flips_per_inference_fn
+
+    words = torch.randint(0, 256, (4, 10), generator=torch.Generator().manual_seed(0))
+    for make in (
+        lambda g: act_fault_fn(bl.BitErrorRate(0.1), g, 8),
+        lambda g: flips_per_inference_fn(3, {"x": 10}, g, 8),
+    ):
+        on_cpu = make(torch.Generator().manual_seed(1))("x", words)
+        on_gpu = make(torch.Generator().manual_seed(1))("x", words.cuda())
+        assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu) and not torch.equal(on_cpu, words)
