@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from . import codecs, faults, formats, inject, params
+from . import activation_faults, codecs, faults, formats, inject, params
 from ._version import __version__
 from .codecs import SECDED, Codec, GroupChecksum, Identity, ParityNulling, RangeNulling, Unary, WeightScaling
 from .faults import BitErrorRate, BitFlips, FlipList, SingleBitFlip, StuckAt
@@ -93,6 +93,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "__version__",
+    "activation_faults",
     "codecs",
     "faults",
     "formats",

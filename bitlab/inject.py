@@ -10,6 +10,9 @@ store; on exit every weight is restored bit for bit, also when the block raises.
 For a lossless store (FP32 without a codec) only the words that are hit are touched, so the cost
 grows with the number of flips. A lossy format (FP16, Q2.5, int8) or a codec changes every weight
 on the clean read too, so the whole tensor is read back through the store (and saved first).
+
+Faults in activations live in :mod:`bitlab.activation_faults`; :func:`corrupted_activations` and
+:class:`ActivationReport` are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,18 +20,19 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .activation_faults import ActivationReport, corrupted_activations
 from .codecs.base import Codec, Identity, subset_state
 from .coverage import CoverageWarning
 from .faults import Fault, Sites, fault_words
 from .formats import FP32, Format, resolve_bits
-from .params import ParamSelection, select_modules, select_params
+from .params import ParamSelection, select_params
 from .validate import check_generator
 
 __all__ = ["corrupted", "corrupted_activations", "Store", "InjectionReport", "ActivationReport"]
@@ -230,72 +234,3 @@ def corrupted(
     _check_args(fault, fmt, codec)
     with Store(model, fmt, codec, params).corrupted(fault, generator) as report:
         yield report
-
-
-@dataclass
-class ActivationReport:
-    """Counts of an activation-fault context: forward ``calls`` seen and ``flips`` applied per module."""
-
-    calls: dict[str, int] = field(default_factory=dict)
-    flips: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def total_flips(self) -> int:
-        return sum(self.flips.values())
-
-
-@contextmanager
-def corrupted_activations(
-    model: nn.Module,
-    fault: Fault,
-    modules: str | Sequence[str],
-    fmt: Format = FP32,
-    scales: Mapping[str, float] | None = None,
-    generator: torch.Generator | None = None,
-) -> Iterator[ActivationReport]:
-    """Faults in the activations (outputs) of the chosen ``modules``, stored in ``fmt``.
-
-    At every forward pass each chosen module's output is encoded (with ``scales[name]`` for
-    scaled formats, else a scale calibrated on that output), the fault is sampled afresh over its
-    words, and the decoded values replace the output (transient faults, one draw per inference).
-    The hooks are removed on exit, also when the block raises.
-    """
-    _check_args(fault, fmt, None)
-    chosen = select_modules(model, modules)
-    bits = resolve_bits(fault.bits, fmt.width, fmt.fields)
-    report = ActivationReport()
-
-    def make_hook(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, out: object) -> object:
-            if not isinstance(out, Tensor) or not out.is_floating_point():
-                return out
-            with torch.no_grad():
-                scale = None
-                if fmt.needs_scale:
-                    scale = scales[name] if scales and name in scales else fmt.calibrate(out)
-                flat = out.detach().reshape(-1)
-                sites = fault.sample([name], [flat.shape], bits, generator)
-                report.calls[name] = report.calls.get(name, 0) + 1
-                report.flips[name] = report.flips.get(name, 0) + len(sites)
-                if fmt.lossless and len(sites) == 0:
-                    return out
-                if scale is not None and torch.is_tensor(scale) and scale.numel() > 1:
-                    scale = torch.broadcast_to(scale, out.shape).reshape(-1)
-                new = fmt.decode(fmt.encode(flat, scale), scale).to(out.dtype)
-                if len(sites):
-                    uidx, inv = torch.unique(sites.word, return_inverse=True)
-                    s = scale[uidx] if torch.is_tensor(scale) and scale.numel() > 1 else scale
-                    words = fault_words(fmt.encode(flat[uidx], s), inv, sites.bit, fault.mode)
-                    new[uidx] = fmt.decode(words, s).to(out.dtype)
-            return new.view_as(out)
-
-        return hook
-
-    handles = []
-    try:
-        for name, m in chosen:
-            handles.append(m.register_forward_hook(make_hook(name)))
-        yield report
-    finally:
-        for h in handles:
-            h.remove()

@@ -59,6 +59,16 @@ def _add(counts: dict[str, int] | None, name: str, n: int) -> None:
         counts[name] = counts.get(name, 0) + n
 
 
+def _apply(words: Tensor, word: Tensor, bit: Tensor, mode: str) -> Tensor:
+    """``words`` with the faults at the (flat ``word``, ``bit``) sites, sampled on the CPU, applied on the
+    words' own device."""
+    word, bit = word.to(words.device), bit.to(words.device)
+    flat = words.reshape(-1).clone()
+    uidx, inv = torch.unique(word, return_inverse=True)
+    flat[uidx] = fault_words(flat[uidx], inv, bit, mode)
+    return flat.view_as(words)
+
+
 def act_fault_fn(
     fault: Fault,
     generator: torch.Generator | None = None,
@@ -87,10 +97,7 @@ def act_fault_fn(
         _add(counts, name, len(sites))
         if len(sites) == 0:
             return words
-        flat = words.reshape(-1).clone()
-        uidx, inv = torch.unique(sites.word, return_inverse=True)
-        flat[uidx] = fault_words(flat[uidx], inv, sites.bit, fault.mode)
-        return flat.view_as(words)
+        return _apply(words, sites.word, sites.bit, fault.mode)
 
     return fn
 
@@ -170,10 +177,7 @@ class _PerInference:
         _add(self.counts, name, int(word.numel()))
         if word.numel() == 0:
             return words
-        flat = words.reshape(-1).clone()
-        uidx, inv = torch.unique(word, return_inverse=True)
-        flat[uidx] = fault_words(flat[uidx], inv, bit, "flip")
-        return flat.view_as(words)
+        return _apply(words, word, bit, "flip")
 
 
 def flips_per_inference_fn(
