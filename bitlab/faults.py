@@ -43,10 +43,10 @@ StoredBits = tuple[int, ...] | Sequence[tuple[int, ...]]
 
 def per_tensor_bits(bits: StoredBits, n: int) -> list[tuple[int, ...]]:
     """The stored bit positions of each of ``n`` tensors (a flat tuple applies to all of them)."""
-    items = list(bits)
+    items: list = list(bits)
     if all(isinstance(b, int) for b in items):
         return [tuple(int(b) for b in items)] * n
-    per = [tuple(int(b) for b in t) for t in items]  # type: ignore[union-attr]
+    per = [tuple(int(b) for b in t) for t in items]
     if len(per) != n:
         raise ValueError(f"bits: {len(per)} bit tuples for {n} tensors; allowed one tuple, or one per tensor")
     return per

@@ -188,7 +188,7 @@ class Store:
             _check_fmt(fmt)
         self.model = model
         chosen = select_tensors(model, params)
-        formats = []
+        formats: list[Format] = []
         for name, t in chosen:
             if t.is_meta:
                 raise ValueError(

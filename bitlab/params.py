@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
-__all__ = ["ParamSelection", "select_params", "select_tensors", "select_modules"]
+from .formats import Format, native_format
+
+__all__ = ["ParamSelection", "select_params", "select_tensors", "select_modules", "store_format"]
 
 ParamSelection = None | str | Sequence[str] | Callable[[str, nn.Parameter], bool]
 
@@ -61,11 +64,12 @@ def select_tensors(model: nn.Module, params: ParamSelection = None) -> list[tupl
     several names is chosen once, under the first. An integer buffer (``num_batches_tracked``) or
     parameter named exactly is refused by name; globs skip integer tensors."""
     if params is None:
-        return select_params(model, None)
+        return list(select_params(model, None))
     named: list[tuple[str, Tensor]] = list(model.named_parameters(remove_duplicate=False))
     named += list(model.named_buffers(remove_duplicate=False))
     if callable(params):
-        hits = [(n, t) for n, t in named if t.is_floating_point() and params(n, t)]
+        pred = cast(Callable[[str, Tensor], bool], params)  # buffers are plain tensors
+        hits = [(n, t) for n, t in named if t.is_floating_point() and pred(n, t)]
     else:
         patterns = _patterns(params)
         exact = {p for p in patterns if not any(c in p for c in "*?[")}
@@ -88,6 +92,25 @@ def select_tensors(model: nn.Module, params: ParamSelection = None) -> list[tupl
     if not chosen:
         raise ValueError(f"params: {params!r} selects no parameter (nor floating-point buffer); {_valid(named)}")
     return chosen
+
+
+def store_format(model: nn.Module, fmt: Format | None, params: ParamSelection = None) -> Format:
+    """``fmt`` if given, else the one native format of the selected tensors (float32 -> FP32, float16 -> FP16,
+    bfloat16 -> BF16), for campaigns that report a single format; selected tensors of different dtypes are
+    refused by name (select one dtype with ``params=``, or pass ``fmt=`` on purpose)."""
+    if fmt is not None:
+        return fmt
+    chosen = select_tensors(model, params)
+    found: dict[str, str] = {}
+    for n, t in chosen:  # the first tensor of each format, in selection order
+        found.setdefault(native_format(t.dtype, n).name, n)
+    if len(found) > 1:
+        raise ValueError(
+            "fmt: None (native) but the selected tensors are stored in different formats: "
+            + ", ".join(f"{n!r} as {f}" for f, n in found.items())
+            + "; allowed: select tensors of one dtype with params=, or pass fmt= explicitly"
+        )
+    return native_format(chosen[0][1].dtype, chosen[0][0])
 
 
 def _valid(named: Sequence[tuple[str, Tensor]]) -> str:

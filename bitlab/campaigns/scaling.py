@@ -11,7 +11,7 @@ from torch import nn
 
 from ..codecs.scaling import WeightScaling
 from ..formats import Format
-from ..params import ParamSelection
+from ..params import ParamSelection, store_format
 from .sweep import ber_sweep
 
 __all__ = ["sweep_t", "best_t"]
@@ -21,7 +21,7 @@ def sweep_t(
     model: nn.Module,
     val_data: object,
     ts: Sequence[float],
-    fmt: Format,
+    fmt: Format | None,
     ber: float | Sequence[float],
     trials: int = 20,
     seed: int = 0,
@@ -37,6 +37,7 @@ def sweep_t(
     ``clean_accuracy``, the fault-free accuracy with that ``t``); ``df.attrs["best_t"]`` is
     :func:`best_t` of the frame. ``t`` values that do not fit the format are an error (see ``max_t``).
     """
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     bers = [float(ber)] if isinstance(ber, (int, float)) else [float(b) for b in ber]
     if not ts:
         raise ValueError("ts: empty; give at least one t > 0 (or None for no scaling)")

@@ -20,9 +20,9 @@ from torch import nn
 from ..codecs.base import Codec, Identity
 from ..evaluate import batch_accuracy, materialize
 from ..faults import BitErrorRate, Fault
-from ..formats import FP32, Format
+from ..formats import Format
 from ..inject import Store
-from ..params import ParamSelection
+from ..params import ParamSelection, store_format
 from ..progress import bar as progress_bar
 from ..validate import check_number
 
@@ -38,7 +38,7 @@ def ber_sweep(
     data: object,
     bers: Sequence[float],
     trials: int = 20,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     codec: Codec | None = None,
     params: ParamSelection = None,
     seed: int = 0,
@@ -66,6 +66,7 @@ def ber_sweep(
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"bers: {b} is not a probability; allowed values are in [0, 1]")
     codec = Identity() if codec is None else codec
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     batches = materialize(data)
     g = torch.Generator().manual_seed(seed)
     store = Store(model, fmt, codec, params)

@@ -90,9 +90,9 @@ from tqdm import tqdm
 from ...codecs.base import Codec, Identity
 from ...evaluate import eval_mode, materialize
 from ...faults import BitErrorRate
-from ...formats import FP32, BitSelection, Format, resolve_bits
+from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
-from ...params import ParamSelection, select_params
+from ...params import ParamSelection, select_params, store_format
 from ...progress import bar as progress_bar
 from .budget import ELEMENTS_PER_CHUNK, heap_headroom
 from .certify import certify
@@ -160,7 +160,7 @@ def _check_batch_flips(batch_flips: object) -> int:
 def bit_census(
     model: nn.Module,
     data: object,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     bits: BitSelection = "all",
     params: ParamSelection = None,
     n_weights: int | None = None,
@@ -188,6 +188,7 @@ def bit_census(
     """
     batch_flips = _check_batch_flips(batch_flips)
     codec = Identity() if codec is None else codec
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     if not getattr(codec, "elementwise", True):  # one flip may change several weights: no shortcut
         return _naive(model, data, fmt, bits, params, n_weights, seed, codec, progress)
     chosen = select_params(model, params)

@@ -10,9 +10,9 @@ from torch import nn
 from ...codecs.base import Codec, Identity
 from ...evaluate import batch_accuracy, materialize
 from ...faults import BitErrorRate, SingleBitFlip
-from ...formats import FP32, BitSelection, Format, resolve_bits
+from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
-from ...params import ParamSelection, select_params
+from ...params import ParamSelection, select_params, store_format
 from ...progress import bar as progress_bar
 from .plan import weight_plan
 
@@ -22,7 +22,7 @@ __all__ = ["naive_bit_census"]
 def naive_bit_census(
     model: nn.Module,
     data: object,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     bits: BitSelection = "all",
     params: ParamSelection = None,
     n_weights: int | None = None,
@@ -38,6 +38,7 @@ def naive_bit_census(
     replacement, seeded) instead of all of them. ``acc_clean`` is the fault-free accuracy in ``fmt``.
     """
     codec = Identity() if codec is None else codec
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     chosen = select_params(model, params)
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     batches = materialize(data)
