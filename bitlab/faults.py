@@ -33,6 +33,8 @@ __all__ = [
     "StuckAt",
     "sample_distinct",
     "fault_words",
+    "read_at",
+    "write_at",
     "FlipList",
 ]
 
@@ -327,3 +329,17 @@ def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "
     if mode == "stuck0":
         return words & ~masks
     raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
+
+
+def read_at(t: Tensor, idx: Tensor) -> Tensor:
+    """Elements of ``t`` at logical (row-major) flat indices ``idx``, whatever its strides (a transposed
+    or channels-last weight is indexed as its shape says, not as its memory is laid out)."""
+    return t.view(-1)[idx] if t.is_contiguous() else t[torch.unravel_index(idx, t.shape)]
+
+
+def write_at(t: Tensor, idx: Tensor, values: Tensor) -> None:
+    """Write ``values`` into ``t`` at logical flat indices ``idx``, in place, whatever its strides."""
+    if t.is_contiguous():
+        t.view(-1)[idx] = values
+    else:
+        t[torch.unravel_index(idx, t.shape)] = values

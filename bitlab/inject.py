@@ -7,9 +7,11 @@
 Inside the ``with`` block the model holds the weights as they would be read back from the faulty
 store; on exit every weight is restored bit for bit, also when the block raises.
 
-For a lossless store (FP32 without a codec) only the words that are hit are touched, so the cost
-grows with the number of flips. A lossy format (FP16, Q2.5, int8) or a codec changes every weight
-on the clean read too, so the whole tensor is read back through the store (and saved first).
+Each tensor is stored in its own dtype's format unless a format is given (``fmt=None``: float32 ->
+FP32, float16 -> FP16, bfloat16 -> BF16). In a native store without a codec only the words that are
+hit are touched (their bits XORed in place), so the cost grows with the number of flips. A format
+that re-encodes the dtype (FP16 on float32, Q2.5, int8) or a codec changes every weight on the clean
+read too, so the whole tensor is read back through the store.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .codecs.base import Codec, Identity, subset_state
-from .faults import Fault, FlipList, SingleBitFlip, Sites, fault_words
+from .faults import Fault, FlipList, SingleBitFlip, Sites, fault_words, read_at, write_at
 from .formats import (
     FP32,
     FloatFormat,
@@ -63,7 +65,7 @@ class InjectionReport:
 
 
 def _check_fault(fault: object) -> None:
-    if fault is not None and not isinstance(fault, Fault):
+    if not isinstance(fault, Fault):
         raise TypeError(
             f"fault: expected a bitlab fault (BitErrorRate, BitFlips, SingleBitFlip, StuckAt), "
             f"got {type(fault).__name__}"
@@ -95,19 +97,6 @@ def _check_args(fault: object, fmt: object, codec: object) -> Codec:
     _check_fmt(fmt)
     assert isinstance(fmt, Format)
     return _check_codec(codec, fmt)
-
-
-def _get(t: Tensor, idx: Tensor) -> Tensor:
-    """Elements of ``t`` at logical (row-major) flat indices ``idx``, whatever its strides."""
-    return t.view(-1)[idx] if t.is_contiguous() else t[torch.unravel_index(idx, t.shape)]
-
-
-def _put(t: Tensor, idx: Tensor, values: Tensor) -> None:
-    """Write ``values`` into ``t`` at logical flat indices ``idx``, in place, whatever its strides."""
-    if t.is_contiguous():
-        t.view(-1)[idx] = values
-    else:
-        t[torch.unravel_index(idx, t.shape)] = values
 
 
 @dataclass
@@ -248,17 +237,17 @@ class Store:
             assert isinstance(f, FloatFormat)
             ints = data.view(f.int_dtype)
             uidx, inv = torch.unique(word, return_inverse=True)
-            old = _get(ints, uidx).clone()
+            old = read_at(ints, uidx).clone()
             saved.append((ints, uidx, old))
             new = fault_words(to_unsigned(old.to(torch.int64), f.width), inv, bit, mode)
-            _put(ints, uidx, to_signed(new, f.width).to(f.int_dtype))
+            write_at(ints, uidx, to_signed(new, f.width).to(f.int_dtype))
             return
         if slot.sparse:
             if word.numel() == 0:
                 return
             uidx, vals = self._faulty(slot, word, bit, mode)
-            saved.append((data, uidx, _get(data, uidx).clone()))
-            _put(data, uidx, vals.to(data.dtype))
+            saved.append((data, uidx, read_at(data, uidx).clone()))
+            write_at(data, uidx, vals.to(data.dtype))
             return
         saved.append((data, None, slot.orig))
         if slot.stored is not None:  # a check spanning words: decode everything, faulty words in place
@@ -272,7 +261,7 @@ class Store:
         data.copy_(slot.clean.view(data.shape))
         if word.numel():
             uidx, vals = self._faulty(slot, word, bit, mode)
-            _put(data, uidx, vals.to(data.dtype))
+            write_at(data, uidx, vals.to(data.dtype))
 
     def _bits(self, fault: Fault) -> list[tuple[int, ...]]:
         """The stored bit positions ``fault.bits`` selects in each tensor's own format."""
@@ -343,7 +332,7 @@ class Store:
                     if uidx is None:
                         data.copy_(values.view(data.shape))
                     else:
-                        _put(data, uidx, values)
+                        write_at(data, uidx, values)
                 for b, value in buffers:  # e.g. BatchNorm statistics updated by a train-mode forward inside
                     b.copy_(value)
                 for s in self.slots:
