@@ -5,6 +5,10 @@ tensors and applies them to integer words. Sampling never builds a dense per-bit
 bit error rate the number of flips is drawn from a binomial and then that many distinct
 positions are drawn, so the cost grows with the number of flips, not with the number of bits
 (Qin et al. 2017 model storage errors as i.i.d. bit flips at a given BER).
+
+The stored bit positions a fault may hit are one tuple for every tensor, or one tuple per tensor when
+the tensors are stored in formats of different widths (a float16 and a float32 weight side by side):
+the bit space is then the union of each tensor's own words times its own bits.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from .formats import BitSelection
 from .validate import check_int
 
 __all__ = [
+    "StoredBits",
+    "per_tensor_bits",
     "Sites",
     "Fault",
     "BitErrorRate",
@@ -27,8 +33,25 @@ __all__ = [
     "StuckAt",
     "sample_distinct",
     "fault_words",
+    "read_at",
+    "write_at",
     "FlipList",
 ]
+
+
+#: stored bit positions: one tuple for every tensor, or a sequence of tuples, one per tensor
+StoredBits = tuple[int, ...] | Sequence[tuple[int, ...]]
+
+
+def per_tensor_bits(bits: StoredBits, n: int) -> list[tuple[int, ...]]:
+    """The stored bit positions of each of ``n`` tensors (a flat tuple applies to all of them)."""
+    items: list = list(bits)
+    if all(isinstance(b, int) for b in items):
+        return [tuple(int(b) for b in items)] * n
+    per = [tuple(int(b) for b in t) for t in items]
+    if len(per) != n:
+        raise ValueError(f"bits: {len(per)} bit tuples for {n} tensors; allowed one tuple, or one per tensor")
+    return per
 
 
 @dataclass(frozen=True)
@@ -71,14 +94,23 @@ def sample_distinct(total: int, k: int, generator: torch.Generator | None = None
     return picked[torch.randperm(picked.numel(), generator=generator)[:k]]
 
 
-def _locate(flat: Tensor, sizes: Sequence[int], bits: tuple[int, ...]) -> Sites:
-    """Map positions in the concatenated (tensor, word, selected bit) space to sites."""
-    nb = len(bits)
-    bounds = torch.tensor([0] + list(sizes), dtype=torch.int64).cumsum(0) * nb
+def _n_bits(sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> int:
+    """Number of selectable stored bits: each tensor's words times its own selected bits."""
+    return int(sum(n * len(b) for n, b in zip(sizes, per)))
+
+
+def _locate(flat: Tensor, sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> Sites:
+    """Map positions in the concatenated (tensor, word, selected bit) space to sites; tensor ``i``
+    spans ``sizes[i] * len(per[i])`` positions, word-major."""
+    nb = torch.tensor([len(b) for b in per], dtype=torch.int64)
+    bounds = torch.cat(
+        [torch.zeros(1, dtype=torch.int64), (torch.tensor(list(sizes), dtype=torch.int64) * nb).cumsum(0)]
+    )
     t = torch.searchsorted(bounds, flat, right=True) - 1
     local = flat - bounds[t]
-    bit_table = torch.tensor(bits, dtype=torch.int64)
-    return Sites(t, local // nb, bit_table[local % nb])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), nb.cumsum(0)])[t]
+    bit_table = torch.tensor([b for bits in per for b in bits], dtype=torch.int64)
+    return Sites(t, local // nb[t], bit_table[offsets + local % nb[t]])
 
 
 def _sizes(shapes: Sequence[Sequence[int]]) -> list[int]:
@@ -126,10 +158,11 @@ class Fault:
         self,
         names: Sequence[str],
         shapes: Sequence[torch.Size],
-        bits: tuple[int, ...],
+        bits: StoredBits,
         generator: torch.Generator | None = None,
     ) -> Sites:
-        """Sites in the tensors ``names`` of ``shapes``, among the stored bit positions ``bits``."""
+        """Sites in the tensors ``names`` of ``shapes``, among the stored bit positions ``bits`` (one
+        tuple for all tensors or one per tensor, see :func:`per_tensor_bits`)."""
         raise NotImplementedError
 
     def label(self) -> str:
@@ -151,8 +184,8 @@ class BitErrorRate(Fault):
         _check_rate(self.p)
 
     def sample(self, names, shapes, bits, generator=None):
-        sizes = _sizes(shapes)
-        total = int(sum(sizes)) * len(bits)
+        sizes, per = _sizes(shapes), per_tensor_bits(bits, len(shapes))
+        total = _n_bits(sizes, per)
         if total == 0 or self.p == 0.0:
             return _empty_sites()
         k = int(
@@ -162,7 +195,7 @@ class BitErrorRate(Fault):
                 generator=generator,
             ).item()
         )
-        return _locate(sample_distinct(total, min(k, total), generator), sizes, bits)
+        return _locate(sample_distinct(total, min(k, total), generator), sizes, per)
 
     def label(self) -> str:
         return f"BER={self.p:g}"
@@ -182,11 +215,11 @@ class BitFlips(Fault):
             raise ValueError(f"k: {self.k} flips; allowed values are ints >= 0")
 
     def sample(self, names, shapes, bits, generator=None):
-        sizes = _sizes(shapes)
-        total = int(sum(sizes)) * len(bits)
+        sizes, per = _sizes(shapes), per_tensor_bits(bits, len(shapes))
+        total = _n_bits(sizes, per)
         if self.k > total:
             raise ValueError(f"k: {self.k} flips requested but the selection holds only {total} bits")
-        return _locate(sample_distinct(total, self.k, generator), sizes, bits)
+        return _locate(sample_distinct(total, self.k, generator), sizes, per)
 
     def label(self) -> str:
         return f"{self.k} flips"
@@ -223,8 +256,9 @@ class SingleBitFlip(Fault):
             raise ValueError(
                 f"index: {index!r} is outside {self.param!r}; allowed 0..{n - 1} or a multi-index within shape {shape}"
             )
-        if isinstance(self.bit, bool) or not isinstance(self.bit, int) or self.bit not in bits:
-            raise ValueError(f"bit: {self.bit!r} is not a stored bit; allowed {bits[0]}..{bits[-1]}")
+        own = per_tensor_bits(bits, len(shapes))[i]
+        if isinstance(self.bit, bool) or not isinstance(self.bit, int) or self.bit not in own:
+            raise ValueError(f"bit: {self.bit!r} is not a stored bit of {self.param!r}; allowed {own[0]}..{own[-1]}")
         return Sites(*(torch.tensor([v], dtype=torch.int64) for v in (i, index, self.bit)))
 
     def label(self) -> str:
@@ -295,3 +329,17 @@ def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "
     if mode == "stuck0":
         return words & ~masks
     raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
+
+
+def read_at(t: Tensor, idx: Tensor) -> Tensor:
+    """Elements of ``t`` at logical (row-major) flat indices ``idx``, whatever its strides (a transposed
+    or channels-last weight is indexed as its shape says, not as its memory is laid out)."""
+    return t.view(-1)[idx] if t.is_contiguous() else t[torch.unravel_index(idx, t.shape)]
+
+
+def write_at(t: Tensor, idx: Tensor, values: Tensor) -> None:
+    """Write ``values`` into ``t`` at logical flat indices ``idx``, in place, whatever its strides."""
+    if t.is_contiguous():
+        t.view(-1)[idx] = values
+    else:
+        t[torch.unravel_index(idx, t.shape)] = values

@@ -10,6 +10,10 @@ again. Formats name their bit fields so that a notebook can say ``bits="exponent
   as used by Fuengfusin 2024 (Q2.5). Rounds half to even, saturates at the range ends.
 * :class:`Int`: symmetric integer quantization ``x = q * scale`` (8-bit, 4-bit, ...),
   per tensor or per output channel.
+
+A tensor's *native* format is the one its dtype is stored in (:data:`NATIVE`: float32 -> FP32, float16
+-> FP16, bfloat16 -> BF16). A format wider than the stored dtype is refused (its extra bits do not exist
+in storage, see :func:`check_storable`); a narrower or re-encoding one is the caller quantizing on purpose.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ __all__ = [
     "FP16",
     "BF16",
     "FORMATS",
+    "NATIVE",
+    "native_format",
+    "is_native",
+    "check_storable",
     "resolve_bits",
     "to_unsigned",
     "to_signed",
@@ -294,3 +302,36 @@ class Int(Format):
 
 #: the formats by name, for command lines and notebook parameters
 FORMATS: dict[str, Format] = {"FP32": FP32, "FP16": FP16, "BF16": BF16, "Q2.5": Q(2, 5), "int8": Int(8), "int4": Int(4)}
+
+#: the format each storable dtype is kept in bit for bit (what ``fmt=None`` means)
+NATIVE: dict[torch.dtype, FloatFormat] = {torch.float32: FP32, torch.float16: FP16, torch.bfloat16: BF16}
+
+
+def native_format(dtype: torch.dtype, name: str = "tensor") -> FloatFormat:
+    """The format a tensor ``name`` of ``dtype`` is stored in bit for bit (:data:`NATIVE`)."""
+    if dtype not in NATIVE:
+        raise ValueError(
+            f"fmt: {name!r} is stored as {dtype}, which has no native format; fmt=None allows "
+            "float32 (FP32), float16 (FP16) and bfloat16 (BF16) tensors; for other dtypes pass fmt= on "
+            f"purpose (e.g. fmt=FP32 rounds {dtype} weights to float32 when read back)"
+        )
+    return NATIVE[dtype]
+
+
+def is_native(fmt: Format, dtype: torch.dtype) -> bool:
+    """Whether ``fmt`` stores ``dtype`` tensors bit for bit, by reinterpreting their bits."""
+    return isinstance(fmt, FloatFormat) and fmt.dtype == dtype
+
+
+def check_storable(fmt: Format, dtype: torch.dtype, name: str = "tensor") -> None:
+    """Refuse a format wider than the dtype a tensor is stored in (FP32 on float16 weights: 16 of its 32
+    bits would not exist, so their flips would be lost silently). A narrower or re-encoding format
+    (FP16, BF16, Q(m, n), Int(bits) on float32) is the caller quantizing on purpose and is allowed."""
+    stored = torch.finfo(dtype).bits
+    if fmt.width > stored:
+        native = NATIVE[dtype].name if dtype in NATIVE else "none"
+        raise ValueError(
+            f"fmt: {fmt.name} has {fmt.width} bits but {name!r} is stored as {dtype} ({stored} bits): its extra "
+            f"bits do not exist in storage; allowed: fmt=None (the native format, {native}) or a format of at "
+            f"most {stored} bits (FP16, BF16, Q(m, n) with 1 + m + n <= {stored}, Int(bits <= {stored}))"
+        )

@@ -13,7 +13,7 @@ from ..codecs.scaling import WeightScaling
 from ..evaluate import Output
 from ..formats import Format
 from ..metrics import MetricSpec, resolve_metric
-from ..params import ParamSelection
+from ..params import ParamSelection, store_format
 from .sweep import ber_sweep
 
 __all__ = ["sweep_t", "best_t"]
@@ -23,7 +23,7 @@ def sweep_t(
     model: nn.Module,
     val_data: object,
     ts: Sequence[float],
-    fmt: Format,
+    fmt: Format | None,
     ber: float | Sequence[float],
     trials: int = 20,
     seed: int = 0,
@@ -43,6 +43,7 @@ def sweep_t(
     :func:`best_t` of the frame. ``t`` values that do not fit the format are an error (see ``max_t``).
     """
     m = resolve_metric(metric)
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     bers = [float(ber)] if isinstance(ber, (int, float)) else [float(b) for b in ber]
     if not ts:
         raise ValueError("ts: empty; give at least one t > 0 (or None for no scaling)")

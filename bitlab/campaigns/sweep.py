@@ -21,10 +21,10 @@ from torch import nn
 from ..codecs.base import Codec, Identity
 from ..evaluate import Output, materialize, model_device, score
 from ..faults import BitErrorRate, Fault
-from ..formats import FP32, Format
+from ..formats import Format
 from ..inject import Store
 from ..metrics import MetricSpec, relative_drop, resolve_metric
-from ..params import ParamSelection
+from ..params import ParamSelection, store_format
 from ..progress import bar as progress_bar
 from ..validate import check_number
 
@@ -40,7 +40,7 @@ def ber_sweep(
     data: object,
     bers: Sequence[float],
     trials: int = 20,
-    fmt: Format = FP32,
+    fmt: Format | None = None,
     codec: Codec | None = None,
     params: ParamSelection = None,
     seed: int = 0,
@@ -76,6 +76,7 @@ def ber_sweep(
             raise ValueError(f"bers: {b} is not a probability; allowed values are in [0, 1]")
     codec = Identity() if codec is None else codec
     m = resolve_metric(metric)
+    fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     batches = materialize(data, device=model_device(model))
     g = torch.Generator().manual_seed(seed)
     store = Store(model, fmt, codec, params)

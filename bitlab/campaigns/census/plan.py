@@ -8,13 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from ...codecs.base import Codec, subset_state
-from ...formats import BF16, FP16, FP32, FloatFormat, Format
+from ...formats import NATIVE, FloatFormat, Format
 from ...validate import check_int
 
 __all__ = ["census_format", "flipped_values", "weight_plan"]
 
-#: the format a parameter of each dtype is stored in when ``fmt=None``
-OWN_FORMAT: dict[torch.dtype, FloatFormat] = {torch.float32: FP32, torch.float16: FP16, torch.bfloat16: BF16}
+#: the format a parameter of each dtype is stored in when ``fmt=None`` (the store's own table)
+OWN_FORMAT: dict[torch.dtype, FloatFormat] = NATIVE
 #: the dtypes whose values each float format's values are among (FP16 and BF16 are not nested)
 _HOLDS: dict[torch.dtype, tuple[torch.dtype, ...]] = {
     torch.float32: (torch.float32, torch.float64),
