@@ -19,11 +19,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from ..evaluate import Output, eval_mode, model_device, pick
+from ..evaluate import Output, eval_mode, materialize, model_device, pick
 from ..evaluate import correct as predicted_right
-from ..zoo.data import as_loader
 
 __all__ = ["fgsm", "pgd", "robust_accuracy", "pgd_adversary", "fgsm_adversary"]
 
@@ -130,7 +128,7 @@ class Picked(nn.Module):
 
 def robust_accuracy(
     model: nn.Module,
-    data: Dataset | DataLoader,
+    data: object,
     eps: float,
     steps: int = 10,
     step_size: float | None = None,
@@ -154,7 +152,7 @@ def robust_accuracy(
     correct = seen = 0
     scored = model if output is None else Picked(model, output)
     with eval_mode(model):
-        for x, y in as_loader(data, batch_size):
+        for x, y in materialize(data, batch_size):
             if not isinstance(x, Tensor):
                 raise TypeError(
                     f"data: robust_accuracy perturbs one input tensor per batch, got {type(x).__name__} inputs"

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, Dataset
 
 from ..coverage import Coverage
-from ..evaluate import eval_mode, model_device
+from ..evaluate import call, eval_mode, materialize, model_device, to_device
 
 __all__ = [
     "LINEAR",
@@ -226,24 +226,25 @@ def quant_coverage(
     return cov
 
 
-def input_batches(data: Tensor | Dataset | DataLoader, batch_size: int = 256) -> Iterable[Tensor]:
-    """The input tensors of ``data`` (a Tensor of inputs, a Dataset or a DataLoader), batch by batch."""
+def input_batches(data: object, batch_size: int = 256) -> Iterable[object]:
+    """The inputs of ``data`` batch by batch: a Tensor of inputs (split), or anything
+    :func:`bitlab.evaluate.materialize` takes (a Dataset, a DataLoader, a list of ``(inputs, targets)``
+    batches; inputs a tensor, a tuple of tensors or a dict of keyword arguments)."""
     if isinstance(data, Tensor):
         yield from data.split(batch_size)
         return
-    if isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=batch_size)
-    if not isinstance(data, DataLoader):
+    if not isinstance(data, (Dataset, DataLoader, list)):
         raise TypeError(
-            f"calib_data: expected a Tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}"
+            "calib_data: expected a Tensor of inputs, a Dataset, a DataLoader or a list of (inputs, targets) "
+            f"batches, got {type(data).__name__}"
         )
-    for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+    for x, _ in materialize(data, batch_size):
+        yield x
 
 
 @torch.no_grad()
 def observe_inputs(
-    model: nn.Module, calib_data: Tensor | Dataset | DataLoader, names: list[str], method: str
+    model: nn.Module, calib_data: object, names: list[str], method: str
 ) -> tuple[dict[str, float], dict[str, list[Tensor]], list[str]]:
     """``max|x|`` (and, for percentiles, every ``|x|``) of the inputs of ``names`` over ``calib_data``, in eval
     mode with the fused Transformer fast path off; also the names whose forward was never called."""
@@ -269,9 +270,9 @@ def observe_inputs(
     try:
         with eval_mode(model), slow_path():
             for x in input_batches(calib_data):
-                if len(x) == 0:
+                if isinstance(x, Tensor) and len(x) == 0:
                     continue
-                model(x.to(device))
+                call(model, to_device(x, device))
                 batches += 1
     finally:
         for h in handles:

@@ -43,7 +43,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from ..coverage import Coverage, enforce
 from ..formats import finite_abs, to_signed, to_unsigned
@@ -150,7 +149,7 @@ def _check_act_args(bits: int, method: str, percentile: float) -> None:
 
 def calibrate_activations(
     model: nn.Module,
-    calib_data: Tensor | Dataset | DataLoader,
+    calib_data: object,
     layers: str | Sequence[str] | None = None,
     bits: int = 8,
     method: str = "max",
@@ -347,7 +346,7 @@ class _InputQuantizer:
 
 def quantize_model(
     model: nn.Module,
-    calib_data: Tensor | Dataset | DataLoader,
+    calib_data: object,
     bits: int = 8,
     act_method: str = "max",
     per_channel: bool = False,
@@ -359,9 +358,10 @@ def quantize_model(
     ``layers`` (default: every quantizable layer, see :mod:`.qlayers`), Fasfous et al. 2022 setting.
 
     The model is deep-copied (the original is untouched); the copy's weights are quantized first, then the
-    activation scales are calibrated on ``calib_data`` (a Tensor of inputs, Dataset or DataLoader) in one
-    pass of the weight-quantized copy in eval mode, with the activations in float (so each layer's scale
-    sees its inputs under quantized weights, but not the rounding of earlier activations).
+    activation scales are calibrated on ``calib_data`` (a Tensor of inputs, a Dataset, a DataLoader or a
+    list of ``(inputs, targets)`` batches with tensor, tuple or dict inputs) in one pass of the
+    weight-quantized copy in eval mode, with the activations in float (so each layer's scale sees its
+    inputs under quantized weights, but not the rounding of earlier activations).
     ``act_method`` is ``"max"`` or ``"percentile"`` (with ``percentile``, e.g. 99.99).
 
     ``qm.coverage`` lists every floating parameter and layer input: quantized, float by design (biases,
