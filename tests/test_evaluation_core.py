@@ -316,3 +316,11 @@ def test_per_sample_scores_are_on_the_cpu_in_float64():
     model, data = ZOO["fp16"]()
     s = per_sample(model, data, "loss")
     assert s.dtype == torch.float64 and s.device.type == "cpu" and len(s) == sum(len(y) for _, y in data)
+
+
+def test_census_refuses_a_checkpoint_it_could_not_write():
+    model, data = ZOO["regressor"]()
+    with pytest.raises(ValueError, match=r"checkpoint: this census takes the naive loop \(metric 'mse'"):
+        bit_census(model, data, metric="mse", params="head.bias", checkpoint="/tmp/never.jsonl", progress=False)
+    with pytest.raises(ValueError, match="on_chunk: this census takes the naive loop"):
+        bit_census(model, data, metric="mse", params="head.bias", on_chunk=print, progress=False)

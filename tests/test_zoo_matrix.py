@@ -64,7 +64,7 @@ def test_score_equals_the_hand_computation(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_corrupted_flips_the_reported_words_and_restores(name):
-    model, data, _, _ = _setup(name)
+    model = _setup(name)[0]
     snap = snapshot(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with bl.corrupted(model, bl.BitFlips(7), generator=torch.Generator().manual_seed(1)) as r:

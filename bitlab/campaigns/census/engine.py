@@ -209,6 +209,12 @@ def bit_census(
     given = materialize(data, device=model_device(model))
     why = _no_shortcut(codec, m, output, given)
     if why:
+        for arg, value in (("checkpoint", checkpoint), ("on_chunk", on_chunk)):
+            if value is not None:
+                raise ValueError(
+                    f"{arg}: this census takes the naive loop ({why}), which has no chunks to save or report; "
+                    f"allowed: {arg}=None here, or accuracy with a model that takes one tensor and returns its logits"
+                )
         return _naive(model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why)
     batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
