@@ -318,9 +318,48 @@ def test_per_sample_scores_are_on_the_cpu_in_float64():
     assert s.dtype == torch.float64 and s.device.type == "cpu" and len(s) == sum(len(y) for _, y in data)
 
 
-def test_census_refuses_a_checkpoint_it_could_not_write():
+class _Stop(Exception):
+    pass
+
+
+def test_census_on_the_naive_loop_checkpoints_and_resumes(tmp_path):
+    """Another metric (and a multi-word codec) takes the naive loop: it saves chunks too, a resumed run
+    equals one straight through, and a resume with another metric is refused."""
     model, data = ZOO["regressor"]()
-    with pytest.raises(ValueError, match=r"checkpoint: this census takes the naive loop \(metric 'mse'"):
-        bit_census(model, data, metric="mse", params="head.bias", checkpoint="/tmp/never.jsonl", progress=False)
-    with pytest.raises(ValueError, match="on_chunk: this census takes the naive loop"):
-        bit_census(model, data, metric="mse", params="head.bias", on_chunk=print, progress=False)
+    kw = dict(metric="mse", params="head.weight", bits=[30, 29, 3], n_weights=6, progress=False)
+    straight = bit_census(model, data, **kw)
+    path = tmp_path / "mse.jsonl"
+    calls = []
+
+    def stop_after_one(n):
+        calls.append(n)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        bit_census(model, data, checkpoint=path, on_chunk=stop_after_one, **kw)
+    assert calls == [1] and len(path.read_text().splitlines()) == 2  # the header and one chunk
+    resumed = bit_census(model, data, checkpoint=path, **kw)
+    pd.testing.assert_frame_equal(resumed, straight)
+    with pytest.raises(ValueError, match="written by a different census"):
+        bit_census(model, data, checkpoint=path, **{**kw, "metric": bl.Metric("mse2", METRICS["mse"].fn, False)})
+
+
+def test_group_checksum_census_checkpoints_too(tmp_path):
+    model, data = ZOO["conv1d"]()
+    kw = dict(params="head.bias", bits="exponent", codec=bl.GroupChecksum(4), progress=False)
+    seen = []
+    first = bit_census(model, data, checkpoint=tmp_path / "g.jsonl", on_chunk=seen.append, **kw)
+    assert seen and "naive loop" in first.attrs["note"]
+    again = bit_census(model, data, checkpoint=tmp_path / "g.jsonl", on_chunk=seen.append, **kw)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(seen) == len(set(seen)) == seen[-1]  # the rerun computed nothing new
+
+
+def test_checkpoint_values_that_are_not_finite_round_trip(tmp_path):
+    from bitlab.campaigns.census.checkpoint import CheckpointFile
+
+    f = CheckpointFile(tmp_path / "c.jsonl", "k")
+    f.append(("w", 0, 4), [float("nan"), float("inf"), -float("inf"), 0.25])
+    (got,) = CheckpointFile(tmp_path / "c.jsonl", "k").load().values()
+    assert math.isnan(got[0]) and got[1:] == [float("inf"), -float("inf"), 0.25]
+    assert '"nan"' in (tmp_path / "c.jsonl").read_text()

@@ -3,13 +3,16 @@ keyed by a fingerprint of the census's inputs and checksummed line by line.
 
 Line 1: ``{"format": "bitlab-census-checkpoint", "version": 1, "key": <fingerprint>}``; then one line
 per finished chunk: ``{"param", "start", "step", "accuracies", "sha256"}``, ``sha256`` the hex digest
-of the canonical JSON (sorted keys, no spaces) of the other four fields. Floats are written with
-``repr`` (Python's json), which reads back as the same float."""
+of the canonical JSON (sorted keys, no spaces) of the other four fields. ``accuracies`` holds the
+metric's values (accuracy, or e.g. an MSE in the naive loop). Floats are written with ``repr``
+(Python's json), which reads back as the same float; non-finite values (an MSE of a broken model) as
+the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,8 +22,9 @@ from torch import Tensor, nn
 
 from ...codecs.base import Codec
 from ...formats import Format
+from ...metrics import Metric
 
-__all__ = ["FORMAT", "VERSION", "CheckpointFile", "ChunkId", "configuration", "fingerprint"]
+__all__ = ["FORMAT", "VERSION", "CheckpointFile", "ChunkId", "configuration", "describe", "fingerprint"]
 
 FORMAT = "bitlab-census-checkpoint"
 VERSION = 1
@@ -45,6 +49,35 @@ def configuration(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}({', '.join(items)})"
 
 
+def describe(obj: object) -> str:
+    """A metric, an ``output=`` picker or another setting as text that changes when it does: a function by
+    its module, name and a digest of its code and constants (its address is not stable across runs), a
+    :class:`~bitlab.metrics.Metric` by its name, direction and function, anything else by ``repr``."""
+    if isinstance(obj, Metric):
+        return f"Metric({obj.name}, {obj.higher_is_better}, {describe(obj.fn)})"
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}#{body}"
+    return repr(obj)
+
+
+def _update(h: hashlib._Hash, obj: object) -> None:
+    """Feed every tensor of a (nested) batch to ``h``, with the structure around it."""
+    if isinstance(obj, Tensor):
+        h.update(_tensor_bytes(obj))
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode())
+            _update(h, obj[k])
+    elif isinstance(obj, (tuple, list)):
+        h.update(f"{type(obj).__name__}[{len(obj)}]".encode())
+        for v in obj:
+            _update(h, v)
+    else:
+        h.update(repr(obj).encode())
+
+
 def fingerprint(
     model: nn.Module,
     chosen: list[tuple[str, nn.Parameter]],
@@ -52,13 +85,15 @@ def fingerprint(
     positions: Sequence[int],
     fmt: Format,
     codec: Codec,
-    batches: list[tuple[Tensor, Tensor]],
+    batches: Sequence[tuple[object, Tensor]],
+    scoring: str = "accuracy",
 ) -> str:
     """A digest of everything that changes a census's answer: the model's architecture (every module's
     type and configuration), every parameter and buffer, the format and the codec with all their
-    attributes, the bits, the chosen parameters and visited weights, and the data."""
+    attributes, the bits, the chosen parameters and visited weights, the data, and ``scoring`` (the
+    path, the metric and the output picker, as :func:`describe` writes them)."""
     h = hashlib.sha256()
-    h.update(repr((configuration(fmt), configuration(codec), tuple(positions))).encode())
+    h.update(repr((configuration(fmt), configuration(codec), tuple(positions), scoring)).encode())
     for name, m in model.named_modules():
         h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})".encode())
     for name, t in model.state_dict(keep_vars=True).items():
@@ -68,8 +103,8 @@ def fingerprint(
         h.update(name.encode())
         h.update(idx.numpy().tobytes())
     for x, y in batches:
-        h.update(_tensor_bytes(x))
-        h.update(_tensor_bytes(y))
+        _update(h, x)
+        _update(h, y)
     return h.hexdigest()
 
 
@@ -79,6 +114,10 @@ def _canonical(obj: object) -> str:
 
 def _checksum(fields: dict[str, object]) -> str:
     return hashlib.sha256(_canonical(fields).encode()).hexdigest()
+
+
+#: how non-finite values are written (JSON has no NaN or Infinity)
+_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 def _reject_constant(name: str) -> float:
@@ -158,15 +197,16 @@ class CheckpointFile:
             and type(start) is int
             and type(step) is int
             and isinstance(accs, list)
-            and all(type(a) is float for a in accs)
+            and all(type(a) is float or a in _NON_FINITE for a in accs)
         ):
             raise self._fail(f"line {number}: a field has the wrong type")
-        return (param, start, step), accs
+        return (param, start, step), [_NON_FINITE[a] if isinstance(a, str) else a for a in accs]
 
     def append(self, cid: ChunkId, accuracies: list[float]) -> None:
         """Add one finished chunk (and the header first, on a new or empty file), flushed to disk."""
         param, start, step = cid
-        fields: dict[str, object] = {"param": param, "start": start, "step": step, "accuracies": accuracies}
+        values = [repr(a) if not math.isfinite(a) else a for a in accuracies]  # "nan", "inf", "-inf"
+        fields: dict[str, object] = {"param": param, "start": start, "step": step, "accuracies": values}
         text = ""
         if not self._has_header:
             text = self._header()

@@ -209,13 +209,9 @@ def bit_census(
     given = materialize(data, device=model_device(model))
     why = _no_shortcut(codec, m, output, given)
     if why:
-        for arg, value in (("checkpoint", checkpoint), ("on_chunk", on_chunk)):
-            if value is not None:
-                raise ValueError(
-                    f"{arg}: this census takes the naive loop ({why}), which has no chunks to save or report; "
-                    f"allowed: {arg}=None here, or accuracy with a model that takes one tensor and returns its logits"
-                )
-        return _naive(model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why)
+        return _naive(
+            model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why, checkpoint, on_chunk
+        )
     batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     plan = weight_plan(chosen, n_weights, seed)
@@ -278,6 +274,8 @@ def _naive(
     metric: Metric,
     output: Output,
     why: str,
+    checkpoint: str | os.PathLike[str] | None,
+    on_chunk: Callable[[int], None] | None,
 ) -> pd.DataFrame:
     """The naive loop, with the fast census's statistics and the reason in ``attrs["note"]``."""
     df = naive_bit_census(
@@ -292,6 +290,8 @@ def _naive(
         progress=progress,
         metric=metric,
         output=output,
+        checkpoint=checkpoint,
+        on_chunk=on_chunk,
     )
     df.attrs["note"] = f"recomputed exactly by the naive loop ({why})"
     df.attrs["stats"] = dict(certified=0, rechecked=0, recomputed=len(df), from_checkpoint=0)
