@@ -363,3 +363,41 @@ def test_checkpoint_values_that_are_not_finite_round_trip(tmp_path):
     (got,) = CheckpointFile(tmp_path / "c.jsonl", "k").load().values()
     assert math.isnan(got[0]) and got[1:] == [float("inf"), -float("inf"), 0.25]
     assert '"nan"' in (tmp_path / "c.jsonl").read_text()
+
+
+def test_fast_census_gives_the_metric_errors_of_the_core():
+    reg = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(6, 4), torch.randn(6, 3))]
+    with pytest.raises(ValueError, match="integer class labels.*metric='mse'"):
+        bit_census(reg, data, params="2.bias", bits="sign", progress=False)
+    model, ddata = ZOO["dict_out"]()
+    with pytest.raises(TypeError, match=r"output: .*keys \['logits', 'features'\]"):
+        bit_census(model, ddata, params="head.bias", bits="sign", progress=False)
+
+
+def test_attack_refuses_regression_targets_without_a_loss_and_formats_wider_than_storage():
+    model, data = ZOO["regressor"]()
+    with pytest.raises(ValueError, match="loss: the default objective.*mse_loss"):
+        bit_flip_attack(model, data, budget=1, metric="mse", progress=False)
+    half, hdata = ZOO["bf16"]()
+    with pytest.raises(ValueError, match="fmt: FP32 has 32 bits but"):
+        bit_flip_attack(half, hdata, fmt=bl.FP32, budget=1, progress=False)
+    cnn, cdata = ZOO["resnet_bn"]()
+    cnn = cnn.to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="contiguous_format"):
+        bit_flip_attack(cnn, cdata, budget=1, progress=False)
+
+
+def test_hessian_pair_loss_on_a_tuple_output_names_batch_loss():
+    class TupleOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    m = TupleOut()
+    batch = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(TypeError, match="batch_loss"):
+        bl.hessian.hvp(m, F.cross_entropy, batch, [torch.ones_like(p) for p in m.parameters()])

@@ -55,7 +55,7 @@ from ..codecs.base import Codec, Identity
 from ..coverage import Coverage, enforce
 from ..evaluate import Output, call, concat, eval_mode, gather, materialize, model_device, pick, score, take
 from ..faults import FlipList
-from ..formats import Format, Int
+from ..formats import Format, Int, check_storable
 from ..inject import InjectionReport, corrupted
 from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection, select_params
@@ -322,10 +322,19 @@ def bit_flip_attack(
     layers = attack_params(model, params)
     coverage = enforce(attack_coverage(model, params), strict)
     for name, p in layers:
+        check_storable(fmt, p.dtype, name)
         if not p.is_contiguous():
-            raise ValueError(f"params: {name!r} is not contiguous; call .contiguous() on it before attacking")
+            raise ValueError(
+                f"model: {name!r} is not stored contiguously (e.g. a channels_last model); the attack indexes the "
+                "flat weights: call model.to(memory_format=torch.contiguous_format) first"
+            )
     device = model_device(model)
     x, y = _attack_batch(data, attack_batch, seed, device)
+    if loss is None and (y.is_floating_point() or y.is_complex()):
+        raise ValueError(
+            f"loss: the default objective is the cross-entropy of class labels, but the targets are {y.dtype} "
+            "(regression); pass loss=, e.g. torch.nn.functional.mse_loss"
+        )
     eval_batches = materialize(data if eval_data is None else eval_data, device=device)
     codec = Identity()
     saved = [(p, p.data.clone(), p.requires_grad) for _, p in layers]

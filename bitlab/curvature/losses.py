@@ -89,7 +89,14 @@ def as_batch_loss(loss_fn: object) -> BatchLoss:
 
     def pair_loss(model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
-        return fn(call(model, inputs), targets)  # type: ignore[operator]
+        out = call(model, inputs)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"loss_fn: the model returned a {type(out).__name__}, not a tensor, so loss_fn(outputs, targets) "
+                "cannot take it; wrap the loss: bl.hessian.batch_loss(lambda m, b: loss(m(b[0])[0], b[1])) "
+                "(pick the scores from the output there)"
+            )
+        return fn(out, targets)  # type: ignore[operator]
 
     return BatchLoss(pair_loss, pairs=True)
 

@@ -91,7 +91,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ...codecs.base import Codec, Identity
-from ...evaluate import Batches, Output, eval_mode, materialize, model_device
+from ...evaluate import Batches, Output, eval_mode, materialize, model_device, score
 from ...faults import BitErrorRate
 from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
@@ -213,6 +213,7 @@ def bit_census(
             model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why, checkpoint, on_chunk
         )
     batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
+    score(model, batches[:1], m, output)  # logits and labels as accuracy needs them, or the metric's clear error
     positions = resolve_bits(bits, codec.width(fmt), codec.fields(fmt))
     plan = weight_plan(chosen, n_weights, seed)
     ckpt = None
