@@ -90,13 +90,16 @@ def as_batch_loss(loss_fn: object) -> BatchLoss:
     def pair_loss(model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
         out = call(model, inputs)
-        if not isinstance(out, Tensor):
+        try:
+            return fn(out, targets)  # type: ignore[operator]
+        except (TypeError, AttributeError) as err:
+            if isinstance(out, Tensor):
+                raise
             raise TypeError(
-                f"loss_fn: the model returned a {type(out).__name__}, not a tensor, so loss_fn(outputs, targets) "
-                "cannot take it; wrap the loss: bl.hessian.batch_loss(lambda m, b: loss(m(b[0])[0], b[1])) "
-                "(pick the scores from the output there)"
-            )
-        return fn(out, targets)  # type: ignore[operator]
+                f"loss_fn: it failed on the model's {type(out).__name__} output ({err}); a loss_fn(outputs, targets) "
+                "gets the output as the model returns it: pick the scores inside it, or wrap the loss: "
+                "bl.hessian.batch_loss(lambda m, b: loss(m(b[0])[0], b[1]))"
+            ) from err
 
     return BatchLoss(pair_loss, pairs=True)
 

@@ -238,7 +238,11 @@ def input_batches(data: object, batch_size: int = 256) -> Iterable[object]:
             "calib_data: expected a Tensor of inputs, a Dataset, a DataLoader or a list of (inputs, targets) "
             f"batches, got {type(data).__name__}"
         )
-    for x, _ in materialize(data, batch_size):
+    try:
+        batches = materialize(data, batch_size)
+    except (TypeError, ValueError) as err:  # name the argument of this entry point
+        raise type(err)(str(err).replace("data:", "calib_data:", 1)) from None
+    for x, _ in batches:
         yield x
 
 
