@@ -14,6 +14,7 @@ import bitlab as bl
 from bitlab.campaigns import activation_sweep, ber_sweep, summarize, sweep_t, tolerable_ber
 from bitlab.campaigns.attack import bit_flip_attack
 from bitlab.campaigns.census import bit_census, naive_bit_census
+from bitlab.campaigns.seeds import trial_generator
 from bitlab.curvature.landscape import loss_slice
 from bitlab.evaluate import pick, score
 from bitlab.inject import Store
@@ -140,10 +141,10 @@ def test_every_codec_parameter_changes_the_read_back(a, b):
 
 def test_trials_of_a_ber_sweep_draw_different_faults():
     df = ber_sweep(M, D, [0.02], trials=6, seed=0, progress=False)
-    store, g = Store(M), torch.Generator().manual_seed(0)
+    store = Store(M)
     drawn = []
-    for _ in range(6):
-        with store.corrupted(bl.BitErrorRate(0.02), generator=g) as r:
+    for t in range(6):
+        with store.corrupted(bl.BitErrorRate(0.02), generator=trial_generator(0, "ber", 0.02, t)) as r:
             drawn.append(tuple(zip(r.sites.word.tolist(), r.sites.bit.tolist())))
     assert len(set(drawn)) == 6
     assert df["flips"].tolist() == [len(d) for d in drawn]

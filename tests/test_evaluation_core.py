@@ -21,6 +21,7 @@ import bitlab as bl
 from bitlab.campaigns import ber_sweep, tolerable_ber
 from bitlab.campaigns.attack import bit_flip_attack
 from bitlab.campaigns.census import bit_census, naive_bit_census
+from bitlab.campaigns.seeds import trial_generator
 from bitlab.curvature.landscape import loss_slice
 from bitlab.evaluate import call, concat, gather, materialize, model_device, per_sample, pick, score, take
 from bitlab.metrics import METRICS, Metric, relative_drop, resolve_metric
@@ -211,13 +212,14 @@ def test_ber_sweep_with_mse_on_a_transformer_regressor_matches_a_naive_loop():
     assert same_as(model, snap)
     assert "mse" in df.columns and "accuracy" not in df.columns
     assert df.attrs["metric"] == "mse" and df.attrs["clean"] == pytest.approx(_mse(model, data))
-    g = torch.Generator().manual_seed(5)
     store = bl.inject.Store(model)
     for _, row in df.iterrows():
+        g = trial_generator(5, "ber", row["ber"], int(row["trial"]))
         with store.corrupted(bl.BitErrorRate(row["ber"]), generator=g):
             want = _mse(model, data)
-        assert row["mse"] == pytest.approx(want, rel=1e-12, nan_ok=True)
-        assert row["rad"] == pytest.approx((want - df.attrs["clean"]) / df.attrs["clean"], nan_ok=True)
+        # float32 attention kernels: the two runs agree to float32 rounding, not always to the bit
+        assert row["mse"] == pytest.approx(want, rel=1e-6, nan_ok=True)
+        assert row["rad"] == pytest.approx((want - df.attrs["clean"]) / df.attrs["clean"], rel=1e-5, nan_ok=True)
     assert df["mse"].max() > df.attrs["clean"]  # 1e-2 breaks the regressor
 
 

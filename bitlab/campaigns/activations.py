@@ -31,6 +31,7 @@ from ..formats import BitSelection, Int, resolve_bits
 from ..metrics import MetricSpec, relative_drop, resolve_metric
 from ..progress import bar as progress_bar
 from ..training.quant import ActFault, QuantizedModel
+from .seeds import trial_generator
 
 __all__ = ["act_fault_fn", "flips_per_inference_fn", "activation_sizes", "activation_sweep", "resilience_auc", "MODES"]
 
@@ -266,8 +267,9 @@ def activation_sweep(
     ``mode="ber"``: every selected activation bit of every inference flips independently with probability
     ``rate``; ``mode="flips"``: exactly ``rate`` (an int) bits flip per inference (per test image), spread
     uniformly over the selected bits of all chosen layers. ``bits`` selects bit positions (``"sign"``,
-    ``"magnitude"``, indices; default all). Faults are drawn afresh for every batch and trial from one
-    generator seeded with ``seed``.
+    ``"magnitude"``, indices; default all). Faults are drawn afresh for every batch; each trial has its
+    own generator, ``trial_generator(seed, "activations", mode, rate, layers, t)`` (counter-based, see
+    :mod:`bitlab.campaigns.seeds`: a subset or an extension of the trials keeps every row).
 
     Returns one row per (rate, trial): ``rate, trial, flips`` (total over the data),
     ``flips_per_inference``, ``<metric>`` (``accuracy`` by default), ``rad`` (its relative drop),
@@ -293,13 +295,13 @@ def activation_sweep(
     n_inputs = sum(len(y) for _, y in batches)
     with qm.act_fault(None):
         clean = score(qm, batches, m, output)
-    g = torch.Generator().manual_seed(seed)
     layer_label = "all" if len(names) == len(qm.layers) else ",".join(names)
     rows = []
     bar = progress_bar(total=len(rates) * trials, desc=f"activation_sweep {mode}", progress=progress)
     for rate in rates:
         for t in range(trials):
             counts: dict[str, int] = {}
+            g = trial_generator(seed, "activations", mode, rate, layer_label, t)
             if mode == "ber":
                 fn = act_fault_fn(BitErrorRate(rate, bits=positions), g, qm.bits, names, counts)
             else:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 from torch import nn
 
@@ -27,6 +26,7 @@ from ..metrics import MetricSpec, relative_drop, resolve_metric
 from ..params import ParamSelection, store_format
 from ..progress import bar as progress_bar
 from ..validate import check_number
+from .seeds import trial_generator
 
 __all__ = ["ber_sweep", "summarize", "tolerable_ber"]
 
@@ -65,6 +65,10 @@ def ber_sweep(
     early: once the mean metric at a rate is at or past it on the worse side (e.g. chance accuracy), the
     higher rates are not run (they have no rows), which saves most of the time of sweeps that go far
     past the breaking point.
+
+    Randomness is counter-based (:mod:`bitlab.campaigns.seeds`): trial ``t`` at rate ``ber`` draws its
+    faults from ``trial_generator(seed, "ber", ber, t)``, so a rate run alone, a subset of trials or a
+    longer sweep (``trials=20`` after ``trials=6``) gives the same rows for the same (rate, trial).
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
@@ -78,7 +82,6 @@ def ber_sweep(
     m = resolve_metric(metric)
     fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
     batches = materialize(data, device=model_device(model))
-    g = torch.Generator().manual_seed(seed)
     store = Store(model, fmt, codec, params)
     with store.corrupted(BitErrorRate(0.0)):
         clean = score(model, batches, m, output)
@@ -87,7 +90,7 @@ def ber_sweep(
     for ber in bers:
         accs = []
         for t in range(trials):
-            with store.corrupted(_fault_for(fault, ber), generator=g) as r:
+            with store.corrupted(_fault_for(fault, ber), generator=trial_generator(seed, "ber", ber, t)) as r:
                 acc = score(model, batches, m, output)
             rows.append(
                 {
