@@ -114,7 +114,9 @@ summary["expected flips at tolerable BER"] = summary["mean"] * bits
 summary
 
 # %% [markdown]
-# ResNet-20 tolerates a BER more than an order of magnitude lower than the two small models. Between
+# ResNet-20 tolerates a BER more than an order of magnitude lower than the two small models on average
+# over seeds; seed by seed the gap varies a lot (a tolerable BER from 20 trials per rate is a noisy
+# number), but ResNet-20 is the least tolerant model for every seed (the check below). Between
 # those two, "complexity" is ambiguous: the CNN is deeper but has *fewer* parameters than the MLP
 # (see the table in section 1), and their tolerable rates are within each other's spread. The last column
 # hints at what matters: the tolerable
@@ -135,9 +137,13 @@ ax.legend(fontsize="small");
 # %%
 order = tol_plain.groupby("model", sort=False)["tolerable BER"].mean()
 print(order)
-for seed in SEEDS:  # the deep, wide ResNet tolerates far lower rates than either small model, seed by seed
+ratios = []
+for seed in SEEDS:  # the deep, wide ResNet tolerates lower rates than either small model, seed by seed
     t = tol_plain[tol_plain.seed == seed].set_index("model")["tolerable BER"]
-    assert t["ResNet-20"] < 0.2 * min(t["MLP"], t["small CNN"])
+    ratios.append(t["ResNet-20"] / min(t["MLP"], t["small CNN"]))
+    assert t["ResNet-20"] < min(t["MLP"], t["small CNN"])
+print("tolerable BER of ResNet-20 / that of the less tolerant small model, per seed:", [f"{r:.2g}" for r in ratios])
+assert order["ResNet-20"] < 0.1 * min(order["MLP"], order["small CNN"])  # an order of magnitude, on the mean
 
 # %% [markdown]
 # ## 3. Weight nulling: detect and zero
