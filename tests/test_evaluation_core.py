@@ -403,3 +403,15 @@ def test_hessian_pair_loss_on_a_tuple_output_names_batch_loss():
     batch = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(TypeError, match="batch_loss"):
         bl.hessian.hvp(m, F.cross_entropy, batch, [torch.ones_like(p) for p in m.parameters()])
+
+
+def test_stop_at_follows_the_direction_and_stops_on_a_nan_mean():
+    model, data = ZOO["regressor"]()
+    full = ber_sweep(model, data, [1e-6, 1e-2, 5e-2], trials=2, metric="mse", progress=False)
+    broken = full.groupby("ber")["mse"].mean()
+    assert np.isnan(broken.iloc[-1]) or broken.iloc[-1] > 10 * full.attrs["clean"]
+    short = ber_sweep(
+        model, data, [1e-6, 1e-2, 5e-2], trials=2, metric="mse", stop_at=10 * full.attrs["clean"], progress=False
+    )
+    assert short["ber"].max() < 5e-2  # stopped once the mean MSE was past the threshold (or NaN)
+    pd.testing.assert_frame_equal(short, full[full.ber <= short["ber"].max()].reset_index(drop=True))

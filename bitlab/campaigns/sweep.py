@@ -62,9 +62,9 @@ def ber_sweep(
     ``df.attrs`` holds ``metric``, ``clean`` and ``clean_<metric>`` (e.g. ``clean_accuracy``): the
     fault-free value in that store (which differs from the float model for lossy formats). ``fault`` maps
     a rate to a fault model (default :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep
-    early: once the mean metric at a rate is at or past it on the worse side (e.g. chance accuracy), the
-    higher rates are not run (they have no rows), which saves most of the time of sweeps that go far
-    past the breaking point.
+    early: once the mean metric at a rate is at or past it on the worse side (e.g. chance accuracy; a NaN
+    mean counts as past it), the higher rates are not run (they have no rows), which saves most of the
+    time of sweeps that go far past the breaking point.
 
     Randomness is counter-based (:mod:`bitlab.campaigns.seeds`): trial ``t`` at rate ``ber`` draws its
     faults from ``trial_generator(seed, "ber", ber, t)``, so a rate run alone, a subset of trials or a
@@ -107,7 +107,8 @@ def ber_sweep(
             accs.append(acc)
             bar.update()
         mean = sum(accs) / len(accs)
-        if stop_at is not None and (mean <= stop_at if m.higher_is_better else mean >= stop_at):
+        # a NaN mean (an MSE of a model whose outputs hold NaN) is past any stop
+        if stop_at is not None and (math.isnan(mean) or (mean <= stop_at if m.higher_is_better else mean >= stop_at)):
             break
     bar.close()
     df = pd.DataFrame(rows)
