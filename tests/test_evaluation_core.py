@@ -415,3 +415,42 @@ def test_stop_at_follows_the_direction_and_stops_on_a_nan_mean():
     )
     assert short["ber"].max() < 5e-2  # stopped once the mean MSE was past the threshold (or NaN)
     pd.testing.assert_frame_equal(short, full[full.ber <= short["ber"].max()].reset_index(drop=True))
+
+
+def test_nan_trials_fail_their_rate_and_their_t():
+    df = pd.DataFrame({"ber": [1e-6, 1e-6, 1e-5, 1e-5, 1e-4], "mse": [0.1, 0.1, float("nan"), 0.1, 0.9]})
+    df.attrs.update(metric="mse", higher_is_better=False, clean=0.1)
+    assert tolerable_ber(df, drop=0.01) == pytest.approx(1e-6)  # 1e-5 holds a NaN trial: it fails
+    table = bl.summarize(df)
+    assert table.set_index("ber").loc[1e-5, "nan"] == 1 and table.set_index("ber").loc[1e-5, "n"] == 1
+    from bitlab.campaigns.scaling import best_t
+
+    t = pd.DataFrame({"t": [1.0, 1.0, 2.0, 2.0], "mse": [0.05, float("nan"), 0.2, 0.2], "clean_mse": [0.1] * 4})
+    t.attrs.update(metric="mse", higher_is_better=False)
+    assert best_t(t) == 2.0
+
+
+def test_attack_with_the_loss_metric_keeps_both_columns():
+    model, data = ZOO["encoder"]()
+    res = bit_flip_attack(model, data, budget=2, metric="loss", progress=False)
+    assert list(res.flips.columns)[-2:] == ["loss", "eval_loss"] and res.metric == "eval_loss"
+    assert list(res.curve().columns) == ["step", "loss", "eval_loss"]
+    flips = res.flips.copy()
+    flips.loc[flips.index[-1], "eval_loss"] = float("nan")
+    res.flips = flips
+    assert res.flips_to(1e9) == len(flips)  # a NaN value is past any level
+
+
+def test_a_metric_closing_over_another_value_is_another_census(tmp_path):
+    model, data = ZOO["dict_out"]()
+
+    def scaled(scale):
+        return bl.Metric("scaled", lambda o, t: METRICS["accuracy"].fn(o, t) * scale)
+
+    kw = dict(params="head.bias", bits=[30], output="logits", checkpoint=tmp_path / "c.jsonl", progress=False)
+    first = bit_census(model, data, metric=scaled(1.0), **kw)
+    assert first.attrs["stats"]["recomputed"] == len(first)
+    again = bit_census(model, data, metric=scaled(1.0), **kw)
+    assert again.attrs["stats"]["from_checkpoint"] == len(again) and again.attrs["stats"]["recomputed"] == 0
+    with pytest.raises(ValueError, match="different census"):
+        bit_census(model, data, metric=scaled(100.0), **kw)

@@ -125,7 +125,8 @@ class AttackResult:
         sign = 1.0 if self.higher_is_better else -1.0
         if sign * self.clean_accuracy <= sign * level:
             return 0
-        hit = self.flips.index[sign * self.flips[self.metric] <= sign * level]
+        values = self.flips[self.metric]
+        hit = self.flips.index[(sign * values <= sign * level) | values.isna()]  # NaN: broken, past any level
         return int(self.flips.loc[hit[0], "step"]) if len(hit) else None
 
     def curve(self) -> pd.DataFrame:
@@ -289,7 +290,9 @@ def bit_flip_attack(
     stalls. ``model`` is restored bit for bit on return and on error.
 
     ``metric`` is what is measured after each flip (accuracy by default; column and ``target_accuracy``
-    then refer to it, in its direction; ``"chance"`` needs accuracy), ``output`` picks the scored tensor
+    then refer to it, in its direction, a NaN value counting as past any target; ``"chance"`` needs
+    accuracy; ``metric="loss"`` is written as ``eval_loss``, next to the attack objective's ``loss``),
+    ``output`` picks the scored tensor
     from a tuple/dict output, and ``loss`` is the objective the attack increases, ``(outputs, targets)
     -> scalar`` (default :func:`attack_loss`, the capped cross-entropy; a regression model needs e.g.
     an MSE). Batches may hold tensor, tuple or dict inputs.
@@ -299,6 +302,7 @@ def bit_flip_attack(
     a ``ValueError``.
     """
     m = resolve_metric(metric)
+    col = "eval_loss" if m.name == "loss" else m.name  # "loss" is the attack objective's column
     if loss is not None and not callable(loss):
         raise TypeError(f"loss: expected None or a callable (outputs, targets) -> scalar, got {type(loss).__name__}")
     loss_fn: LossFn = attack_loss if loss is None else loss
@@ -357,13 +361,14 @@ def bit_flip_attack(
             clean_loss = _loss(model, x, y, output, loss_fn)
             clean_acc = score(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
-            worse = (lambda v: v <= target) if m.higher_is_better else (lambda v: v >= target)
+            # NaN (a metric of a model whose outputs hold NaN) is past any target
+            worse = (lambda v: v != v or v <= target) if m.higher_is_better else (lambda v: v != v or v >= target)
             done: list[set[tuple[int, int]]] = [set() for _ in layers]
             rows: list[dict[str, Any]] = []
             cur_loss, stopped = clean_loss, "budget"
             bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
             for step in range(1, budget + 1):
-                if target is not None and worse(rows[-1][m.name] if rows else clean_acc):
+                if target is not None and worse(rows[-1][col] if rows else clean_acc):
                     stopped = "target"
                     break
                 with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
@@ -411,12 +416,12 @@ def bit_flip_attack(
                         "new": new,
                         "estimate": est,
                         "loss": cur_loss,
-                        m.name: acc,
+                        col: acc,
                     }
                 )
                 bar.update()
             else:
-                if target is not None and rows and worse(rows[-1][m.name]):
+                if target is not None and rows and worse(rows[-1][col]):
                     stopped = "target"
             bar.close()
         finally:
@@ -424,12 +429,12 @@ def bit_flip_attack(
                 for p, values, req in saved:
                     p.data.copy_(values)
                     p.requires_grad_(req)
-    columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", m.name]
+    columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", col]
     df = pd.DataFrame(rows, columns=columns)
-    df.attrs.update(metric=m.name, higher_is_better=m.higher_is_better, clean=clean_acc)
-    df.attrs.update({f"clean_{m.name}": clean_acc, "clean_loss": clean_loss, "fmt": fmt.name})
+    df.attrs.update(metric=col, higher_is_better=m.higher_is_better, clean=clean_acc)
+    df.attrs.update({f"clean_{col}": clean_acc, "clean_loss": clean_loss, "fmt": fmt.name})
     names = [n for n, _ in layers]
     seconds = time.perf_counter() - start
     return AttackResult(
-        df, fmt, names, clean_loss, clean_acc, num_classes, stopped, seconds, m.name, m.higher_is_better, coverage
+        df, fmt, names, clean_loss, clean_acc, num_classes, stopped, seconds, col, m.higher_is_better, coverage
     )

@@ -76,13 +76,17 @@ def sweep_t(
 
 def best_t(df: pd.DataFrame) -> float:
     """The ``t`` with the best mean metric in a :func:`sweep_t` frame (ties: the better fault-free value,
-    then the smaller ``t``); the metric and its direction from ``df.attrs`` (accuracy if absent).
+    then the smaller ``t``; a ``t`` with a NaN trial ranks last); the metric and its direction from
+    ``df.attrs`` (accuracy if absent).
     ``nan`` means no scaling was best."""
     name = str(df.attrs.get("metric", "accuracy"))
     sign = 1.0 if df.attrs.get("higher_is_better", True) else -1.0
-    g = df.groupby("t", dropna=False).agg(acc=(name, "mean"), clean=(f"clean_{name}", "first"))
+    g = df.groupby("t", dropna=False).agg(
+        acc=(name, "mean"), clean=(f"clean_{name}", "first"), nan=(name, lambda v: bool(v.isna().any()))
+    )
     g = g.reset_index()
     g["acc"], g["clean"] = sign * g["acc"], sign * g["clean"]
+    g.loc[g["nan"], "acc"] = -float("inf")  # a t with a NaN trial (broken outputs) ranks last
     g["neg_t"] = -g["t"].fillna(0.0)
     top = g.sort_values(["acc", "clean", "neg_t"], ascending=False).iloc[0]
     return float(top["t"])

@@ -122,7 +122,8 @@ def ber_sweep(
 def summarize(
     df: pd.DataFrame, by: Sequence[str] | None = None, value: str | None = None, level: float = 0.95
 ) -> pd.DataFrame:
-    """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group.
+    """Mean, standard deviation, count and a Student-t confidence interval of ``value`` per group, over
+    the finite-or-infinite values; ``nan`` counts the NaN trials left out (e.g. an MSE of NaN outputs).
 
     ``value`` defaults to the frame's metric (``df.attrs["metric"]``, else ``accuracy``); ``by`` to the
     descriptive columns present among ``model, format, codec, ber``."""
@@ -136,6 +137,7 @@ def summarize(
         raise ValueError(f"by/value: columns {missing} are not in the frame; columns are {list(df.columns)}")
     g = df.groupby(list(by), sort=True)[value]
     out = g.agg(mean="mean", std="std", n="count").reset_index()
+    out["nan"] = g.apply(lambda v: int(v.isna().sum())).to_numpy()  # trials left out of mean/std/n
     half = [
         stats.t.ppf(0.5 + level / 2, n - 1) * s / math.sqrt(n) if n > 1 else float("nan")
         for n, s in zip(out["n"], out["std"].fillna(0.0))
@@ -159,8 +161,10 @@ def tolerable_ber(df: pd.DataFrame, clean: float | None = None, drop: float = 0.
             raise ValueError(f"clean: not given and the frame has no attrs['clean'] (nor attrs['clean_{name}'])")
     if name not in df.columns:
         raise ValueError(f"df: the frame has no column {name!r} (its metric); columns are {list(df.columns)}")
-    # in the sign-flipped frame higher is better, so one rule covers accuracy and errors alike
-    means = sign * df[df["ber"] > 0].groupby("ber")[name].mean().sort_index()
+    # in the sign-flipped frame higher is better, so one rule covers accuracy and errors alike; a rate with
+    # a NaN trial (a model whose outputs hold NaN) fails, as if its mean were the worst possible
+    g = df[df["ber"] > 0].groupby("ber")[name]
+    means = (sign * g.mean()).where(~g.apply(lambda v: bool(v.isna().any())), -math.inf).sort_index()
     threshold = sign * clean - drop
     ok = (means >= threshold).to_numpy()
     if ok.all():

@@ -51,15 +51,28 @@ def configuration(obj: object) -> str:
 
 def describe(obj: object) -> str:
     """A metric, an ``output=`` picker or another setting as text that changes when it does: a function by
-    its module, name and a digest of its code and constants (its address is not stable across runs), a
+    its module, name and a digest of its code, constants, closure and defaults (not its address, which is
+    not stable across runs; globals it reads are not covered), a
     :class:`~bitlab.metrics.Metric` by its name, direction and function, anything else by ``repr``."""
     if isinstance(obj, Metric):
         return f"Metric({obj.name}, {obj.higher_is_better}, {describe(obj.fn)})"
     code = getattr(obj, "__code__", None)
     if code is not None:
-        body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()
-        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}#{body}"
+        h = hashlib.sha256(code.co_code + repr(code.co_consts).encode())
+        # what it closes over and its defaults change its answer too (a lambda using an outer ``scale``)
+        cells = [c.cell_contents for c in getattr(obj, "__closure__", None) or () if _filled(c)]
+        for v in [*cells, getattr(obj, "__defaults__", None), getattr(obj, "__kwdefaults__", None)]:
+            h.update(_tensor_bytes(v) if isinstance(v, Tensor) else describe(v).encode())
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}#{h.hexdigest()}"
     return repr(obj)
+
+
+def _filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # type: ignore[attr-defined]  # noqa: B018
+    except ValueError:  # a cell not yet bound
+        return False
+    return True
 
 
 def _update(h: hashlib._Hash, obj: object) -> None:
@@ -182,7 +195,7 @@ class CheckpointFile:
         if head.get("format") != FORMAT or head.get("version") != VERSION or set(head) != {"format", "version", "key"}:
             raise self._fail(f"line 1 is not a {FORMAT} version {VERSION} header")
         if head["key"] != self.key:
-            raise self._fail("written by a different census (model, data, format, bits or sampling differ)")
+            raise self._fail("written by a different census (model, data, format, codec, bits, sampling or metric differ)")
 
     def _chunk(self, line: bytes, number: int) -> tuple[ChunkId, list[float]]:
         obj = self._parse(line, number)

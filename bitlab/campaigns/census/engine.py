@@ -295,7 +295,8 @@ def _naive(
         on_chunk=on_chunk,
     )
     df.attrs["note"] = f"recomputed exactly by the naive loop ({why})"
-    df.attrs["stats"] = dict(certified=0, rechecked=0, recomputed=len(df), from_checkpoint=0)
+    reused = int(df.attrs.pop("from_checkpoint", 0))
+    df.attrs["stats"] = dict(certified=0, rechecked=0, recomputed=len(df) - reused, from_checkpoint=reused)
     df.attrs["paths"] = {name: NAIVE_LOOP for name in dict.fromkeys(df["param"])} if len(df) else {}
     df.attrs["uncertified"] = {}
     return df

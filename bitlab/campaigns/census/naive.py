@@ -74,7 +74,7 @@ def naive_bit_census(
         done = ckpt.load()
     rows = []
     lookup = dict(chosen)
-    n_new = 0
+    n_new = reused = 0
     bar = progress_bar(
         total=sum(len(idx) for _, idx in weights) * len(positions), desc="naive census", progress=progress
     )
@@ -86,6 +86,7 @@ def naive_bit_census(
             if saved is not None and len(saved) != len(part):
                 raise ValueError(f"checkpoint {checkpoint!r}: chunk {(name, s, chunk)} holds the wrong number of flips")
             values = []
+            reused += 0 if saved is None else len(part)
             for k, (i, b) in enumerate(part):
                 value = lookup[name].detach().reshape(-1)[i].item()
                 with store.corrupted(SingleBitFlip(name, i, b)):
@@ -113,5 +114,6 @@ def naive_bit_census(
     bar.close()
     df = pd.DataFrame(rows)
     df.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better, "clean": clean})
+    df.attrs["from_checkpoint"] = reused
     df.attrs[f"clean_{m.name}"] = clean
     return df
