@@ -195,7 +195,7 @@ class CheckpointFile:
         if head.get("format") != FORMAT or head.get("version") != VERSION or set(head) != {"format", "version", "key"}:
             raise self._fail(f"line 1 is not a {FORMAT} version {VERSION} header")
         if head["key"] != self.key:
-            raise self._fail("written by a different census (model, data, format, codec, bits, sampling or metric differ)")
+            raise self._fail("written by a different census (model, data, format, codec, bits, sampling or metric)")
 
     def _chunk(self, line: bytes, number: int) -> tuple[ChunkId, list[float]]:
         obj = self._parse(line, number)
