@@ -32,6 +32,8 @@ __all__ = [
     "Output",
     "eval_mode",
     "model_device",
+    "map_tensors",
+    "tensors",
     "to_device",
     "take",
     "gather",
@@ -82,41 +84,47 @@ def model_device(model: nn.Module) -> torch.device:
     return device
 
 
+def map_tensors(obj: object, fn: Callable[[Tensor], Tensor]) -> object:
+    """``obj`` with ``fn`` applied to every tensor in it, nested in tuples (named tuples kept), lists and
+    dicts; anything else as it is. The one walk behind :func:`to_device`, :func:`take` and :func:`gather`."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        mapped = [map_tensors(v, fn) for v in obj]
+        return type(obj)(*mapped) if hasattr(obj, "_fields") else type(obj)(mapped)  # type: ignore[arg-type]
+    return obj
+
+
+def tensors(obj: object) -> Iterator[Tensor]:
+    """Every tensor in ``obj`` (nested as :func:`map_tensors` walks it)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from tensors(v)
+
+
 def to_device(obj: object, device: torch.device | str, dtype: torch.dtype | None = None) -> object:
     """``obj`` with every tensor in it (nested in tuples, lists and dicts) moved to ``device``; with
     ``dtype``, floating tensors are cast to it as well."""
-    if isinstance(obj, Tensor):
-        if dtype is not None and obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype)
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device, dtype) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        moved = [to_device(v, device, dtype) for v in obj]
-        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # type: ignore[arg-type]
-    return obj
+    if dtype is None:
+        return map_tensors(obj, lambda t: t.to(device))
+    return map_tensors(obj, lambda t: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device))
 
 
 def take(inputs: object, n: int) -> object:
     """The first ``n`` samples of one batch's inputs (every tensor in a tuple, list or dict sliced)."""
-    if isinstance(inputs, Tensor):
-        return inputs[:n]
-    if isinstance(inputs, Mapping):
-        return {k: take(v, n) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(take(v, n) for v in inputs)
-    return inputs
+    return map_tensors(inputs, lambda t: t[:n])
 
 
 def gather(inputs: object, index: Tensor) -> object:
     """The samples ``index`` (indices or a boolean mask) of one batch's inputs, every tensor indexed."""
-    if isinstance(inputs, Tensor):
-        return inputs[index.to(inputs.device)]
-    if isinstance(inputs, Mapping):
-        return {k: gather(v, index) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(gather(v, index) for v in inputs)
-    return inputs
+    return map_tensors(inputs, lambda t: t[index.to(t.device)])
 
 
 def concat(parts: list[object]) -> object:
@@ -215,13 +223,7 @@ def materialize(data: object, batch_size: int = 2048, device: torch.device | str
 
 def _on(obj: object, device: torch.device) -> bool:
     """Whether every tensor in ``obj`` already lives on ``device`` (then no copy is made)."""
-    if isinstance(obj, Tensor):
-        return obj.device == device or (device.index is None and obj.device.type == device.type)
-    if isinstance(obj, Mapping):
-        return all(_on(v, device) for v in obj.values())
-    if isinstance(obj, (tuple, list)):
-        return all(_on(v, device) for v in obj)
-    return True
+    return all(t.device == device or (device.index is None and t.device.type == device.type) for t in tensors(obj))
 
 
 def _batches(data: object, batch_size: int) -> Batches:
@@ -257,11 +259,7 @@ def per_sample(model: nn.Module, batches: Batches, metric: MetricSpec = "accurac
 def score(model: nn.Module, data: object, metric: MetricSpec = "accuracy", output: Output = None) -> float:
     """The mean of ``metric`` over ``data`` (materialized batches, a Dataset or a DataLoader): for accuracy
     the count of correct samples over the total, exactly."""
-    batches = materialize(data)
-    s = per_sample(model, batches, metric, output)
-    if resolve_metric(metric).name in ("accuracy", "top5"):
-        return int(s.sum()) / len(s)
-    return float(s.mean())
+    return resolve_metric(metric).mean(per_sample(model, materialize(data), metric, output))
 
 
 def batch_accuracy(model: nn.Module, batches: Batches, output: Output = None) -> float:
@@ -312,8 +310,6 @@ def evaluate(
     res = {}
     for m in ms:
         s = m.scores(out, y)  # also checks that the outputs and targets suit the metric
-        if m is METRICS["loss"]:  # the mean cross-entropy as torch computes it
-            res[m.name] = float(F.cross_entropy(out, y))
-        else:
-            res[m.name] = int(s.sum()) / len(s) if m.name in ("accuracy", "top5") else float(s.mean())
+        # the loss as the mean cross-entropy torch computes, as evaluate() always reported it
+        res[m.name] = float(F.cross_entropy(out, y)) if m is METRICS["loss"] else m.mean(s)
     return res

@@ -15,14 +15,27 @@ sample, and says which direction is better.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Metric", "METRICS", "MetricSpec", "resolve_metric", "relative_drop", "correct"]
+__all__ = [
+    "Metric",
+    "METRICS",
+    "MetricSpec",
+    "resolve_metric",
+    "relative_drop",
+    "signed",
+    "signed_mean",
+    "frame_attrs",
+    "frame_metric",
+    "correct",
+]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -30,11 +43,17 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 @dataclass(frozen=True)
 class Metric:
     """A per-sample score ``fn(outputs, targets) -> Tensor[batch]``, its ``name`` (the column campaigns
-    write) and its direction. Only ``"accuracy"`` is certified exactly by the fast census."""
+    write) and its direction. ``counts``: the scores are 0/1 (a hit per sample), so the mean is a count
+    over the total, exactly, and lies in [0, 1]. Only ``"accuracy"`` is certified by the fast census."""
 
     name: str
     fn: ScoreFn
     higher_is_better: bool = True
+    counts: bool = False
+
+    def mean(self, scores: Tensor) -> float:
+        """The mean of per-sample ``scores``: for a counting metric the hits over the total, exactly."""
+        return int(scores.sum()) / len(scores) if self.counts else float(scores.mean())
 
     def scores(self, out: Tensor, y: Tensor) -> Tensor:
         """Per-sample scores as float64, checked to hold one value per sample."""
@@ -97,8 +116,8 @@ def _mse(out: Tensor, y: Tensor) -> Tensor:
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", _accuracy),
-    "top5": Metric("top5", _top5),
+    "accuracy": Metric("accuracy", _accuracy, counts=True),
+    "top5": Metric("top5", _top5, counts=True),
     "loss": Metric("loss", _loss, higher_is_better=False),
     "mse": Metric("mse", _mse, higher_is_better=False),
 }
@@ -131,3 +150,32 @@ def relative_drop(clean: float, value: float, metric: Metric) -> float:
         return float("nan")
     worse = clean - value if metric.higher_is_better else value - clean
     return worse / abs(clean)
+
+
+def signed(value: float, higher_is_better: bool = True) -> float:
+    """``value`` turned so that higher is better (negated for an error or a loss), NaN as ``-inf``: a
+    metric of a model whose outputs hold NaN is past any level. One rule for every stop and ranking."""
+    if math.isnan(value):
+        return -math.inf
+    return value if higher_is_better else -value
+
+
+def signed_mean(values: Iterable[float], higher_is_better: bool = True) -> float:
+    """:func:`signed` of the mean of ``values``; ``-inf`` if any value is NaN (a broken trial fails its
+    group instead of being left out of the mean)."""
+    vs = np.asarray(list(values), dtype=np.float64)
+    if vs.size == 0 or np.isnan(vs).any():
+        return -math.inf
+    return signed(float(vs.mean()), higher_is_better)  # numpy's mean, as pandas' groupby mean
+
+
+def frame_attrs(metric: Metric, clean: float, column: str | None = None) -> dict[str, object]:
+    """The ``attrs`` every campaign frame carries about its metric: ``metric`` (its column), its
+    direction, the fault-free value as ``clean`` and as ``clean_<column>``."""
+    col = metric.name if column is None else column
+    return {"metric": col, "higher_is_better": metric.higher_is_better, "clean": clean, f"clean_{col}": clean}
+
+
+def frame_metric(attrs: Mapping[Any, object]) -> tuple[str, bool]:
+    """The metric column and direction a campaign frame's ``attrs`` name (accuracy for frames of 0.1)."""
+    return str(attrs.get("metric", "accuracy")), bool(attrs.get("higher_is_better", True))

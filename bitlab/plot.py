@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from .campaigns.sweep import summarize
+from .metrics import frame_metric
 
 __all__ = ["accuracy_vs_ber", "bit_position_effect", "style"]
 
@@ -34,7 +35,7 @@ def accuracy_vs_ber(
     ``["format", "codec"]``); BER 0 is left out of the log axis. ``clean`` draws the fault-free value
     as a dotted line (one number, or one per hue value)."""
     if value is None:
-        value = str(df.attrs.get("metric", "accuracy"))
+        value = frame_metric(df.attrs)[0]
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     hues = [] if hue is None else ([hue] if isinstance(hue, str) else list(hue))

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..evaluate import Output, call, eval_mode, materialize, model_device, score, take, to_device
 from ..faults import BitErrorRate, Fault, fault_words, sample_distinct
 from ..formats import BitSelection, Int, resolve_bits
-from ..metrics import MetricSpec, relative_drop, resolve_metric
+from ..metrics import MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric
 from ..progress import bar as progress_bar
 from ..training.quant import ActFault, QuantizedModel
 from .seeds import trial_generator
@@ -328,8 +328,8 @@ def activation_sweep(
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
-    df.attrs.update(metric=m.name, higher_is_better=m.higher_is_better, clean=clean)
-    df.attrs.update({f"clean_{m.name}": clean, "mode": mode, "layers": names, "bits_per_inference": bits_per_inference})
+    df.attrs.update(frame_attrs(m, clean))
+    df.attrs.update({"mode": mode, "layers": names, "bits_per_inference": bits_per_inference})
     return df
 
 
@@ -349,7 +349,7 @@ def resilience_auc(
     (``df.attrs["metric"]``, else ``accuracy``). ``relative=True`` divides by the clean value (``clean``
     or ``df.attrs["clean"]``). Compare only frames on the same grid."""
     if value is None:
-        value = str(df.attrs.get("metric", "accuracy"))
+        value = frame_metric(df.attrs)[0]
     if x is None:
         x = "ber" if "ber" in df.columns else "rate"
     for col in (x, value):

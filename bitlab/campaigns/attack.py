@@ -57,7 +57,7 @@ from ..evaluate import Output, call, concat, eval_mode, gather, materialize, mod
 from ..faults import FlipList
 from ..formats import Format, Int, check_storable
 from ..inject import InjectionReport, corrupted
-from ..metrics import MetricSpec, resolve_metric
+from ..metrics import MetricSpec, frame_attrs, resolve_metric, signed
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
@@ -125,8 +125,8 @@ class AttackResult:
         sign = 1.0 if self.higher_is_better else -1.0
         if sign * self.clean_accuracy <= sign * level:
             return 0
-        values = self.flips[self.metric]
-        hit = self.flips.index[(sign * values <= sign * level) | values.isna()]  # NaN: broken, past any level
+        at = signed(level, self.higher_is_better)  # signed(): a NaN value (broken outputs) is past any level
+        hit = self.flips.index[[signed(v, self.higher_is_better) <= at for v in self.flips[self.metric]]]
         return int(self.flips.loc[hit[0], "step"]) if len(hit) else None
 
     def curve(self) -> pd.DataFrame:
@@ -319,7 +319,7 @@ def bit_flip_attack(
         or (
             isinstance(target_accuracy, (int, float))
             and not isinstance(target_accuracy, bool)
-            and (0.0 <= target_accuracy <= 1.0 or m.name not in ("accuracy", "top5"))
+            and (0.0 <= target_accuracy <= 1.0 or not m.counts)
         )
     ):
         raise ValueError(f"target_accuracy: {target_accuracy!r}; allowed None, 'chance' or a number in [0, 1]")
@@ -361,8 +361,13 @@ def bit_flip_attack(
             clean_loss = _loss(model, x, y, output, loss_fn)
             clean_acc = score(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
-            # NaN (a metric of a model whose outputs hold NaN) is past any target
-            worse = (lambda v: v != v or v <= target) if m.higher_is_better else (lambda v: v != v or v >= target)
+
+            # signed(): a NaN metric (a model whose outputs hold NaN) is past any target
+            limit = None if target is None else signed(target, m.higher_is_better)
+
+            def worse(v: float) -> bool:
+                return limit is not None and signed(v, m.higher_is_better) <= limit
+
             done: list[set[tuple[int, int]]] = [set() for _ in layers]
             rows: list[dict[str, Any]] = []
             cur_loss, stopped = clean_loss, "budget"
@@ -431,8 +436,8 @@ def bit_flip_attack(
                     p.requires_grad_(req)
     columns = ["step", "param", "index", "bit", "old", "new", "estimate", "loss", col]
     df = pd.DataFrame(rows, columns=columns)
-    df.attrs.update(metric=col, higher_is_better=m.higher_is_better, clean=clean_acc)
-    df.attrs.update({f"clean_{col}": clean_acc, "clean_loss": clean_loss, "fmt": fmt.name})
+    df.attrs.update(frame_attrs(m, clean_acc, col))
+    df.attrs.update({"clean_loss": clean_loss, "fmt": fmt.name})
     names = [n for n, _ in layers]
     seconds = time.perf_counter() - start
     return AttackResult(

@@ -12,7 +12,7 @@ from torch import nn
 from ..codecs.scaling import WeightScaling
 from ..evaluate import Output
 from ..formats import Format
-from ..metrics import MetricSpec, resolve_metric
+from ..metrics import MetricSpec, frame_metric, resolve_metric, signed_mean
 from ..params import ParamSelection, store_format
 from .sweep import ber_sweep
 
@@ -69,7 +69,7 @@ def sweep_t(
         df[f"clean_{m.name}"] = df.attrs["clean"]
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better})
+    out.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better})  # best_t reads them
     out.attrs["best_t"] = best_t(out)
     return out
 
@@ -79,14 +79,13 @@ def best_t(df: pd.DataFrame) -> float:
     then the smaller ``t``; a ``t`` with a NaN trial ranks last); the metric and its direction from
     ``df.attrs`` (accuracy if absent).
     ``nan`` means no scaling was best."""
-    name = str(df.attrs.get("metric", "accuracy"))
-    sign = 1.0 if df.attrs.get("higher_is_better", True) else -1.0
+    name, higher = frame_metric(df.attrs)
+    # signed so that higher is better; a t with a NaN trial (broken outputs) ranks last
     g = df.groupby("t", dropna=False).agg(
-        acc=(name, "mean"), clean=(f"clean_{name}", "first"), nan=(name, lambda v: bool(v.isna().any()))
+        acc=(name, lambda v: signed_mean(v, higher)), clean=(f"clean_{name}", "first")
     )
     g = g.reset_index()
-    g["acc"], g["clean"] = sign * g["acc"], sign * g["clean"]
-    g.loc[g["nan"], "acc"] = -float("inf")  # a t with a NaN trial (broken outputs) ranks last
+    g["clean"] = g["clean"] if higher else -g["clean"]
     g["neg_t"] = -g["t"].fillna(0.0)
     top = g.sort_values(["acc", "clean", "neg_t"], ascending=False).iloc[0]
     return float(top["t"])

@@ -22,7 +22,7 @@ from ..evaluate import Output, materialize, model_device, score
 from ..faults import BitErrorRate, Fault
 from ..formats import Format
 from ..inject import Store
-from ..metrics import MetricSpec, relative_drop, resolve_metric
+from ..metrics import MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric, signed, signed_mean
 from ..params import ParamSelection, store_format
 from ..progress import bar as progress_bar
 from ..validate import check_number
@@ -107,15 +107,14 @@ def ber_sweep(
             accs.append(acc)
             bar.update()
         mean = sum(accs) / len(accs)
-        # a NaN mean (an MSE of a model whose outputs hold NaN) is past any stop
-        if stop_at is not None and (math.isnan(mean) or (mean <= stop_at if m.higher_is_better else mean >= stop_at)):
+        # signed(): a NaN mean (an MSE of a model whose outputs hold NaN) is past any stop
+        if stop_at is not None and signed(mean, m.higher_is_better) <= signed(stop_at, m.higher_is_better):
             break
     bar.close()
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
-    df.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better, "clean": clean})
-    df.attrs[f"clean_{m.name}"] = clean
+    df.attrs.update(frame_attrs(m, clean))
     return df
 
 
@@ -129,7 +128,7 @@ def summarize(
     descriptive columns present among ``model, format, codec, ber``."""
     level = check_number("level", level, 0.0, 1.0, open_lo=True, open_hi=True)
     if value is None:
-        value = str(df.attrs.get("metric", "accuracy"))
+        value = frame_metric(df.attrs)[0]
     if by is None:
         by = [c for c in ("model", "format", "codec", "ber") if c in df.columns]
     missing = [c for c in list(by) + [value] if c not in df.columns]
@@ -153,19 +152,17 @@ def tolerable_ber(df: pd.DataFrame, clean: float | None = None, drop: float = 0.
     :func:`ber_sweep` frame (the metric and its direction from ``df.attrs``; accuracy if absent).
     Interpolated linearly in log10(BER) between the last grid point that passes and the first that
     fails; ``nan`` if the smallest rate already fails, the largest rate if none fails (a lower bound)."""
-    name = str(df.attrs.get("metric", "accuracy"))
-    sign = 1.0 if df.attrs.get("higher_is_better", True) else -1.0
+    name, higher = frame_metric(df.attrs)
     if clean is None:
         clean = df.attrs.get("clean", df.attrs.get(f"clean_{name}"))
         if clean is None:
             raise ValueError(f"clean: not given and the frame has no attrs['clean'] (nor attrs['clean_{name}'])")
     if name not in df.columns:
         raise ValueError(f"df: the frame has no column {name!r} (its metric); columns are {list(df.columns)}")
-    # in the sign-flipped frame higher is better, so one rule covers accuracy and errors alike; a rate with
-    # a NaN trial (a model whose outputs hold NaN) fails, as if its mean were the worst possible
-    g = df[df["ber"] > 0].groupby("ber")[name]
-    means = (sign * g.mean()).where(~g.apply(lambda v: bool(v.isna().any())), -math.inf).sort_index()
-    threshold = sign * clean - drop
+    # signed so that higher is better: one rule covers accuracy and errors alike; a rate with a NaN trial
+    # (a model whose outputs hold NaN) fails, as if its mean were the worst possible
+    means = df[df["ber"] > 0].groupby("ber")[name].apply(lambda v: signed_mean(v, higher)).sort_index()
+    threshold = (clean if higher else -clean) - drop
     ok = (means >= threshold).to_numpy()
     if ok.all():
         return float(means.index[-1])

@@ -164,8 +164,7 @@ def loss_slice(
                     tot += float(loss_fn(out, y)) * len(y)
                     scores.append(m.scores(out, y))
                 s = torch.cat(scores)
-                value = int(s.sum()) / len(s) if m.name in ("accuracy", "top5") else float(s.mean())
-                rows.append({"alpha": a, "loss": tot / len(s), m.name: value})
+                rows.append({"alpha": a, "loss": tot / len(s), m.name: m.mean(s)})
     finally:
         with torch.no_grad():
             for name, w in saved.items():

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..evaluate import call
+from ..evaluate import call, tensors
 from ..zoo.data import as_loader
 
 __all__ = [
@@ -115,17 +115,6 @@ def scalar_loss(loss: object) -> Tensor:
     return loss
 
 
-def _first_tensor(obj: Any) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    for v in items:
-        t = _first_tensor(v)
-        if t is not None:
-            return t
-    return None
-
-
 def batch_size(batch: Any, pairs: bool) -> int:
     """The number of examples in a batch, its weight in the data-set mean: ``len(targets)`` of a pair, else
     the leading size of the first tensor found in it (depth first). A batch without tensors raises."""
@@ -135,9 +124,9 @@ def batch_size(batch: Any, pairs: bool) -> int:
                 f"data: a loss_fn(outputs, targets) needs (inputs, targets) batches, got a {type(batch).__name__}; "
                 "wrap a loss that takes other batches with batch_loss(fn)"
             )
-        t = batch[1] if isinstance(batch[1], Tensor) and batch[1].ndim > 0 else _first_tensor(batch[0])
+        t = batch[1] if isinstance(batch[1], Tensor) and batch[1].ndim > 0 else next(tensors(batch[0]), None)
     else:
-        t = _first_tensor(batch)
+        t = next(tensors(batch), None)
     if t is None or t.ndim == 0:
         raise ValueError(f"data: cannot tell the size of a {type(batch).__name__} batch (no batched tensor in it)")
     return len(t)

@@ -95,7 +95,7 @@ from ...evaluate import Batches, Output, eval_mode, materialize, model_device, s
 from ...faults import BitErrorRate
 from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
-from ...metrics import METRICS, Metric, MetricSpec, resolve_metric
+from ...metrics import METRICS, Metric, MetricSpec, frame_attrs, resolve_metric
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
 from .budget import ELEMENTS_PER_CHUNK, heap_headroom
@@ -405,7 +405,7 @@ def _frame(
             )
         )
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    df.attrs.update({"metric": "accuracy", "higher_is_better": True, "clean": acc_clean, "clean_accuracy": acc_clean})
+    df.attrs.update(frame_attrs(METRICS["accuracy"], acc_clean))
     return df
 
 

@@ -15,7 +15,7 @@ from ...evaluate import Output, materialize, model_device, score
 from ...faults import BitErrorRate, SingleBitFlip
 from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
-from ...metrics import MetricSpec, relative_drop, resolve_metric
+from ...metrics import MetricSpec, frame_attrs, relative_drop, resolve_metric
 from ...params import ParamSelection, select_params
 from ...progress import bar as progress_bar
 from ...validate import check_int
@@ -113,7 +113,6 @@ def naive_bit_census(
                     on_chunk(n_new)
     bar.close()
     df = pd.DataFrame(rows)
-    df.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better, "clean": clean})
+    df.attrs.update(frame_attrs(m, clean))
     df.attrs["from_checkpoint"] = reused
-    df.attrs[f"clean_{m.name}"] = clean
     return df
