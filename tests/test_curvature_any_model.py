@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import flat_hessian
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -34,20 +35,8 @@ def as64(name: str) -> tuple[nn.Module, list]:
 
 def exact_hessian(model: nn.Module, loss_fn, x, y, names=None) -> torch.Tensor:
     """Dense Hessian of ``loss_fn(model(x), y)`` over the named parameters, flattened in model order."""
-    params = dict(model.named_parameters())
-    names = names or list(params)
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-
-    def f(flat):
-        ps, i = dict(params), 0
-        for n in names:
-            k = params[n].numel()
-            ps[n] = flat[i : i + k].reshape(params[n].shape)
-            i += k
-        return loss_fn(functional_call(model, ps, (x,)), y)
-
     with sdpa_kernel(SDPBackend.MATH):
-        return torch.autograd.functional.hessian(f, flat0, vectorize=True)
+        return flat_hessian(model, lambda ps: loss_fn(functional_call(model, ps, (x,)), y), names, vectorize=True)
 
 
 _EXACT: dict[str, tuple] = {}
@@ -224,18 +213,13 @@ def test_batch_loss_and_dict_inputs_match_the_pair_loss():
         return F.cross_entropy(m(image=batch["image"], meta=batch["meta"])["logits"], batch["labels"])
 
     c = bh.hvp(model, bh.batch_loss(labelled), inside, v)
-    ps = dict(model.named_parameters())
     total = sum(len(t) for _, t in data)
-    flat0 = torch.cat([p.detach().reshape(-1) for p in ps.values()])
-
-    def f(flat):
-        qs, i = {}, 0
-        for n, p in ps.items():
-            qs[n] = flat[i : i + p.numel()].reshape(p.shape)
-            i += p.numel()
-        return sum(len(t) * F.cross_entropy(functional_call(model, qs, (), s)["logits"], t) for s, t in data) / total
-
-    H = torch.autograd.functional.hessian(f, flat0)
+    H = flat_hessian(
+        model,
+        lambda qs: (
+            sum(len(t) * F.cross_entropy(functional_call(model, qs, (), s)["logits"], t) for s, t in data) / total
+        ),
+    )
     torch.testing.assert_close(a, H @ v, rtol=1e-8, atol=1e-10)
     assert torch.equal(a, b) and torch.equal(a, c)
 
@@ -253,17 +237,7 @@ def test_tuple_inputs_are_positional_arguments():
     model = Two().double()
     u, w, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 2, (6,))
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=gen(10), dtype=torch.float64)
-    ps = dict(model.named_parameters())
-    flat0 = torch.cat([p.detach().reshape(-1) for p in ps.values()])
-
-    def f(flat):
-        qs, i = {}, 0
-        for n, p in ps.items():
-            qs[n] = flat[i : i + p.numel()].reshape(p.shape)
-            i += p.numel()
-        return F.cross_entropy(functional_call(model, qs, (u, w)), y)
-
-    H = torch.autograd.functional.hessian(f, flat0)
+    H = flat_hessian(model, lambda qs: F.cross_entropy(functional_call(model, qs, (u, w)), y))
     torch.testing.assert_close(bh.hvp(model, F.cross_entropy, ((u, w), y), v), H @ v, rtol=1e-8, atol=1e-10)
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import flat_hessian
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,19 +25,7 @@ def gen(seed: int) -> torch.Generator:
 
 def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
     """Dense Hessian of the mean cross-entropy w.r.t. the named parameters (flattened in model order)."""
-    params = dict(model.named_parameters())
-    names = names or list(params)
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-
-    def f(flat):
-        ps, i = dict(params), 0
-        for n in names:
-            k = params[n].numel()
-            ps[n] = flat[i : i + k].reshape(params[n].shape)
-            i += k
-        return LOSS(functional_call(model, ps, (x,)), y)
-
-    return torch.autograd.functional.hessian(f, flat0)
+    return flat_hessian(model, lambda ps: LOSS(functional_call(model, ps, (x,)), y), names)
 
 
 @pytest.fixture(scope="module")

@@ -150,46 +150,29 @@ def resnet_bn(seed: int = 0) -> tuple[nn.Module, Batches]:
     return m, list(zip(xs, _labels(m, xs)))
 
 
-def encoder(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = Encoder().eval()
-    g = _gen(seed)
-    xs = [torch.randint(0, 16, (12, 5), generator=g) for _ in range(2)]
-    return m, list(zip(xs, _labels(m, xs)))
+def _classifier(
+    build: Callable[[], nn.Module], inputs: Callable[[torch.Generator], object]
+) -> Callable[[int], tuple[nn.Module, Batches]]:
+    """A factory: ``build()`` in eval mode, built after ``torch.manual_seed(seed)``, with two batches of
+    ``inputs(generator)`` labelled by :func:`_labels`."""
+
+    def make(seed: int = 0) -> tuple[nn.Module, Batches]:
+        torch.manual_seed(seed)
+        m = build().eval()
+        g = _gen(seed)
+        xs = [inputs(g) for _ in range(2)]
+        return m, list(zip(xs, _labels(m, xs)))
+
+    return make
 
 
-def recurrent(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = Recurrent().eval()
-    g = _gen(seed)
-    xs = [torch.randn(12, 7, 6, generator=g) for _ in range(2)]
-    return m, list(zip(xs, _labels(m, xs)))
-
-
-def conv1d(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = Conv1dNet().eval()
-    g = _gen(seed)
-    xs = [torch.randn(12, 2, 10, generator=g) for _ in range(2)]
-    return m, list(zip(xs, _labels(m, xs)))
-
-
-def tied(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = Tied().eval()
-    g = _gen(seed)
-    xs = [torch.randint(0, 12, (12, 4), generator=g) for _ in range(2)]
-    return m, list(zip(xs, _labels(m, xs)))
-
-
-def dict_out(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = DictOut().eval()
-    g = _gen(seed)
-    xs: list[object] = [
-        {"image": torch.randn(12, 5, generator=g), "meta": torch.randn(12, 3, generator=g)} for _ in range(2)
-    ]
-    return m, list(zip(xs, _labels(m, xs)))
+encoder = _classifier(Encoder, lambda g: torch.randint(0, 16, (12, 5), generator=g))
+recurrent = _classifier(Recurrent, lambda g: torch.randn(12, 7, 6, generator=g))
+conv1d = _classifier(Conv1dNet, lambda g: torch.randn(12, 2, 10, generator=g))
+tied = _classifier(Tied, lambda g: torch.randint(0, 12, (12, 4), generator=g))
+dict_out = _classifier(
+    DictOut, lambda g: {"image": torch.randn(12, 5, generator=g), "meta": torch.randn(12, 3, generator=g)}
+)
 
 
 def regressor(seed: int = 0) -> tuple[nn.Module, Batches]:
@@ -214,12 +197,9 @@ def _cast(
     return make
 
 
-def _mlp(seed: int = 0) -> tuple[nn.Module, Batches]:
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).eval()
-    g = _gen(seed)
-    xs = [torch.randn(12, 6, generator=g) for _ in range(2)]
-    return m, list(zip(xs, _labels(m, xs)))
+_mlp = _classifier(
+    lambda: nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)), lambda g: torch.randn(12, 6, generator=g)
+)
 
 
 ZOO: dict[str, Callable[..., tuple[nn.Module, Batches]]] = {
