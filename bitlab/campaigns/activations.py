@@ -18,20 +18,25 @@ damage of a fault grows with the scale factor -- the paper's point. This module 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from ..evaluate import Output, call, eval_mode, materialize, model_device, score, take, to_device
+from ..evaluate import Batches, Output, call, eval_mode, materialize, model_device, score, take, to_device
 from ..faults import BitErrorRate, Fault, fault_words, sample_distinct
 from ..formats import BitSelection, Int, resolve_bits
-from ..metrics import MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric
-from ..progress import bar as progress_bar
+from ..metrics import Metric, MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric
 from ..training.quant import ActFault, QuantizedModel
+from .journal import Journal, campaign_key, describe
+from .runner import Item, Row, Rows, Turns
+from .runner import run as run_items
 from .seeds import trial_generator
+from .sweep import FORMAT, VERSION
 
 __all__ = ["act_fault_fn", "flips_per_inference_fn", "activation_sizes", "activation_sweep", "resilience_auc", "MODES"]
 
@@ -245,6 +250,54 @@ def _check_rates(rates: Sequence[float], mode: str, bits_per_inference: int) -> 
     return out
 
 
+@dataclass
+class ActivationTrials:
+    """The trials of an activation sweep, the runner's work (:mod:`.runner`): item ``(rate, trial)`` is
+    one pass over the data with transient faults drawn from ``trial_generator(seed, "activations", mode,
+    rate, layer_label, trial)``."""
+
+    qm: QuantizedModel
+    batches: Batches
+    names: list[str]
+    positions: tuple[int, ...]
+    sizes: dict[str, int]
+    mode: str
+    metric: Metric
+    output: Output
+    seed: int
+    layer_label: str
+    clean: float
+    turns: Turns = field(default_factory=Turns, repr=False)
+
+    def __call__(self, item: Item) -> Row:
+        rate, t = item
+        assert isinstance(rate, (int, float)) and isinstance(t, int)
+        m, qm = self.metric, self.qm
+        counts: dict[str, int] = {}
+        g = trial_generator(self.seed, "activations", self.mode, rate, self.layer_label, t)
+        if self.mode == "ber":
+            fn = act_fault_fn(BitErrorRate(float(rate), bits=self.positions), g, qm.bits, self.names, counts)
+        else:
+            fn = flips_per_inference_fn(int(rate), self.sizes, g, qm.bits, self.positions, counts)
+        with self.turns.lock, qm.act_fault(fn):
+            value = score(qm, self.batches, m, self.output)
+        flips = sum(counts.values())
+        row = {
+            "rate": rate,
+            "trial": t,
+            "flips": flips,
+            "flips_per_inference": flips / sum(len(y) for _, y in self.batches),
+            m.name: value,
+            "rad": relative_drop(self.clean, value, m),
+            "mode": self.mode,
+            "layers": self.layer_label,
+            "seed": self.seed,
+        }
+        if self.mode == "ber":
+            row["ber"] = rate
+        return row
+
+
 def activation_sweep(
     qm: QuantizedModel,
     data: object,
@@ -258,6 +311,8 @@ def activation_sweep(
     label: str | None = None,
     metric: MetricSpec = "accuracy",
     output: Output = None,
+    executor: object = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """``metric`` (accuracy by default; ``output`` picks the scored tensor, as in
     :func:`bitlab.campaigns.ber_sweep`) of the quantized model ``qm`` on ``data`` under transient bit
@@ -276,8 +331,9 @@ def activation_sweep(
     ``mode, layers, seed`` (+ ``ber`` in BER mode, so that :func:`bitlab.campaign.tolerable_ber` and
     :func:`bitlab.plot.accuracy_vs_ber` apply; + ``model`` if ``label``). ``attrs``: ``metric``,
     ``clean`` and ``clean_<metric>`` (quantized, fault-free), ``mode``, ``layers``,
-    ``bits_per_inference``. The model's previous fault hook is restored on exit, also when evaluation
-    raises."""
+    ``bits_per_inference``, ``from_checkpoint``. The model's previous fault hook is restored on exit,
+    also when evaluation raises. ``executor`` and ``checkpoint`` as in
+    :func:`bitlab.campaigns.ber_sweep`."""
 
     if not isinstance(qm, QuantizedModel):
         raise TypeError(f"qm: expected a QuantizedModel (from bitlab.quant.quantize_model), got {type(qm).__name__}")
@@ -292,44 +348,24 @@ def activation_sweep(
     sizes = activation_sizes(qm, batches[0][0], names)
     bits_per_inference = sum(sizes.values()) * len(positions)
     rates = _check_rates(rates, mode, bits_per_inference)
-    n_inputs = sum(len(y) for _, y in batches)
     with qm.act_fault(None):
         clean = score(qm, batches, m, output)
     layer_label = "all" if len(names) == len(qm.layers) else ",".join(names)
-    rows = []
-    bar = progress_bar(total=len(rates) * trials, desc=f"activation_sweep {mode}", progress=progress)
-    for rate in rates:
-        for t in range(trials):
-            counts: dict[str, int] = {}
-            g = trial_generator(seed, "activations", mode, rate, layer_label, t)
-            if mode == "ber":
-                fn = act_fault_fn(BitErrorRate(rate, bits=positions), g, qm.bits, names, counts)
-            else:
-                fn = flips_per_inference_fn(rate, sizes, g, qm.bits, positions, counts)
-            with qm.act_fault(fn):
-                acc = score(qm, batches, m, output)
-            flips = sum(counts.values())
-            row = {
-                "rate": rate,
-                "trial": t,
-                "flips": flips,
-                "flips_per_inference": flips / n_inputs,
-                m.name: acc,
-                "rad": relative_drop(clean, acc, m),
-                "mode": mode,
-                "layers": layer_label,
-                "seed": seed,
-            }
-            if mode == "ber":
-                row["ber"] = rate
-            rows.append(row)
-            bar.update()
-    bar.close()
+    work = ActivationTrials(qm, batches, names, positions, sizes, mode, m, output, seed, layer_label, clean)
+    journal = None
+    if checkpoint is not None:
+        settings = ("activation_sweep", mode, names, positions, describe(m), describe(output), seed)
+        what = "activation_sweep (model, data, layers, bits, mode or metric)"
+        journal = Rows(Journal(checkpoint, FORMAT, VERSION, campaign_key(qm, batches, settings), what))
+    items = [(rate, t) for rate in rates for t in range(trials)]
+    rows, reused = run_items(work, [items], executor, journal, progress, f"activation_sweep {mode}")
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
     df.attrs.update(frame_attrs(m, clean))
-    df.attrs.update({"mode": mode, "layers": names, "bits_per_inference": bits_per_inference})
+    df.attrs.update(
+        {"mode": mode, "layers": names, "bits_per_inference": bits_per_inference, "from_checkpoint": reused}
+    )
     return df
 
 

@@ -4,17 +4,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import pandas as pd
 from torch import nn
 
+from ..codecs.base import Codec
 from ..codecs.scaling import WeightScaling
 from ..evaluate import Output
 from ..formats import Format
 from ..metrics import MetricSpec, frame_metric, resolve_metric, signed_mean
 from ..params import ParamSelection, store_format
-from .sweep import ber_sweep
+from .runner import run as run_items
+from .sweep import ber_journal, ber_trials, check_sweep
 
 __all__ = ["sweep_t", "best_t"]
 
@@ -22,7 +25,7 @@ __all__ = ["sweep_t", "best_t"]
 def sweep_t(
     model: nn.Module,
     val_data: object,
-    ts: Sequence[float],
+    ts: Sequence[float | None],
     fmt: Format | None,
     ber: float | Sequence[float],
     trials: int = 20,
@@ -32,45 +35,41 @@ def sweep_t(
     progress: bool | None = None,
     metric: MetricSpec = "accuracy",
     output: Output = None,
+    executor: object = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """``metric`` (accuracy by default; ``output`` picks the scored tensor) on held-out ``val_data`` with
     weights stored in ``fmt`` under :class:`WeightScaling` for each ``t`` in ``ts`` (``None`` means no
-    scaling), at bit error rate(s) ``ber``, ``trials``
-    draws each. Every ``t`` sees the same fault draws (same ``seed``), so differences come from ``t``.
+    scaling), at bit error rate(s) ``ber``, ``trials`` draws each. Every ``t`` sees the same fault draws
+    (same ``seed``, the keys of :func:`~bitlab.campaigns.sweep.ber_sweep`), so differences come from ``t``.
 
     Returns one row per trial (the :func:`~bitlab.campaigns.sweep.ber_sweep` columns plus ``t`` and
     ``clean_<metric>``, e.g. ``clean_accuracy``: the fault-free value with that ``t``); ``df.attrs["best_t"]`` is
     :func:`best_t` of the frame. ``t`` values that do not fit the format are an error (see ``max_t``).
+    ``executor`` and ``checkpoint`` as in :func:`~bitlab.campaigns.sweep.ber_sweep` (every ``t`` and
+    rate in one campaign).
     """
     m = resolve_metric(metric)
     fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
-    bers = [float(ber)] if isinstance(ber, (int, float)) else [float(b) for b in ber]
+    bers = check_sweep(trials, [ber] if isinstance(ber, (int, float)) else ber)
     if not ts:
         raise ValueError("ts: empty; give at least one t > 0 (or None for no scaling)")
-    frames = []
+    codecs: dict[str, Codec | None] = {}
     for t in ts:
         codec = None if t is None else WeightScaling(t, pow2=pow2)
         if codec is not None:
             codec.t_for(fmt)
-        df = ber_sweep(
-            model,
-            val_data,
-            bers,
-            trials=trials,
-            fmt=fmt,
-            codec=codec,
-            params=params,
-            seed=seed,
-            progress=progress,
-            metric=m,
-            output=output,
-        )
-        df["t"] = float("nan") if t is None else float(t)
-        df[f"clean_{m.name}"] = df.attrs["clean"]
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
+        codecs[f"t={t!r}"] = codec
+    work = ber_trials(model, val_data, bers, fmt, codecs, params, seed, None, m, output)
+    for t, variant in zip(ts, codecs):
+        work.extra[variant] = {"t": float("nan") if t is None else float(t), f"clean_{m.name}": work.clean[variant]}
+    journal = ber_journal(checkpoint, work, "sweep_t", f"WeightScaling(pow2={pow2})", None)
+    items = [(v, b, i) for v in codecs for b in bers for i in range(trials)]
+    rows, reused = run_items(work, [items], executor, journal, progress, f"sweep_t {fmt.name}")
+    out = pd.DataFrame(rows)
     out.attrs.update({"metric": m.name, "higher_is_better": m.higher_is_better})  # best_t reads them
     out.attrs["best_t"] = best_t(out)
+    out.attrs["from_checkpoint"] = reused
     return out
 
 

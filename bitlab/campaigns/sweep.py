@@ -10,7 +10,9 @@ pandas DataFrames (one row per trial), ready for seaborn.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,21 +20,160 @@ from scipy import stats
 from torch import nn
 
 from ..codecs.base import Codec, Identity
-from ..evaluate import Output, materialize, model_device, score
+from ..evaluate import Batches, Output, materialize, model_device, score
 from ..faults import BitErrorRate, Fault
 from ..formats import Format
 from ..inject import Store
-from ..metrics import MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric, signed, signed_mean
-from ..params import ParamSelection, store_format
-from ..progress import bar as progress_bar
+from ..metrics import (
+    Metric,
+    MetricSpec,
+    frame_attrs,
+    frame_metric,
+    relative_drop,
+    resolve_metric,
+    signed,
+    signed_mean,
+)
+from ..params import ParamSelection, select_tensors, store_format
 from ..validate import check_number
+from .journal import Journal, campaign_key, configuration, describe
+from .runner import Item, Row, Rows, Turns
+from .runner import run as run_items
 from .seeds import trial_generator
 
-__all__ = ["ber_sweep", "summarize", "tolerable_ber"]
+__all__ = ["ber_sweep", "summarize", "tolerable_ber", "BerTrials", "ber_trials", "check_sweep", "FORMAT", "VERSION"]
+
+#: the checkpoint format of the trial campaigns (BER sweeps, ``sweep_t``, activation sweeps)
+FORMAT = "bitlab-campaign-checkpoint"
+VERSION = 1
 
 
 def _fault_for(fault: Callable[[float], Fault] | None, ber: float) -> Fault:
     return BitErrorRate(ber) if fault is None else fault(ber)
+
+
+@dataclass
+class BerTrials:
+    """The trials of BER sweeps, the runner's work (:mod:`.runner`): item ``(variant, ber, trial)`` is one
+    draw of ``faults[ber]`` from ``trial_generator(seed, "ber", ber, trial)`` into the store of
+    ``codecs[variant]``, scored by ``metric``; ``extra[variant]`` holds columns added to its rows. The
+    stores are built where the items run (once per copy of the work) and are never pickled."""
+
+    model: nn.Module
+    batches: Batches
+    fmt: Format
+    codecs: dict[str, Codec]
+    params: ParamSelection
+    faults: dict[float, Fault]
+    metric: Metric
+    output: Output
+    seed: int
+    clean: dict[str, float]
+    extra: dict[str, dict[str, object]] = field(default_factory=dict)
+    stores: dict[str, Store] = field(default_factory=dict, repr=False)
+    turns: Turns = field(default_factory=Turns, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "stores"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, stores={})
+
+    def store(self, variant: str) -> Store:
+        if variant not in self.stores:
+            self.stores[variant] = Store(self.model, self.fmt, self.codecs[variant], self.params)
+        return self.stores[variant]
+
+    def __call__(self, item: Item) -> Row:
+        variant, ber, t = item
+        assert isinstance(variant, str) and isinstance(ber, float) and isinstance(t, int)
+        m = self.metric
+        with self.turns.lock:
+            store = self.store(variant)
+            with store.corrupted(self.faults[ber], generator=trial_generator(self.seed, "ber", ber, t)) as r:
+                value = score(self.model, self.batches, m, self.output)
+        row = {
+            "ber": ber,
+            "trial": t,
+            "flips": r.flips,
+            m.name: value,
+            "rad": relative_drop(self.clean[variant], value, m),
+            "format": self.fmt.name,
+            "codec": self.codecs[variant].name,
+            "seed": self.seed,
+        }
+        row.update(self.extra.get(variant, {}))
+        return row
+
+
+def check_sweep(trials: object, bers: Sequence[float]) -> list[float]:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
+    out = [float(b) for b in bers]
+    if not out:
+        raise ValueError("bers: empty; give at least one bit error rate in [0, 1]")
+    for b in out:
+        if not 0.0 <= b <= 1.0:
+            raise ValueError(f"bers: {b} is not a probability; allowed values are in [0, 1]")
+    return out
+
+
+def ber_trials(
+    model: nn.Module,
+    data: object,
+    bers: Sequence[float],
+    fmt: Format,
+    codecs: dict[str, Codec | None],
+    params: ParamSelection,
+    seed: int,
+    fault: Callable[[float], Fault] | None,
+    metric: Metric,
+    output: Output,
+) -> BerTrials:
+    """The work of a BER campaign, with the fault-free value of every variant measured here, on the
+    caller's model (its stores kept for in-process runs). A predicate ``params`` is resolved to the
+    names it picks, so that the work can travel to other processes."""
+    if callable(params):
+        params = [n for n, _ in select_tensors(model, params)]
+    batches = materialize(data, device=model_device(model))
+    work = BerTrials(
+        model,
+        batches,
+        fmt,
+        {v: Identity() if c is None else c for v, c in codecs.items()},
+        params,
+        {b: _fault_for(fault, b) for b in bers},
+        metric,
+        output,
+        seed,
+        {},
+    )
+    for variant in work.codecs:
+        with work.store(variant).corrupted(BitErrorRate(0.0)):
+            work.clean[variant] = score(model, batches, metric, output)
+    return work
+
+
+def ber_journal(
+    checkpoint: str | os.PathLike[str] | None, work: BerTrials, kind: str, codecs: object, fault: object
+) -> Rows | None:
+    """The checkpoint of a BER campaign, keyed by everything that changes a row except the grid (rates,
+    trials, variants), so that a longer or wider sweep resumes from a shorter one."""
+    if checkpoint is None:
+        return None
+    settings = (
+        kind,
+        configuration(work.fmt),
+        codecs,
+        describe(work.params),
+        describe(fault),
+        describe(work.metric),
+        describe(work.output),
+        work.seed,
+    )
+    key = campaign_key(work.model, work.batches, settings)
+    what = f"{kind} (model, data, format, codec, params, fault or metric)"
+    return Rows(Journal(checkpoint, FORMAT, VERSION, key, what))
 
 
 def ber_sweep(
@@ -50,6 +191,8 @@ def ber_sweep(
     stop_at: float | None = None,
     metric: MetricSpec = "accuracy",
     output: Output = None,
+    executor: object = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """``metric`` (accuracy by default) of ``model`` on ``data`` with its weights stored in ``fmt`` (+
     ``codec``) under i.i.d. bit errors at each rate in ``bers``, ``trials`` independent draws each (Qin et
@@ -60,61 +203,42 @@ def ber_sweep(
     ``label`` is given), where ``<metric>`` is the metric's name (``accuracy``, ``mse``, ...) and ``rad``
     its relative drop from the fault-free value (:func:`bitlab.metrics.relative_drop`; positive is worse).
     ``df.attrs`` holds ``metric``, ``clean`` and ``clean_<metric>`` (e.g. ``clean_accuracy``): the
-    fault-free value in that store (which differs from the float model for lossy formats). ``fault`` maps
-    a rate to a fault model (default :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep
-    early: once the mean metric at a rate is at or past it on the worse side (e.g. chance accuracy; a NaN
-    mean counts as past it), the higher rates are not run (they have no rows), which saves most of the
-    time of sweeps that go far past the breaking point.
+    fault-free value in that store (which differs from the float model for lossy formats), and
+    ``from_checkpoint``. ``fault`` maps a rate to a fault model (default
+    :class:`~bitlab.faults.BitErrorRate`). ``stop_at`` ends the sweep early: once the mean metric at a
+    rate is at or past it on the worse side (e.g. chance accuracy; a NaN mean counts as past it), the
+    higher rates are not run (they have no rows), which saves most of the time of sweeps that go far past
+    the breaking point.
 
     Randomness is counter-based (:mod:`bitlab.campaigns.seeds`): trial ``t`` at rate ``ber`` draws its
     faults from ``trial_generator(seed, "ber", ber, t)``, so a rate run alone, a subset of trials or a
     longer sweep (``trials=20`` after ``trials=6``) gives the same rows for the same (rate, trial).
+
+    ``executor`` runs the trials elsewhere: a ``concurrent.futures`` pool or a ``dask.distributed.Client``
+    (see :mod:`bitlab.campaigns.runner`); the frame is the same, bit for bit. ``checkpoint`` is a file
+    where every finished trial is saved (:mod:`bitlab.campaigns.journal`); a rerun, a longer sweep or one
+    resumed after a crash reuses them.
     """
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
-    bers = [float(b) for b in bers]
-    if not bers:
-        raise ValueError("bers: empty; give at least one bit error rate in [0, 1]")
-    for b in bers:
-        if not 0.0 <= b <= 1.0:
-            raise ValueError(f"bers: {b} is not a probability; allowed values are in [0, 1]")
-    codec = Identity() if codec is None else codec
+    bers = check_sweep(trials, bers)
     m = resolve_metric(metric)
     fmt = store_format(model, fmt, params)  # None: the selected tensors' own (one) format
-    batches = materialize(data, device=model_device(model))
-    store = Store(model, fmt, codec, params)
-    with store.corrupted(BitErrorRate(0.0)):
-        clean = score(model, batches, m, output)
-    rows = []
-    bar = progress_bar(total=len(bers) * trials, desc=f"ber_sweep {fmt.name}/{codec.name}", progress=progress)
-    for ber in bers:
-        accs = []
-        for t in range(trials):
-            with store.corrupted(_fault_for(fault, ber), generator=trial_generator(seed, "ber", ber, t)) as r:
-                acc = score(model, batches, m, output)
-            rows.append(
-                {
-                    "ber": ber,
-                    "trial": t,
-                    "flips": r.flips,
-                    m.name: acc,
-                    "rad": relative_drop(clean, acc, m),
-                    "format": fmt.name,
-                    "codec": codec.name,
-                    "seed": seed,
-                }
-            )
-            accs.append(acc)
-            bar.update()
-        mean = sum(accs) / len(accs)
+    work = ber_trials(model, data, bers, fmt, {"": codec}, params, seed, fault, m, output)
+    journal = ber_journal(checkpoint, work, "ber_sweep", configuration(work.codecs[""]), fault)
+    higher = m.higher_is_better
+
+    def past(rows: list[Row]) -> bool:
         # signed(): a NaN mean (an MSE of a model whose outputs hold NaN) is past any stop
-        if stop_at is not None and signed(mean, m.higher_is_better) <= signed(stop_at, m.higher_is_better):
-            break
-    bar.close()
+        mean = sum(r[m.name] for r in rows) / len(rows)
+        return stop_at is not None and signed(mean, higher) <= signed(stop_at, higher)
+
+    stages = [[("", b, t) for t in range(trials)] for b in bers]
+    desc = f"ber_sweep {fmt.name}/{work.codecs[''].name}"
+    rows, reused = run_items(work, stages, executor, journal, progress, desc, stop=past)
     df = pd.DataFrame(rows)
     if label is not None:
         df["model"] = label
-    df.attrs.update(frame_attrs(m, clean))
+    df.attrs.update(frame_attrs(m, work.clean[""]))
+    df.attrs["from_checkpoint"] = reused
     return df
 
 

@@ -81,14 +81,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ...codecs.base import Codec, Identity
 from ...evaluate import Batches, Output, eval_mode, materialize, model_device, score
@@ -97,63 +95,16 @@ from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...metrics import METRICS, Metric, MetricSpec, frame_attrs, resolve_metric
 from ...params import ParamSelection, select_params
-from ...progress import bar as progress_bar
-from .budget import ELEMENTS_PER_CHUNK, heap_headroom
-from .certify import certify
-from .checkpoint import CheckpointFile, ChunkId, fingerprint
-from .clean import CleanRun, count_correct, run_clean
-from .cost import ScreenChoice
-from .exact import exact_packed, packable, recompute_one
-from .layers import chain_layers, owner
+from ..runner import Item, Row
+from ..runner import run as run_items
+from .budget import heap_headroom
+from .checkpoint import CensusSaved, CheckpointFile, fingerprint
+from .chunks import NAIVE_LOOP, STATS, CensusChunks, Param
+from .clean import count_correct
 from .naive import naive_bit_census
 from .plan import census_format, flipped_values, weight_plan
-from .rounding import fan_in
-from .screen import certifiable, uncertified_reason
 
 __all__ = ["bit_census", "count_above"]
-
-#: the path each parameter's flips take (``df.attrs["paths"]``)
-BOUNDS, PACKED_EXACT, SUFFIX_RERUN, FULL_FORWARD, NAIVE_LOOP = (
-    "bounds",
-    "packed exact",
-    "suffix rerun",
-    "full forward",
-    "naive loop",
-)
-
-
-@dataclass(eq=False)
-class _Param:
-    """One parameter's flips, in the order the census computes them, and the path they take."""
-
-    name: str
-    param: nn.Parameter
-    path: str
-    layer: int  # the chain layer that owns the parameter (0 with FULL_FORWARD)
-    attr: str  # "weight", "bias", ...
-    flip_index: Tensor  # (flips,) the weight each flip changes (weight-major, bits inner)
-    flip_value: Tensor  # (flips,) what it reads back as
-    order: Tensor  # (flips,) computation order: chunk s holds flips order[s : s + step]
-    step: int  # flips per chunk
-    choice: ScreenChoice = field(default_factory=ScreenChoice)
-
-
-@dataclass(eq=False)
-class _Run:
-    """What every chunk of one census call needs, and what it has done."""
-
-    model: nn.Module
-    batches: list[tuple[Tensor, Tensor]]
-    clean: CleanRun | None
-    n_total: int
-    done: dict[ChunkId, list[float]]
-    checkpoint: CheckpointFile | None
-    on_chunk: Callable[[int], None] | None
-    stats: dict[str, int] = field(
-        default_factory=lambda: dict(certified=0, rechecked=0, recomputed=0, from_checkpoint=0)
-    )
-    n_new: int = 0
-    uncertified: dict[str, str] = field(default_factory=dict)  # parameter -> why the bounds do not cover it
 
 
 def _check_batch_flips(batch_flips: object) -> int:
@@ -177,6 +128,7 @@ def bit_census(
     on_chunk: Callable[[int], None] | None = None,
     metric: MetricSpec = "accuracy",
     output: Output = None,
+    executor: object = None,
 ) -> pd.DataFrame:
     """Single-bit census of Pranto et al. 2025 (RAD of every single-bit flip), equal to
     :func:`bitlab.campaigns.census.naive_bit_census` row for row and float for float, but fast.
@@ -196,6 +148,8 @@ def bit_census(
     them (an interrupted census resumed gives the same frame as one run straight through).
     ``batch_flips``: flips evaluated together (memory vs. speed). ``on_chunk(n_done)`` is called
     after each chunk is saved. See the module docstring for how exactness is guaranteed.
+    ``executor`` computes the chunks elsewhere: a ``concurrent.futures`` pool or a
+    ``dask.distributed.Client`` (:mod:`bitlab.campaigns.runner`); the frame is the same.
 
     ``metric`` and ``output`` as in :func:`bitlab.campaigns.ber_sweep`. The bounds certify accuracy
     only: another metric, an ``output=`` picker or batches whose inputs are not one tensor are
@@ -210,7 +164,21 @@ def bit_census(
     why = _no_shortcut(codec, m, output, given)
     if why:
         return _naive(
-            model, given, fmt, bits, params, n_weights, seed, codec, progress, m, output, why, checkpoint, on_chunk
+            model,
+            given,
+            fmt,
+            bits,
+            params,
+            n_weights,
+            seed,
+            codec,
+            progress,
+            m,
+            output,
+            why,
+            checkpoint,
+            on_chunk,
+            executor,
         )
     batches = cast(list[tuple[Tensor, Tensor]], given)  # one tensor of inputs per batch, checked above
     score(model, batches[:1], m, output)  # logits and labels as accuracy needs them, or the metric's clear error
@@ -219,33 +187,49 @@ def bit_census(
     ckpt = None
     if checkpoint is not None:  # the fingerprint hashes every parameter, buffer and sample: only when needed
         ckpt = CheckpointFile(checkpoint, fingerprint(model, chosen, plan, positions, fmt, codec, batches))
-    done = {} if ckpt is None else ckpt.load()
     values = {name: p.detach().reshape(-1)[idx].clone() for (name, p), (_, idx) in zip(chosen, plan)}
     flipped = {name: flipped_values(p, idx, positions, fmt, codec) for (name, p), (_, idx) in zip(chosen, plan)}
-    lookup = dict(chosen)
     heap_headroom()
     store = Store(model, fmt, codec, params)
-    bar = progress_bar(total=sum(len(idx) * len(positions) for _, idx in plan), desc="bit census", progress=progress)
-    try:
-        with eval_mode(model), store.corrupted(BitErrorRate(0.0)), torch.no_grad():
-            layers = chain_layers(model)
-            clean = run_clean(layers, batches) if layers is not None else None
-            n_total = sum(len(b[1]) for b in batches) if clean is None else len(clean.y)
-            clean_correct = count_correct(model, batches) if clean is None else int(clean.ok.sum())
-            run = _Run(model, batches, clean, n_total, done, ckpt, on_chunk)
-            jobs = [
-                _plan_param(run, name, lookup[name], idx, flipped[name], len(positions), batch_flips)
-                for name, idx in plan
-            ]
-            for job in jobs:
-                _run_param(run, job, bar)
-    finally:
-        bar.close()
-    acc_clean = clean_correct / n_total
+    stats = dict(certified=0, rechecked=0, recomputed=0, from_checkpoint=0)
+    new_chunks = new_flips = 0
+
+    def counted(item: Item, row: Row) -> None:
+        nonlocal new_chunks, new_flips
+        for k in STATS:
+            stats[k] += row[k]
+        new_chunks += 1
+        new_flips += sizes[item]
+        if on_chunk is not None:
+            on_chunk(new_chunks)
+
+    with eval_mode(model), store.corrupted(BitErrorRate(0.0)), torch.no_grad():
+        # planned here, on the caller's model (the clean run and each parameter's path); a copy that
+        # runs elsewhere plans again from its own copy of the model, the same way
+        work = CensusChunks(model, batches, plan, flipped, len(positions), batch_flips)
+        work.prepare()
+        clean_correct = count_correct(model, batches) if work.clean is None else int(work.clean.ok.sum())
+        jobs = [work.jobs[name] for name, _ in plan]
+        chunks = [cid for job in jobs for cid in job.chunks()]
+        items: list[Item] = list(chunks)
+        sizes: dict[Item, int] = {cid: len(work.jobs[cid[0]].order[cid[1] : cid[1] + cid[2]]) for cid in chunks}
+        rows, _ = run_items(
+            work,
+            [items],
+            executor,
+            None if ckpt is None else CensusSaved(ckpt, sizes),
+            progress,
+            "bit census",
+            size=sizes.__getitem__,
+            after=counted,
+        )
+    stats["from_checkpoint"] = sum(sizes.values()) - new_flips
+    done = {cid: row["accuracies"] for cid, row in zip(items, rows)}
+    acc_clean = clean_correct / work.n_total
     df = _frame(jobs, plan, positions, values, flipped, done, acc_clean)
-    df.attrs["stats"] = dict(run.stats)
+    df.attrs["stats"] = dict(stats)
     df.attrs["paths"] = {job.name: job.path for job in jobs}
-    df.attrs["uncertified"] = dict(run.uncertified)
+    df.attrs["uncertified"] = dict(work.uncertified)
     return df
 
 
@@ -277,6 +261,7 @@ def _naive(
     why: str,
     checkpoint: str | os.PathLike[str] | None,
     on_chunk: Callable[[int], None] | None,
+    executor: object,
 ) -> pd.DataFrame:
     """The naive loop, with the fast census's statistics and the reason in ``attrs["note"]``."""
     df = naive_bit_census(
@@ -293,6 +278,7 @@ def _naive(
         output=output,
         checkpoint=checkpoint,
         on_chunk=on_chunk,
+        executor=executor,
     )
     df.attrs["note"] = f"recomputed exactly by the naive loop ({why})"
     reused = int(df.attrs.pop("from_checkpoint", 0))
@@ -302,84 +288,13 @@ def _naive(
     return df
 
 
-def _plan_param(
-    run: _Run, name: str, p: nn.Parameter, idx: Tensor, flipped: Tensor, nb: int, batch_flips: int
-) -> _Param:
-    """The path, order and chunk size of one parameter's flips."""
-    clean = run.clean
-    where = None if clean is None else owner(clean.layers, run.model, name)
-    flip_index = idx.repeat_interleave(nb)
-    order = torch.arange(len(flip_index))
-    step = batch_flips
-    if clean is None or where is None:
-        return _Param(name, p, FULL_FORWARD, 0, "", flip_index, flipped.reshape(-1), order, step)
-    l, attr = where
-    path = BOUNDS if certifiable(clean, l, attr) else PACKED_EXACT if packable(clean, l, attr) else SUFFIX_RERUN
-    why = uncertified_reason(clean, l)
-    if path != BOUNDS and why is not None:  # float16/bfloat16 or a GPU: recomputed exactly, said by name
-        run.uncertified[name] = why
-    if packable(clean, l, attr):  # interleave output channels, so that a chunk's flips share layer calls
-        fan = 1 if attr == "bias" else fan_in(clean.layers[l])
-        n_ch = clean.acts[l + 1].shape[1]
-        bitpos = torch.arange(nb).repeat(len(idx))
-        rank = ((flip_index % fan) * nb + bitpos) * n_ch + flip_index // fan
-        order = torch.argsort(rank, stable=True)
-    if path == BOUNDS:
-        per_flip = 16 * run.n_total  # the screen's (flips, samples) arrays; rows are sub-batched
-        step = max(1, min(batch_flips, ELEMENTS_PER_CHUNK // max(per_flip, 1)))
-    return _Param(name, p, path, l, attr, flip_index, flipped.reshape(-1), order, step)
-
-
-def _run_param(run: _Run, job: _Param, bar: tqdm) -> None:
-    """Every chunk of one parameter not yet in the checkpoint: computed, saved, counted."""
-    for s in range(0, len(job.order), job.step):
-        cid = (job.name, s, job.step)
-        sel = job.order[s : s + job.step]
-        if cid in run.done:
-            if len(run.done[cid]) != len(sel):
-                assert run.checkpoint is not None
-                raise ValueError(f"checkpoint {run.checkpoint.path!r}: chunk {cid} holds the wrong number of flips")
-            run.stats["from_checkpoint"] += len(sel)
-            bar.update(len(sel))
-            continue
-        counts = _chunk_counts(run, job, job.flip_index[sel], job.flip_value[sel])
-        run.done[cid] = accs = [c / run.n_total for c in counts]
-        if run.checkpoint is not None:
-            run.checkpoint.append(cid, accs)
-        bar.update(len(counts))
-        run.n_new += 1
-        if run.on_chunk is not None:
-            run.on_chunk(run.n_new)
-
-
-def _chunk_counts(run: _Run, job: _Param, idx: Tensor, new: Tensor) -> list[int]:
-    """Correct-sample counts of one chunk of flips, on the parameter's path; counted in ``run.stats``."""
-    clean = run.clean
-    if job.path in (BOUNDS, PACKED_EXACT):
-        assert clean is not None
-        if job.path == BOUNDS:
-            counts, redone, rechecked = certify(clean, job.layer, job.attr, idx, new, job.choice)
-            n_redone = int(redone.sum())
-            run.stats["rechecked"] += rechecked
-        else:
-            counts, _ = exact_packed(clean, job.layer, job.attr, idx, new)
-            n_redone = len(counts)
-        run.stats["certified"] += len(counts) - n_redone
-        run.stats["recomputed"] += n_redone
-        return counts
-    use = clean if job.path == SUFFIX_RERUN else None
-    counts = [recompute_one(run.model, job.param, int(i), v, use, job.layer, run.batches) for i, v in zip(idx, new)]
-    run.stats["recomputed"] += len(counts)
-    return counts
-
-
 def _frame(
-    jobs: list[_Param],
+    jobs: list[Param],
     plan: list[tuple[str, Tensor]],
     positions: Sequence[int],
     values: dict[str, Tensor],
     flipped: dict[str, Tensor],
-    done: dict[ChunkId, list[float]],
+    done: dict[Item, list[float]],
     acc_clean: float,
 ) -> pd.DataFrame:
     """The naive census's rows, built column by column (same values and dtypes)."""

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pandas as pd
 from torch import nn
 
 from ...codecs.base import Codec, Identity
-from ...evaluate import Output, materialize, model_device, score
+from ...evaluate import Batches, Output, materialize, model_device, score
 from ...faults import BitErrorRate, SingleBitFlip
 from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
-from ...metrics import MetricSpec, frame_attrs, relative_drop, resolve_metric
+from ...metrics import Metric, MetricSpec, frame_attrs, relative_drop, resolve_metric
 from ...params import ParamSelection, select_params
-from ...progress import bar as progress_bar
 from ...validate import check_int
-from .checkpoint import CheckpointFile, describe, fingerprint
+from ..runner import Item, Row
+from ..runner import run as run_items
+from .checkpoint import CensusSaved, CheckpointFile, describe, fingerprint
 from .plan import census_format, weight_plan
 
 __all__ = ["naive_bit_census"]
@@ -40,6 +42,7 @@ def naive_bit_census(
     checkpoint: str | os.PathLike[str] | None = None,
     on_chunk: Callable[[int], None] | None = None,
     chunk: int = 64,
+    executor: object = None,
 ) -> pd.DataFrame:
     """Flip every selected bit of every selected weight, one at a time: flip, full forward, restore.
 
@@ -52,7 +55,8 @@ def naive_bit_census(
     ``fmt=None``: each parameter's own dtype (FP32, FP16 or BF16, see :func:`~.plan.census_format`).
     ``checkpoint``: a file where every ``chunk`` finished flips of a parameter are saved (as in
     :func:`~.engine.bit_census`; a rerun with the same arguments skips them), ``on_chunk(n_done)`` is
-    called after each chunk is saved.
+    called after each chunk is saved. ``executor`` scores the chunks elsewhere (a ``concurrent.futures``
+    pool or a ``dask.distributed.Client``, :mod:`bitlab.campaigns.runner`); the frame is the same.
     """
     check_int("chunk", chunk, 1)
     if on_chunk is not None and not callable(on_chunk):
@@ -67,52 +71,81 @@ def naive_bit_census(
     with store.corrupted(BitErrorRate(0.0)):
         clean = score(model, batches, m, output)
     weights = weight_plan(chosen, n_weights, seed)
-    ckpt, done = None, {}
+    ckpt = None
     if checkpoint is not None:
         scoring = f"naive|{describe(m)}|output={describe(output)}|chunk={chunk}"
         ckpt = CheckpointFile(checkpoint, fingerprint(model, chosen, weights, positions, fmt, codec, batches, scoring))
-        done = ckpt.load()
+    flips = {name: [(int(i), b) for i in idx for b in positions] for name, idx in weights}
+    chunks = [(name, s, chunk) for name, _ in weights for s in range(0, len(flips[name]), chunk)]
+    items: list[Item] = list(chunks)
+    sizes: dict[Item, int] = {cid: len(flips[cid[0]][cid[1] : cid[1] + chunk]) for cid in chunks}
+    new_chunks = new_flips = 0
+
+    def counted(item: Item, row: Row) -> None:
+        nonlocal new_chunks, new_flips
+        new_chunks += 1
+        new_flips += sizes[item]
+        if on_chunk is not None:
+            on_chunk(new_chunks)
+
+    work = NaiveChunks(model, batches, fmt, codec, [n for n, _ in chosen], m, output, flips, store)
+    saved = None if ckpt is None else CensusSaved(ckpt, sizes)
+    results, _ = run_items(
+        work, [items], executor, saved, progress, "naive census", size=sizes.__getitem__, after=counted
+    )
     rows = []
     lookup = dict(chosen)
-    n_new = reused = 0
-    bar = progress_bar(
-        total=sum(len(idx) for _, idx in weights) * len(positions), desc="naive census", progress=progress
-    )
-    for name, idx in weights:
-        flips = [(int(i), b) for i in idx for b in positions]
-        for s in range(0, len(flips), chunk):
-            part = flips[s : s + chunk]
-            saved = done.get((name, s, chunk))
-            if saved is not None and len(saved) != len(part):
-                raise ValueError(f"checkpoint {checkpoint!r}: chunk {(name, s, chunk)} holds the wrong number of flips")
-            values = []
-            reused += 0 if saved is None else len(part)
-            for k, (i, b) in enumerate(part):
-                value = lookup[name].detach().reshape(-1)[i].item()
-                with store.corrupted(SingleBitFlip(name, i, b)):
-                    flipped = lookup[name].detach().reshape(-1)[i].item()
-                    acc = saved[k] if saved is not None else score(model, batches, m, output)
-                values.append(acc)
-                rows.append(
-                    {
-                        "param": name,
-                        "index": i,
-                        "bit": b,
-                        "value": value,
-                        "flipped": flipped,
-                        m.name: acc,
-                        "rad": relative_drop(clean, acc, m),
-                    }
-                )
-            bar.update(len(part))
-            if saved is None:
-                if ckpt is not None:
-                    ckpt.append((name, s, chunk), values)
-                n_new += 1
-                if on_chunk is not None:
-                    on_chunk(n_new)
-    bar.close()
+    for (name, s, _), res in zip(chunks, results):
+        for (i, b), acc in zip(flips[name][s : s + chunk], res["accuracies"]):
+            value = lookup[name].detach().reshape(-1)[i].item()
+            with store.corrupted(SingleBitFlip(name, i, b)):
+                flipped = lookup[name].detach().reshape(-1)[i].item()
+            rows.append(
+                {
+                    "param": name,
+                    "index": i,
+                    "bit": b,
+                    "value": value,
+                    "flipped": flipped,
+                    m.name: acc,
+                    "rad": relative_drop(clean, acc, m),
+                }
+            )
     df = pd.DataFrame(rows)
     df.attrs.update(frame_attrs(m, clean))
-    df.attrs["from_checkpoint"] = reused
+    df.attrs["from_checkpoint"] = sum(sizes.values()) - new_flips
     return df
+
+
+@dataclass
+class NaiveChunks:
+    """The naive census's chunks as the runner's work: item ``(parameter, start, chunk)`` is flips
+    ``flips[parameter][start : start + chunk]``, each flipped, scored with a full forward and restored;
+    its row ``{"accuracies": [...]}``. The store is rebuilt where the chunks run."""
+
+    model: nn.Module
+    batches: Batches
+    fmt: Format
+    codec: Codec
+    params: list[str]
+    metric: Metric
+    output: Output
+    flips: dict[str, list[tuple[int, int]]]
+    store: Store | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "store"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, store=None)
+
+    def __call__(self, item: Item) -> Row:
+        name, start, chunk = item
+        assert isinstance(name, str) and isinstance(start, int) and isinstance(chunk, int)
+        if self.store is None:
+            self.store = Store(self.model, self.fmt, self.codec, self.params)
+        accs = []
+        for i, b in self.flips[name][start : start + chunk]:
+            with self.store.corrupted(SingleBitFlip(name, i, b)):
+                accs.append(score(self.model, self.batches, self.metric, self.output))
+        return {"accuracies": accs}

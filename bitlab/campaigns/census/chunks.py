@@ -1,0 +1,183 @@
+"""The census's work items: each parameter's flips planned as chunks (:func:`plan_param`), and the
+runner's work (:class:`CensusChunks`) that computes a chunk's correct-sample counts on its path, in this
+process or on any executor (:mod:`bitlab.campaigns.runner`).
+
+A chunk is the item ``(parameter, start, step)``: flips ``order[start : start + step]`` of the
+parameter, in the census's computation order. Its row is ``{"accuracies": [...]}`` plus the counts of
+how its flips were decided (``certified``, ``rechecked``, ``recomputed``). A copy of the work that
+travels (a process, a Dask worker, a thread's deep copy) rebuilds the clean run and the plan from its
+own copy of the model once, before its first chunk; the outcomes are exact on every path, so the rows
+do not depend on where a chunk ran (which chunks the bounds decide may, with the per-parameter screen
+probe, so the counts of ``attrs["stats"]`` can differ between executors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .budget import ELEMENTS_PER_CHUNK
+from .certify import certify
+from .clean import CleanRun, run_clean
+from .cost import ScreenChoice
+from .exact import exact_packed, packable, recompute_one
+from .layers import chain_layers, owner
+from .rounding import fan_in
+from .screen import certifiable, uncertified_reason
+
+__all__ = ["BOUNDS", "FULL_FORWARD", "NAIVE_LOOP", "PACKED_EXACT", "SUFFIX_RERUN", "CensusChunks", "plan_param"]
+
+#: the path each parameter's flips take (``df.attrs["paths"]``)
+BOUNDS, PACKED_EXACT, SUFFIX_RERUN, FULL_FORWARD, NAIVE_LOOP = (
+    "bounds",
+    "packed exact",
+    "suffix rerun",
+    "full forward",
+    "naive loop",
+)
+
+STATS = ("certified", "rechecked", "recomputed")
+
+
+@dataclass(eq=False)
+class Param:
+    """One parameter's flips, in the order the census computes them, and the path they take."""
+
+    name: str
+    param: nn.Parameter
+    path: str
+    layer: int  # the chain layer that owns the parameter (0 with FULL_FORWARD)
+    attr: str  # "weight", "bias", ...
+    flip_index: Tensor  # (flips,) the weight each flip changes (weight-major, bits inner)
+    flip_value: Tensor  # (flips,) what it reads back as
+    order: Tensor  # (flips,) computation order: chunk s holds flips order[s : s + step]
+    step: int  # flips per chunk
+    choice: ScreenChoice = field(default_factory=ScreenChoice)
+
+    def chunks(self) -> list[tuple[str, int, int]]:
+        """The items of this parameter's flips: ``(name, start, step)``."""
+        return [(self.name, s, self.step) for s in range(0, len(self.order), self.step)]
+
+
+def plan_param(
+    model: nn.Module,
+    clean: CleanRun | None,
+    n_total: int,
+    name: str,
+    p: nn.Parameter,
+    idx: Tensor,
+    flipped: Tensor,
+    nb: int,
+    batch_flips: int,
+    uncertified: dict[str, str],
+) -> Param:
+    """The path, order and chunk size of one parameter's flips; why the bounds do not cover it (a
+    float16/bfloat16 chain, a GPU) goes to ``uncertified``, by name."""
+    where = None if clean is None else owner(clean.layers, model, name)
+    flip_index = idx.repeat_interleave(nb)
+    order = torch.arange(len(flip_index))
+    step = batch_flips
+    if clean is None or where is None:
+        return Param(name, p, FULL_FORWARD, 0, "", flip_index, flipped.reshape(-1), order, step)
+    l, attr = where
+    path = BOUNDS if certifiable(clean, l, attr) else PACKED_EXACT if packable(clean, l, attr) else SUFFIX_RERUN
+    why = uncertified_reason(clean, l)
+    if path != BOUNDS and why is not None:  # recomputed exactly, said by name
+        uncertified[name] = why
+    if packable(clean, l, attr):  # interleave output channels, so that a chunk's flips share layer calls
+        fan = 1 if attr == "bias" else fan_in(clean.layers[l])
+        n_ch = clean.acts[l + 1].shape[1]
+        bitpos = torch.arange(nb).repeat(len(idx))
+        rank = ((flip_index % fan) * nb + bitpos) * n_ch + flip_index // fan
+        order = torch.argsort(rank, stable=True)
+    if path == BOUNDS:
+        per_flip = 16 * n_total  # the screen's (flips, samples) arrays; rows are sub-batched
+        step = max(1, min(batch_flips, ELEMENTS_PER_CHUNK // max(per_flip, 1)))
+    return Param(name, p, path, l, attr, flip_index, flipped.reshape(-1), order, step)
+
+
+@dataclass(eq=False)
+class CensusChunks:
+    """The runner's work of one census: ``model`` (in eval mode, its weights as stored in the census
+    format), the naive ``batches``, the visited weights ``plan`` with their ``flipped`` values, the bit
+    count ``nb`` and ``batch_flips``. The clean run and the plan are built where the chunks run, once
+    per copy (:meth:`prepare`), and never pickled."""
+
+    model: nn.Module
+    batches: list[tuple[Tensor, Tensor]]
+    plan: list[tuple[str, Tensor]]
+    flipped: dict[str, Tensor]
+    nb: int
+    batch_flips: int
+    clean: CleanRun | None = field(default=None, repr=False)
+    n_total: int = 0
+    jobs: dict[str, Param] = field(default_factory=dict, repr=False)
+    uncertified: dict[str, str] = field(default_factory=dict)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("clean", "jobs")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, clean=None, jobs={})
+
+    def prepare(self) -> None:
+        """The clean run of the chain (if the model is one) and every parameter's plan (call in
+        ``torch.no_grad``, with the model in eval mode and stored in the census format)."""
+        layers = chain_layers(self.model)
+        self.clean = run_clean(layers, self.batches) if layers is not None else None
+        self.n_total = sum(len(b[1]) for b in self.batches) if self.clean is None else len(self.clean.y)
+        lookup = dict(self.model.named_parameters())
+        self.jobs = {
+            name: plan_param(
+                self.model,
+                self.clean,
+                self.n_total,
+                name,
+                lookup[name],
+                idx,
+                self.flipped[name],
+                self.nb,
+                self.batch_flips,
+                self.uncertified,
+            )
+            for name, idx in self.plan
+        }
+
+    def __call__(self, item: tuple[object, ...]) -> dict[str, object]:
+        name, start, step = item
+        assert isinstance(name, str) and isinstance(start, int) and isinstance(step, int)
+        with torch.no_grad():
+            if not self.jobs:
+                self.model.eval()  # a copy that travelled: pickled in eval mode; a thread's copy too
+                self.prepare()
+            job = self.jobs[name]
+            if job.step != step:
+                raise RuntimeError(f"census chunk {item!r}: this copy plans chunks of {job.step} flips")
+            sel = job.order[start : start + step]
+            stats = dict.fromkeys(STATS, 0)
+            counts = self._counts(job, job.flip_index[sel], job.flip_value[sel], stats)
+        return {"accuracies": [c / self.n_total for c in counts], **stats}
+
+    def _counts(self, job: Param, idx: Tensor, new: Tensor, stats: dict[str, int]) -> list[int]:
+        """Correct-sample counts of one chunk of flips, on the parameter's path; counted in ``stats``."""
+        clean = self.clean
+        if job.path in (BOUNDS, PACKED_EXACT):
+            assert clean is not None
+            if job.path == BOUNDS:
+                counts, redone, rechecked = certify(clean, job.layer, job.attr, idx, new, job.choice)
+                n_redone = int(redone.sum())
+                stats["rechecked"] += rechecked
+            else:
+                counts, _ = exact_packed(clean, job.layer, job.attr, idx, new)
+                n_redone = len(counts)
+            stats["certified"] += len(counts) - n_redone
+            stats["recomputed"] += n_redone
+            return counts
+        use = clean if job.path == SUFFIX_RERUN else None
+        counts = [
+            recompute_one(self.model, job.param, int(i), v, use, job.layer, self.batches) for i, v in zip(idx, new)
+        ]
+        stats["recomputed"] += len(counts)
+        return counts
