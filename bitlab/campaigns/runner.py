@@ -215,10 +215,11 @@ def _execute(
 
 
 def record(item: Item, row: Row) -> dict[str, object]:
-    """A finished item as a checkpoint record: JSON values (numbers, strings, None, lists and objects of
-    them), non-finite floats as ``{"float": "nan"}`` (JSON has none), so that a string ``"nan"`` stays a
-    string."""
-    return {"item": list(item), "row": {str(k): _encode(v) for k, v in row.items()}}
+    """A finished item as a checkpoint record. Values are JSON (numbers, strings, None, lists), with two
+    tagged objects: a non-finite float as ``{"float": "nan"}`` (JSON has none) and a mapping as
+    ``{"object": [[key, value], ...]}`` (the row itself too), which keeps its order under the journal's
+    sorted keys (a frame's columns come back in the order they were made)."""
+    return {"item": list(item), "row": _encode(row)}
 
 
 def _encode(v: object) -> object:
@@ -228,11 +229,11 @@ def _encode(v: object) -> object:
         return v
     if isinstance(v, (list, tuple)):
         return [_encode(x) for x in v]
-    if isinstance(v, dict) and all(isinstance(k, str) for k in v) and set(v) != {"float"}:
-        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return {"object": [[k, _encode(x)] for k, x in v.items()]}
     raise TypeError(
         f"row: {type(v).__name__} {v!r} cannot be saved in a checkpoint (numbers, strings, None, lists and "
-        "string-keyed objects of them)"
+        "string-keyed mappings of them)"
     )
 
 
@@ -241,11 +242,14 @@ _NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 def _decode(v: object) -> object:
     if isinstance(v, dict):
-        if set(v) == {"float"}:
-            if v["float"] not in _NON_FINITE:
-                raise ValueError("a row value holds an object that is not a non-finite float")
+        if set(v) == {"float"} and v["float"] in _NON_FINITE:
             return _NON_FINITE[v["float"]]
-        return {str(k): _decode(x) for k, x in v.items()}
+        pairs = v.get("object") if set(v) == {"object"} else None
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+        ):
+            raise ValueError("a row value is an object that is neither a non-finite float nor a mapping")
+        return {k: _decode(x) for k, x in pairs}
     if isinstance(v, list):
         return [_decode(x) for x in v]
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -256,12 +260,12 @@ def _decode(v: object) -> object:
 def _parse(obj: dict[str, object]) -> tuple[Item, Row]:
     if set(obj) != {"item", "row"}:
         raise ValueError("expected the fields item, row, sha256")
-    item, row = obj["item"], obj["row"]
+    item, row = obj["item"], _decode(obj["row"])
     if not isinstance(item, list) or not all(type(p) in (int, float, str) for p in item):
         raise ValueError("the item is not a list of numbers and strings")
     if not isinstance(row, dict):
-        raise ValueError("the row is not a JSON object")
-    return tuple(item), {str(k): _decode(v) for k, v in row.items()}
+        raise ValueError("the row is not a mapping")
+    return tuple(item), row
 
 
 def load_rows(journal: Journal) -> dict[Item, Row]:

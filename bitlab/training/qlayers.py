@@ -20,6 +20,7 @@ a ``TransformerEncoderLayer`` run their own ``forward`` (and hooks) during calib
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -297,13 +298,25 @@ def input_scales(
     return scales
 
 
+_SLOW = threading.Lock()
+_slow_users = [0, True]  # blocks inside slow_path() now, and the setting before the first of them
+
+
 @contextmanager
 def slow_path() -> Iterator[None]:
     """PyTorch's fused Transformer/attention fast path off for the block (it calls no submodule's
-    ``forward``, so hooks would not fire); the previous setting restored on exit. A process-wide flag."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    ``forward``, so hooks would not fire); the previous setting restored when the last block that
+    overlaps it exits (a process-wide flag: blocks in several threads, e.g. a campaign on a thread
+    pool, must not restore each other's setting)."""
+    with _SLOW:
+        if _slow_users[0] == 0:
+            _slow_users[1] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _slow_users[0] += 1
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(was)
+        with _SLOW:
+            _slow_users[0] -= 1
+            if _slow_users[0] == 0:
+                torch.backends.mha.set_fastpath_enabled(bool(_slow_users[1]))
