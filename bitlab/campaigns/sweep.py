@@ -231,7 +231,10 @@ def ber_sweep(
         mean = sum(r[m.name] for r in rows) / len(rows)
         return stop_at is not None and signed(mean, higher) <= signed(stop_at, higher)
 
+    # one stage per rate only where stop_at needs each rate's mean before the next (fewer, larger tasks)
     stages = [[("", b, t) for t in range(trials)] for b in bers]
+    if stop_at is None:
+        stages = [[item for stage in stages for item in stage]]
     desc = f"ber_sweep {fmt.name}/{work.codecs[''].name}"
     rows, reused = run_items(work, stages, executor, journal, progress, desc, stop=past)
     df = pd.DataFrame(rows)

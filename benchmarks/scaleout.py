@@ -1,0 +1,106 @@
+"""Benchmark: a BER sweep in process (one torch thread) against a Dask LocalCluster with two
+single-threaded worker processes, and the cost of one trial against a plain forward pass.
+
+Three numbers, each against a baseline measured in the same run:
+
+* ``dask ratio``: trials per second of the sweep on the cluster over trials per second in process
+  (target on a 2-core machine: >= 1.7). The cluster is started before the clock starts; scattering
+  the model and data is inside it.
+  The cluster comes from :func:`bitlab.campaigns.runner.local_cluster` (Dask's default workers trim
+  malloc so aggressively that a torch trial costs 1.6x as much; see the runner's notes).
+* the per-task overhead of the Dask path: a round trip of no-op tasks, and what the sweep on the
+  cluster costs beyond its share of the serial time (``2 * t_dask - t_serial``, per task);
+* ``trial cost ratio``: one in-process trial (draw the faults, write them into the stored weights,
+  evaluate, restore) over one plain forward pass over the same test tensors (``model(x)`` under
+  ``torch.no_grad``); the limit is 1.0, the target <= 1.1. Timed interleaved, medians.
+
+    python benchmarks/scaleout.py [--model small_cnn|resnet20] [--trials 100] [--rates 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["small_cnn", "resnet20"], default="small_cnn")
+    ap.add_argument("--trials", type=int, default=200, help="trials per rate")
+    ap.add_argument("--rates", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=300, help="timings of the trial-cost ratio")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from distributed import Client
+
+    from bitlab.campaigns import ber_sweep
+    from bitlab.campaigns.runner import local_cluster
+    from bitlab.campaigns.sweep import ber_trials
+    from bitlab.formats import FP32
+    from bitlab.metrics import resolve_metric
+    from bitlab.zoo.data import digits
+    from bitlab.zoo.models import resnet20, small_cnn
+
+    torch.manual_seed(0)
+    model = (small_cnn() if args.model == "small_cnn" else resnet20()).eval()
+    x, y = digits().test.tensors
+    data = [(x, y)]
+    bers = [10.0 ** (-6 + 0.5 * i) for i in range(args.rates)]
+    n = args.trials * len(bers)
+    print(f"{args.model} on digits ({len(x)} test images), {len(bers)} rates x {args.trials} trials = {n} trials")
+
+    # -- one trial against one plain forward, interleaved ------------------------------------
+    work = ber_trials(model, data, [1e-4], FP32, {"": None}, None, 0, None, resolve_metric("accuracy"), None)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    t_fwd, t_trial = [], []
+    for t in range(args.repeats):
+        t0 = time.perf_counter()
+        forward()
+        t_fwd.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        work(("", 1e-4, t))
+        t_trial.append(time.perf_counter() - t0)
+    fwd, trial = statistics.median(t_fwd[10:]), statistics.median(t_trial[10:])
+    print(f"plain forward: {fwd * 1e3:.3f} ms   one trial: {trial * 1e3:.3f} ms")
+
+    # -- the sweep in process and on the cluster ---------------------------------------------
+    kw = dict(bers=bers, trials=args.trials, seed=0, progress=False, fmt=FP32)
+    t0 = time.perf_counter()
+    serial = ber_sweep(model, data, **kw)
+    t_serial = time.perf_counter() - t0
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
+        client.run(torch.set_num_threads, 1)
+        ber_sweep(model, data, **{**kw, "bers": bers[:1], "trials": 2}, executor=client)  # warm the workers
+        t0 = time.perf_counter()
+        on_dask = ber_sweep(model, data, **kw, executor=client)
+        t_dask = time.perf_counter() - t0
+        tasks = 200
+        t0 = time.perf_counter()
+        client.gather(client.map(_noop, range(tasks), pure=False))
+        t_noop = (time.perf_counter() - t0) / tasks
+    same = serial.equals(on_dask)
+    chunks = 4 * 2  # the runner's default: 4 chunks per worker (one stage: no stop_at)
+    print(f"in process: {n / t_serial:.1f} trials/s ({t_serial:.2f} s)")
+    print(f"dask, 2 workers x 1 thread: {n / t_dask:.1f} trials/s ({t_dask:.2f} s); frames equal: {same}")
+    print(
+        f"dask per-task overhead: no-op round trip {t_noop * 1e3:.2f} ms; sweep beyond its serial share "
+        f"{(2 * t_dask - t_serial) / chunks * 1e3:.1f} ms per task ({chunks} tasks)"
+    )
+    print(f"trial cost ratio: {trial / fwd:.2f}")
+    print(f"dask ratio: {t_serial / t_dask:.2f}")
+
+
+if __name__ == "__main__":
+    main()
