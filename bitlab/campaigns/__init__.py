@@ -15,6 +15,7 @@ from .activations import activation_sweep, resilience_auc
 from .attack import bit_flip_attack
 from .attacks import bit_flip_attacks
 from .census import bit_census, count_above, naive_bit_census
+from .runner import ItemError, local_cluster
 from .scaling import best_t, sweep_t
 from .sweep import ber_sweep, summarize, tolerable_ber
 
@@ -29,6 +30,8 @@ __all__ = [
     "naive_bit_census",
     "bit_flip_attack",
     "bit_flip_attacks",
+    "ItemError",
+    "local_cluster",
     "sweep_t",
     "best_t",
     "materialize",

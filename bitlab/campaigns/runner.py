@@ -61,6 +61,7 @@ __all__ = [
     "ItemError",
     "run",
     "load_rows",
+    "read_record",
     "record",
     "Rows",
     "Saved",
@@ -279,7 +280,8 @@ def _decode(v: object) -> object:
     raise ValueError("a row value is not a JSON value")
 
 
-def _parse(obj: dict[str, object]) -> tuple[Item, Row]:
+def read_record(obj: dict[str, object]) -> tuple[Item, Row]:
+    """The item and row of a checkpoint record (the inverse of :func:`record`); ValueError if malformed."""
     if set(obj) != {"item", "row"}:
         raise ValueError("expected the fields item, row, sha256")
     item, row = obj["item"], _decode(obj["row"])
@@ -293,7 +295,7 @@ def _parse(obj: dict[str, object]) -> tuple[Item, Row]:
 def load_rows(journal: Journal) -> dict[Item, Row]:
     """The finished items of a checkpoint; an item saved twice must hold the same row."""
     done: dict[Item, Row] = {}
-    for item, row in journal.load(_parse):
+    for item, row in journal.load(read_record):
         old = done.setdefault(item, row)
         if old is not row and record(item, old) != record(item, row):
             raise journal.fail(f"item {item!r} appears twice with different rows")
