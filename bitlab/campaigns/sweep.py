@@ -91,7 +91,8 @@ class BerTrials:
         with self.turns.lock:
             store = self.store(variant)
             with store.corrupted(self.faults[ber], generator=trial_generator(self.seed, "ber", ber, t)) as r:
-                value = score(self.model, self.batches, m, self.output)
+                # no flip: the weights are the fault-free store's, bit for bit, so the value is the clean one
+                value = self.clean[variant] if r.flips == 0 else score(self.model, self.batches, m, self.output)
         row = {
             "ber": ber,
             "trial": t,
