@@ -13,6 +13,7 @@ the bit space is then the union of each tensor's own words times its own bits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,12 +44,18 @@ __all__ = [
 StoredBits = tuple[int, ...] | Sequence[tuple[int, ...]]
 
 
+@functools.lru_cache(maxsize=64)
+def _bit_tuples(items: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """Each tensor's bits as a tuple of Python ints (once per store layout: a campaign asks every trial)."""
+    return tuple(tuple(int(b) for b in t) for t in items)
+
+
 def per_tensor_bits(bits: StoredBits, n: int) -> list[tuple[int, ...]]:
     """The stored bit positions of each of ``n`` tensors (a flat tuple applies to all of them)."""
     items: list = list(bits)
     if all(isinstance(b, int) for b in items):
         return [tuple(int(b) for b in items)] * n
-    per = [tuple(int(b) for b in t) for t in items]
+    per = list(_bit_tuples(tuple(tuple(t) for t in items)))
     if len(per) != n:
         raise ValueError(f"bits: {len(per)} bit tuples for {n} tensors; allowed one tuple, or one per tensor")
     return per
@@ -69,6 +76,10 @@ class Sites:
         """The (word, bit) pairs that hit tensor ``i``."""
         m = self.tensor == i
         return self.word[m], self.bit[m]
+
+    def hit(self) -> set[int]:
+        """The tensors some site hits."""
+        return set(self.tensor.unique().tolist()) if len(self) else set()
 
 
 def _empty_sites() -> Sites:
@@ -99,18 +110,26 @@ def _n_bits(sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> int:
     return int(sum(n * len(b) for n, b in zip(sizes, per)))
 
 
+@functools.lru_cache(maxsize=64)
+def _tables(sizes: tuple[int, ...], per: tuple[tuple[int, ...], ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The lookup tables of :func:`_locate` for one store layout, built once (a campaign reuses them for
+    every trial): bits per tensor, position bounds, bit offsets and the flat bit table."""
+    nb = torch.tensor([len(b) for b in per], dtype=torch.int64)
+    bounds = torch.cat([torch.zeros(1, dtype=torch.int64), (torch.tensor(sizes, dtype=torch.int64) * nb).cumsum(0)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), nb.cumsum(0)])
+    bit_table = torch.tensor([b for bits in per for b in bits], dtype=torch.int64)
+    return nb, bounds, offsets, bit_table
+
+
 def _locate(flat: Tensor, sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> Sites:
     """Map positions in the concatenated (tensor, word, selected bit) space to sites; tensor ``i``
     spans ``sizes[i] * len(per[i])`` positions, word-major."""
-    nb = torch.tensor([len(b) for b in per], dtype=torch.int64)
-    bounds = torch.cat(
-        [torch.zeros(1, dtype=torch.int64), (torch.tensor(list(sizes), dtype=torch.int64) * nb).cumsum(0)]
-    )
+    if flat.numel() == 0:
+        return _empty_sites()
+    nb, bounds, offsets, bit_table = _tables(tuple(sizes), tuple(per))
     t = torch.searchsorted(bounds, flat, right=True) - 1
     local = flat - bounds[t]
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), nb.cumsum(0)])[t]
-    bit_table = torch.tensor([b for bits in per for b in bits], dtype=torch.int64)
-    return Sites(t, local // nb[t], bit_table[offsets + local % nb[t]])
+    return Sites(t, local // nb[t], bit_table[offsets[t] + local % nb[t]])
 
 
 def _sizes(shapes: Sequence[Sequence[int]]) -> list[int]:

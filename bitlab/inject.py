@@ -248,7 +248,8 @@ class Store:
         self, slot: _Slot, word: Tensor, bit: Tensor, mode: str, saved: list[tuple[Tensor, Tensor | None, Tensor]]
     ) -> None:
         data, f = slot.data, slot.fmt
-        word, bit = word.to(data.device), bit.to(data.device)  # sites are sampled on the CPU
+        if data.device != word.device:  # sites are sampled on the CPU
+            word, bit = word.to(data.device), bit.to(data.device)
         if slot.words:  # native format, no codec: XOR the stored bits themselves (NaN payloads kept)
             if word.numel() == 0:
                 return
@@ -333,10 +334,14 @@ class Store:
             with torch.no_grad():
                 sites = fault.sample(self.names, self.shapes, bits, generator)
                 report = InjectionReport(fault.label(), self.fmt_name, self.codec.name, self.names, sites)
+                hit = sites.hit()
                 for i, slot in enumerate(self.slots):
+                    report.formats[slot.name] = slot.fmt.name
+                    if i not in hit and (slot.words or slot.sparse):  # nothing to write, nothing to save
+                        report.per_param[slot.name] = 0
+                        continue
                     word, bit = sites.of(i)
                     report.per_param[slot.name] = int(word.numel())
-                    report.formats[slot.name] = slot.fmt.name
                     self._write(slot, word, bit, fault.mode, saved)
                     slot.version = slot.tensor._version
             yield report
