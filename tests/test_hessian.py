@@ -441,3 +441,52 @@ def test_products_fall_back_to_columns_where_vmap_cannot_run():
     torch.testing.assert_close(cols, ref, rtol=1e-10, atol=1e-12)
     est = bh.hutchinson_trace(model, LOSS, (x, y), n_probes=6, generator=gen(2))
     assert est.n_hvp == 6 and math.isfinite(est.mean)
+
+
+# -------------------------------------------------------------------------------------------- XTrace
+
+
+def _direct_loo(A: torch.Tensor, omega: torch.Tensor, i: int) -> float:
+    """Leave-one-out estimate ``i`` of XTrace written out with explicit matrices: Hutch++'s low-rank part
+    on the span of every other column of ``A omega``, probe ``i`` on the rest."""
+    keep = [j for j in range(omega.shape[1]) if j != i]
+    Qi, _ = torch.linalg.qr(A @ omega[:, keep])
+    w = omega[:, i] - Qi @ (Qi.T @ omega[:, i])
+    return float(torch.trace(Qi.T @ A @ Qi) + w @ A @ w)
+
+
+def test_xtrace_estimates_are_the_leave_one_out_hutchpp_estimates_and_exact_on_low_rank():
+    g = torch.Generator().manual_seed(0)
+    n, m = 30, 8
+    B = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = B + B.T  # symmetric, indefinite
+    omega = torch.randint(0, 2, (n, m), generator=g).double() * 2 - 1
+    est = bh.xtrace_estimates(omega, A @ omega, lambda q: A @ q)
+    for i in range(m):
+        assert math.isclose(float(est[i]), _direct_loo(A, omega, i), rel_tol=1e-9, abs_tol=1e-9)
+    U, _ = torch.linalg.qr(torch.randn(n, m - 2, generator=g, dtype=torch.float64))
+    low = U @ torch.diag(torch.tensor([5.0, -3.0, 2.0, 1.0, -0.5, 0.25], dtype=torch.float64)) @ U.T  # rank 6 < m-1
+    est = bh.xtrace_estimates(omega, low @ omega, lambda q: low @ q)
+    assert torch.allclose(est, torch.full((m,), float(torch.trace(low)), dtype=torch.float64), atol=1e-9)
+    with pytest.raises(ValueError, match="omega"):
+        bh.xtrace_estimates(omega[:, :1], (A @ omega)[:, :1], lambda q: A @ q)
+
+
+def test_xtrace_on_a_model_is_xtrace_of_its_exact_hessian_and_beats_hutchpp(setup):
+    model, x, y, H, _ = setup
+    n, exact, budget = H.shape[0], float(H.trace()), 44
+    est = bh.xtrace(model, LOSS, (x, y), n_hvp=budget, generator=gen(3))
+    assert est.n_hvp == budget
+    omega = torch.randint(0, 2, (budget // 2, n), generator=gen(3)).double().mul(2).sub(1).T  # the same probes
+    ref = bh.xtrace_estimates(omega, H @ omega, lambda q: H @ q)
+    assert math.isclose(est.mean, float(ref.mean()), rel_tol=1e-8)
+    err_x, err_pp = [], []
+    for s in range(12):
+        err_x.append((bh.hessian_trace(model, LOSS, (x, y), n_hvp=budget, generator=gen(300 + s)).mean - exact) ** 2)
+        pp = bh.hessian_trace(model, LOSS, (x, y), n_hvp=budget, method="hutch++", generator=gen(400 + s))
+        err_pp.append((pp.mean - exact) ** 2)
+    assert sum(err_x) < sum(err_pp)
+    with pytest.raises(ValueError, match="method"):
+        bh.hessian_trace(model, LOSS, (x, y), method="lanczos")
+    with pytest.raises(ValueError, match="n_hvp"):
+        bh.xtrace(model, LOSS, (x, y), n_hvp=3)

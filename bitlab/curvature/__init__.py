@@ -20,7 +20,16 @@ from .losses import BatchLoss, batch_loss
 from .prediction import flip_loss_prediction
 from .products import eval_mode, flatten, hessian_params, hvp, unflatten
 from .spectrum import slq_density, slq_nodes, top_eigenvalues
-from .trace import TraceEstimate, hessian_regularizer, hutchinson_trace, hutchpp_trace, trace_penalty
+from .trace import (
+    TraceEstimate,
+    hessian_regularizer,
+    hessian_trace,
+    hutchinson_trace,
+    hutchpp_trace,
+    trace_penalty,
+    xtrace,
+    xtrace_estimates,
+)
 
 __all__ = [
     "BatchLoss",
@@ -32,7 +41,10 @@ __all__ = [
     "flip_loss_prediction",
     "hessian_params",
     "hessian_regularizer",
+    "hessian_trace",
     "hutchinson_trace",
+    "xtrace",
+    "xtrace_estimates",
     "hutchpp_trace",
     "hvp",
     "landscape",

@@ -1,5 +1,6 @@
 """Stochastic estimates of the Hessian trace: Hutchinson's ``Tr(H) = E[z^T H z]`` with Rademacher ``z``
-(Hutchinson 1989), Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1), and the differentiable
+(Hutchinson 1989), Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1), XTrace (Epperly, Tropp &
+Webber 2024, the exchangeable estimator; :func:`hessian_trace` uses it by default), and the differentiable
 Hutchinson penalty of Hessian-aware training, ``loss + lambda * Tr(H)`` (Pranto et al. 2025).
 
 The estimators take ``loss_fn(outputs, targets)`` or ``batch_loss(fn)`` and run their forwards under the math
@@ -24,7 +25,16 @@ from .losses import as_batch_loss
 from .probes import check_generator, rademacher
 from .products import LOW_PRECISION, Data, HessianOperator, LossFn, eval_mode, hessian_params
 
-__all__ = ["TraceEstimate", "hessian_regularizer", "hutchinson_trace", "hutchpp_trace", "trace_penalty"]
+__all__ = [
+    "TraceEstimate",
+    "hessian_regularizer",
+    "hessian_trace",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "trace_penalty",
+    "xtrace",
+    "xtrace_estimates",
+]
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,81 @@ def hutchpp_trace(
         G = rademacher(op.n, generator, g)
         G = G - Q @ (Q.T @ G)
         return _estimate(low + (G * op.matmat(G)).sum(0), op.n_hvp)
+
+
+def xtrace_estimates(omega: Tensor, y: Tensor, matmat: Callable[[Tensor], Tensor]) -> Tensor:
+    """The ``m`` leave-one-out estimates of XTrace (Epperly, Tropp & Webber 2024, Sec. 2) from probes
+    ``omega`` (n, m) and ``y = A omega``; ``matmat`` gives ``A Q`` for the basis ``Q`` of ``y`` (``m`` more
+    products). Estimate ``i`` is Hutch++ with every probe but ``i`` spanning the low-rank part and probe ``i``
+    as the Hutchinson probe: ``tr(Q_i^T A Q_i) + w_i^T A w_i`` with ``Q_i`` an orthonormal basis of the other
+    columns of ``y`` and ``w_i = (I - Q_i Q_i^T) omega_i``. Since ``Q_i = Q U_i`` inside the span of ``y``,
+    ``A Q_i = (A Q) U_i`` and ``A omega_i = y_i``: no product is taken twice. Their mean is XTrace."""
+    m = omega.shape[1]
+    if m < 2:
+        raise ValueError(f"omega: {m} probe; XTrace needs at least 2")
+    q, r = torch.linalg.qr(y)
+    z = matmat(q)
+    h = q.T @ z
+    out = torch.empty(m, dtype=y.dtype)
+    for i in range(m):
+        keep = [j for j in range(m) if j != i]
+        u, _ = torch.linalg.qr(r[:, keep])  # (m, m-1): the other probes' span, in the basis q
+        c = u.T @ (q.T @ omega[:, i])
+        w = omega[:, i] - q @ (u @ c)  # probe i with the other probes' span projected out
+        aw = y[:, i] - z @ (u @ c)  # A w, from products already taken
+        out[i] = torch.trace(u.T @ h @ u) + w @ aw
+    return out
+
+
+def xtrace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    n_hvp: int = 40,
+    params: ParamSelection = None,
+    generator: torch.Generator | None = None,
+    mode: str = "check",
+) -> TraceEstimate:
+    """XTrace (Epperly, Tropp & Webber 2024, "XTrace: making the most of every sample in stochastic trace
+    estimation", SIAM J. Matrix Anal. Appl.) with a budget of ``n_hvp`` products: ``m = n_hvp // 2``
+    Rademacher probes (norm ``sqrt(n)``, the paper's improved scaling), ``Y = H Omega``, ``Q = qr(Y)``,
+    ``H Q``; the estimate is the mean of the ``m`` exchangeable leave-one-out Hutch++ estimates
+    (:func:`xtrace_estimates`), ``samples`` holds them and ``stderr`` is their standard deviation over
+    ``sqrt(m)`` (the paper's error estimate). Exact when ``H`` has rank below ``m``."""
+    check_int("n_hvp", n_hvp, 4)
+    generator = check_generator(generator)
+    with eval_mode(model, mode):
+        op = HessianOperator(model, loss_fn, data, params)
+        m = min(n_hvp // 2, op.n)
+        omega = rademacher(op.n, generator, m)
+        y = op.matmat(omega)
+        return _estimate(xtrace_estimates(omega, y, op.matmat), op.n_hvp)
+
+
+#: the trace estimators :func:`hessian_trace` can use
+TRACE_METHODS = ("xtrace", "hutch++", "hutchinson")
+
+
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    n_hvp: int = 40,
+    method: str = "xtrace",
+    params: ParamSelection = None,
+    generator: torch.Generator | None = None,
+    mode: str = "check",
+) -> TraceEstimate:
+    """``Tr(H)`` of the mean loss on ``data`` with a budget of ``n_hvp`` Hessian-vector products, by
+    ``method``: ``"xtrace"`` (the default: the fewest products for a given error in
+    ``benchmarks/hessian.py``), ``"hutch++"`` or ``"hutchinson"`` (``n_hvp`` probes)."""
+    if method == "xtrace":
+        return xtrace(model, loss_fn, data, n_hvp, params, generator, mode)
+    if method == "hutch++":
+        return hutchpp_trace(model, loss_fn, data, n_hvp, params, generator, mode)
+    if method == "hutchinson":
+        return hutchinson_trace(model, loss_fn, data, n_probes=n_hvp, params=params, generator=generator, mode=mode)
+    raise ValueError(f"method: {method!r}; allowed {TRACE_METHODS}")
 
 
 # ------------------------------------------------------------------------------------ Hessian-aware training
