@@ -15,6 +15,8 @@ reverse (``torch.func.jvp`` of ``torch.func.grad``, vmapped over the unit vector
     error is below 1% there and at every grid budget up to 1.5x it (Hutchinson budgets are prefixes of
     one long run of --max-hutch probes per seed; each Hutch++ budget is a fresh run). Target:
     Hutch++ / Hutchinson <= 1/4; XTrace / Hutchinson <= 0.1, printed as ``trace HVP ratio: X``.
+(c) Wall time of 50 products: ``hessian_trace`` (XTrace, its small linear algebra included) against a plain
+    double-backward loop over the same batch, interleaved medians; target <= 1.0 (``HVP time ratio: X``).
 
     python benchmarks/hessian.py [--epochs 10] [--seeds 11] [--eig-seeds 5] [--max-hutch 2000]
 """
@@ -172,6 +174,32 @@ def trace_benchmark(model, data, exact: float, seeds: int, max_hutch: int) -> tu
     return need["hutch++"], need["hutchinson"], need["xtrace"]
 
 
+def hvp_time(model, data, n: int, repeats: int = 7) -> tuple[float, float]:
+    """Median wall time of the default trace estimate (``hessian_trace``, XTrace) with ``n`` products, and
+    of a plain loop that builds the gradient graph once and takes ``n`` double-backward products with
+    ``torch.autograd.grad(..., retain_graph=True)`` on the same batch (the baseline)."""
+    x, y = data
+    params = list(model.parameters())
+
+    def plain() -> None:
+        g = torch.Generator().manual_seed(0)
+        grads = torch.autograd.grad(LOSS(model(x), y), params, create_graph=True)
+        for _ in range(n):
+            vs = [torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1 for p in params]
+            torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+
+    def ours() -> None:
+        bh.hessian_trace(model, LOSS, data, n_hvp=n, generator=torch.Generator().manual_seed(0))
+
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    for _ in range(repeats):  # interleaved
+        for name, fn in (("ours", ours), ("plain", plain)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return statistics.median(times["ours"]), statistics.median(times["plain"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=10)
@@ -207,6 +235,8 @@ def main() -> None:
     ratio_b = pp / hu if hu != float("inf") else float("nan")
     ratio_x = xt / hu if hu != float("inf") else float("nan")
 
+    t_ours, t_plain = hvp_time(model, data, 50)
+    print(f"\n(c) 50 products: hessian_trace (XTrace) {t_ours * 1e3:.1f} ms, plain loop {t_plain * 1e3:.1f} ms")
     print("\nsummary")
     print(
         f"(a) median HVPs to lambda_max within 1e-3: Lanczos {lan:g}, power {pow_:g}; ratio {ratio_a:.3f} "
@@ -220,6 +250,8 @@ def main() -> None:
         f"(b) XTrace (the default of bl.hessian.hessian_trace) {xt:g} HVPs against Hutchinson's {hu:g} "
         f"(target <= 0.1): {'PASS' if ratio_x <= 0.1 else 'FAIL'}"
     )
+    print(f"(c) wall time per HVP, ours / plain double-backward loop (target <= 1.0): {t_ours / t_plain:.3f}")
+    print(f"HVP time ratio: {t_ours / t_plain:.3f}")
     print(f"trace HVP ratio: {ratio_x:.3f}")
     print(f"total {time.perf_counter() - t0:.1f}s")
 

@@ -139,14 +139,25 @@ def xtrace_estimates(omega: Tensor, y: Tensor, matmat: Callable[[Tensor], Tensor
     q, r = torch.linalg.qr(y)
     z = matmat(q)
     h = q.T @ z
-    out = torch.empty(m, dtype=y.dtype)
+    d = r.diagonal().abs()
+    if bool((d > 1e-10 * float(d.max())).all()):
+        # the other columns of r span the complement of s_i = r^-T e_i (orthogonal to every r e_j, j != i), so
+        # the leave-one-out projector in the basis q is I - s_i s_i^T (s_i normalized): all m estimates from a
+        # few matrix products (the paper's efficient form)
+        sv = torch.linalg.solve_triangular(r.T, torch.eye(m, dtype=r.dtype), upper=False)
+        sv = sv / torch.linalg.vector_norm(sv, dim=0)
+        w = q.T @ omega
+        p = w - sv * (sv * w).sum(0)  # column i: (I - s_i s_i^T) q^T omega_i
+        low = torch.trace(h) - (sv * (h @ sv)).sum(0)
+        return low + ((omega - q @ p) * (y - z @ p)).sum(0)
+    out = torch.empty(m, dtype=y.dtype)  # y rank-deficient (H of rank below m): the other columns' span directly
     for i in range(m):
         keep = [j for j in range(m) if j != i]
         u, _ = torch.linalg.qr(r[:, keep])  # (m, m-1): the other probes' span, in the basis q
         c = u.T @ (q.T @ omega[:, i])
-        w = omega[:, i] - q @ (u @ c)  # probe i with the other probes' span projected out
+        w_i = omega[:, i] - q @ (u @ c)  # probe i with the other probes' span projected out
         aw = y[:, i] - z @ (u @ c)  # A w, from products already taken
-        out[i] = torch.trace(u.T @ h @ u) + w @ aw
+        out[i] = torch.trace(u.T @ h @ u) + w_i @ aw
     return out
 
 
