@@ -214,6 +214,8 @@ def _attack_batch(data: object, size: int, seed: int, device: torch.device) -> t
 def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
     """Mean cross-entropy with each sample's loss capped at ``cap``; a sample with non-finite logits
     or loss counts as ``cap`` (and passes no gradient). See the module notes."""
+    if math.isfinite(float(logits.detach().sum())):  # every logit finite (an Inf or NaN makes the sum one)
+        return F.cross_entropy(logits, y, reduction="none").clamp(max=cap).sum() / len(y)  # the sum below, no copies
     finite = torch.isfinite(logits).all(dim=1)
     ce = F.cross_entropy(logits[finite], y[finite], reduction="none").clamp(max=cap)
     return (ce.sum() + cap * (~finite).sum()) / len(y)
@@ -230,26 +232,32 @@ def _finite_rows(out: Tensor) -> Tensor:
     return torch.isfinite(out).reshape(len(out), -1).all(dim=1)
 
 
+def alternatives(words: Tensor, fmt: Format, state: dict) -> Tensor:
+    """``(width, n)``: what each weight reads back as with bit ``b`` of its stored word flipped."""
+    codec = Identity()
+    return torch.stack([codec.decode(words ^ (1 << b), fmt, state).reshape(-1) for b in range(fmt.width)])
+
+
 def _rank(
-    words: Tensor, current: Tensor, grad: Tensor, fmt: Format, state: dict, k: int, done: set[tuple[int, int]]
+    alt: Tensor, current: Tensor, grad: Tensor, k: int, done: set[tuple[int, int]]
 ) -> list[tuple[float, int, int, float]]:
     """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
-    first-order loss gain ``g * (decode(word ^ 2**b) - w)``; a non-finite new value ranks first."""
-    codec = Identity()
-    width = fmt.width
-    alt = torch.stack([codec.decode(words ^ (1 << b), fmt, state).reshape(-1) for b in range(width)])
+    first-order loss gain ``g * (alt[b] - w)`` (``alt`` from :func:`alternatives`); a non-finite new value
+    ranks first."""
+    n = current.numel()
     gain = grad.reshape(1, -1).double() * (alt.double() - current.reshape(1, -1).double())
     gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
     gain = torch.nan_to_num(gain, nan=-float("inf"))
-    for i, b in done:
-        gain[b, i] = -float("inf")
+    if done:  # each stored bit flips at most once
+        b_done, i_done = zip(*((b, i) for i, b in done))
+        gain[list(b_done), list(i_done)] = -float("inf")
     flat = gain.reshape(-1)
     top = torch.topk(flat, min(k, flat.numel()))
     out = []
     for v, j in zip(top.values.tolist(), top.indices.tolist()):
         if v <= 0:  # first order predicts no gain: not a candidate
             break
-        b, i = divmod(j, words.numel())
+        b, i = divmod(j, n)
         out.append((v, i, b, float(alt[b, i])))
     return out
 
@@ -369,6 +377,7 @@ def bit_flip_attack(
                 return limit is not None and signed(v, m.higher_is_better) <= limit
 
             done: list[set[tuple[int, int]]] = [set() for _ in layers]
+            alts: list[Tensor | None] = [None for _ in layers]
             rows: list[dict[str, Any]] = []
             cur_loss, stopped = clean_loss, "budget"
             bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
@@ -376,13 +385,15 @@ def bit_flip_attack(
                 if target is not None and worse(rows[-1][col] if rows else clean_acc):
                     stopped = "target"
                     break
-                with torch.no_grad():  # samples with non-finite logits pass no gradient (nor NaNs) back
-                    live = _finite_rows(pick(call(model, x), output))
+                out = pick(call(model, x), output)
+                live = _finite_rows(out.detach())  # samples with non-finite logits pass no gradient (nor NaNs) back
                 if not live.any():
                     stopped = "stalled"
                     break
-                xl = gather(x, live)
-                objective = loss_fn(pick(call(model, xl), output), y[live])
+                if bool(live.all()):  # this forward is the one on the live rows: no second one
+                    objective = loss_fn(out, y)
+                else:
+                    objective = loss_fn(pick(call(model, gather(x, live)), output), y[live])
                 grads = torch.autograd.grad(objective, [p for _, p in layers], allow_unused=True)
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
@@ -391,9 +402,10 @@ def bit_flip_attack(
                             continue
                         grad = grads[li].to_dense() if grads[li].is_sparse else grads[li]  # Embedding(sparse=True)
                         flat = p.data.view(-1)
-                        for est, i, b, new in _rank(
-                            words[li], flat, grad, fmt, states[li], candidates_per_layer, done[li]
-                        ):
+                        alt = alts[li]
+                        if alt is None:  # only the layer flipped last step has new words
+                            alt = alts[li] = alternatives(words[li], fmt, states[li])
+                        for est, i, b, new in _rank(alt, flat, grad, candidates_per_layer, done[li]):
                             old = flat[i].clone()
                             flat[i] = new
                             trial = _loss(model, x, y, output, loss_fn)
@@ -407,6 +419,7 @@ def bit_flip_attack(
                     name, p = layers[li]
                     old_value = float(p.data.view(-1)[i])
                     words[li][i] ^= 1 << b
+                    alts[li] = None
                     p.data.view(-1)[i] = new
                     done[li].add((i, b))
                     cur_loss = trial
