@@ -30,8 +30,16 @@ def _signed8(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u >= 128, u - 256, u)
 
 
-def plain_pbs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xe: torch.Tensor, ye: torch.Tensor,
-              budget: int, k: int, level: float) -> list[tuple[int, int, int]]:
+def plain_pbs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xe: torch.Tensor,
+    ye: torch.Tensor,
+    budget: int,
+    k: int,
+    level: float,
+) -> list[tuple[int, int, int]]:
     """Progressive bit search on the int8 weights of ``model``'s Linear layers; returns the flips
     ``(layer, index, bit)`` in order and restores the model."""
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
@@ -109,8 +117,15 @@ def main() -> None:
     level = 1 / 10 + bl.campaigns.attack.CHANCE_MARGIN
 
     def ours():
-        return bit_flip_attack(model, split.test, budget=args.budget, candidates_per_layer=args.candidates,
-                               target_accuracy="chance", seed=0, progress=False)
+        return bit_flip_attack(
+            model,
+            split.test,
+            budget=args.budget,
+            candidates_per_layer=args.candidates,
+            target_accuracy="chance",
+            seed=0,
+            progress=False,
+        )
 
     def plain():
         return plain_pbs(model, x, y, xe, ye, args.budget, args.candidates, level)
