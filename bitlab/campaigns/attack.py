@@ -53,11 +53,11 @@ from torch import Tensor, nn
 
 from ..codecs.base import Codec, Identity
 from ..coverage import Coverage, enforce
-from ..evaluate import Output, call, concat, eval_mode, gather, materialize, model_device, pick, score, take
+from ..evaluate import Batches, Output, call, concat, eval_mode, gather, materialize, model_device, pick, take
 from ..faults import FlipList
 from ..formats import Format, Int, check_storable
 from ..inject import InjectionReport, corrupted
-from ..metrics import MetricSpec, frame_attrs, resolve_metric, signed
+from ..metrics import Metric, MetricSpec, frame_attrs, resolve_metric, signed
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
@@ -228,6 +228,13 @@ def _loss(model: nn.Module, x: object, y: Tensor, output: Output, loss_fn: LossF
     return float("inf") if math.isnan(v) else v
 
 
+def _measure(model: nn.Module, batches: Batches, metric: Metric, output: Output) -> float:
+    """:func:`bitlab.evaluate.score` inside the attack, where the model is already in eval mode and the
+    batches on its device: the same per-sample scores and mean, without entering eval mode again."""
+    with torch.no_grad():
+        return metric.mean(torch.cat([metric.scores(pick(call(model, x), output), y).cpu() for x, y in batches]))
+
+
 def _finite_rows(out: Tensor) -> Tensor:
     return torch.isfinite(out).reshape(len(out), -1).all(dim=1)
 
@@ -367,7 +374,7 @@ def bit_flip_attack(
                 first = pick(call(model, take(x, 1)), output)
                 num_classes = int(first.shape[1]) if first.dim() == 2 else 0
             clean_loss = _loss(model, x, y, output, loss_fn)
-            clean_acc = score(model, eval_batches, m, output)
+            clean_acc = _measure(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
 
             # signed(): a NaN metric (a model whose outputs hold NaN) is past any target
@@ -423,7 +430,7 @@ def bit_flip_attack(
                     p.data.view(-1)[i] = new
                     done[li].add((i, b))
                     cur_loss = trial
-                    acc = score(model, eval_batches, m, output)
+                    acc = _measure(model, eval_batches, m, output)
                 rows.append(
                     {
                         "step": step,
