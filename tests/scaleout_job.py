@@ -46,3 +46,9 @@ if __name__ == "__main__":
     import scaleout_job  # the model's class as the test sees it (scaleout_job.Slow, not __main__.Slow)
 
     scaleout_job.sweep(sys.argv[1])
+
+
+def fraction_above(outputs: Tensor, targets: Tensor) -> Tensor:
+    """A metric whose code holds a generator expression (a nested code object): its description must be
+    the same in every process."""
+    return torch.stack([(o > 0).float().mean() for o in outputs]) + 0 * sum(t for t in targets[:1])

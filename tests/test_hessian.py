@@ -491,3 +491,21 @@ def test_xtrace_on_a_model_is_xtrace_of_its_exact_hessian_and_beats_hutchpp(setu
         bh.hessian_trace(model, LOSS, (x, y), method="lanczos")
     with pytest.raises(ValueError, match="n_hvp"):
         bh.xtrace(model, LOSS, (x, y), n_hvp=3)
+
+
+def test_xtrace_with_repeated_probes_is_the_leave_one_out_definition():
+    """Two equal probes make ``A Omega`` rank-deficient for a full-rank ``A``: each estimate still uses
+    the real span of the other probes' products, nothing else."""
+    g = torch.Generator().manual_seed(5)
+    n, m = 7, 4
+    B = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = B + B.T
+    omega = torch.randint(0, 2, (n, m), generator=g).double() * 2 - 1
+    omega[:, 1] = omega[:, 0]
+    est = bh.xtrace_estimates(omega, A @ omega, lambda q: A @ q)
+    for i in range(m):
+        keep = [j for j in range(m) if j != i]
+        left, sing, _ = torch.linalg.svd(A @ omega[:, keep], full_matrices=False)
+        Qi = left[:, sing > 1e-10 * float(sing.max())]
+        w = omega[:, i] - Qi @ (Qi.T @ omega[:, i])
+        assert math.isclose(float(est[i]), float(torch.trace(Qi.T @ A @ Qi) + w @ A @ w), rel_tol=1e-9, abs_tol=1e-9)

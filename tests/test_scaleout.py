@@ -317,3 +317,59 @@ def test_the_attention_slow_path_survives_overlapping_threads():
     t.join()
     assert seen == [False]
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+def _hit_max(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.argmax(1) == targets).float()
+
+
+def _hit_min(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.argmin(1) == targets).float()
+
+
+def test_the_fingerprint_sees_names_nested_code_settings_kept_as_attributes_and_no_addresses():
+    from bitlab.campaigns.journal import campaign_key, describe
+    from bitlab.metrics import Metric
+
+    # the same bytecode calling another function: another key (a stale checkpoint must not be reused)
+    assert describe(_hit_max) != describe(_hit_min)
+    # a function with a comprehension, and a Metric: the same text in another process (no addresses)
+    code = "import scaleout_job as j; from bitlab.campaigns.journal import describe; print(describe(j.fraction_above))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == describe(scaleout_job.fraction_above)
+    assert " at 0x" not in describe(Metric("hit", _hit_max))
+    # a quantized model's activation scales are plain attributes: they change the key
+    m, data = _mlp()
+    a, b = quantize_model(m, data[0][0]), quantize_model(m, data[0][0] * 3)
+    assert a.act_scales != b.act_scales
+    assert campaign_key(a, data, ("s",)) != campaign_key(b, data, ("s",))
+
+
+def test_bad_seeds_and_checkpoint_paths_are_refused_before_anything_runs(tmp_path):
+    m, data = _mlp()
+    for bad in (-1, 1.5, "0", True):
+        with pytest.raises((ValueError, TypeError), match="seed"):
+            ber_sweep(m, data, [1e-3], trials=1, seed=bad, progress=False)
+    with pytest.raises(ValueError, match="seeds"):
+        bit_flip_attacks(m, data, seeds=[-1], budget=1)
+    with pytest.raises(ValueError, match="is a directory"):
+        ber_sweep(m, data, [1e-3], trials=1, progress=False, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        ber_sweep(m, data, [1e-3], trials=1, progress=False, checkpoint=tmp_path / "no" / "such.jsonl")
+
+
+def test_a_class_the_pool_workers_cannot_import_is_named(tmp_path, executors):
+    (tmp_path / "vanishing_net.py").write_text("from torch import nn\n\nclass Net(nn.Sequential):\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import vanishing_net
+
+        torch.manual_seed(0)
+        net = vanishing_net.Net(nn.Linear(6, 3)).eval()
+    finally:
+        sys.path.remove(str(tmp_path))
+    (tmp_path / "vanishing_net.py").unlink()  # the workers cannot import it (as a class from __main__)
+    _, data = _mlp()
+    with pytest.raises(TypeError, match="importable module"):
+        ber_sweep(net, data, [1e-2], trials=2, progress=False, executor=executors["pool"])

@@ -32,6 +32,7 @@ from ..faults import BitErrorRate, Fault, fault_words, sample_distinct
 from ..formats import BitSelection, Int, resolve_bits
 from ..metrics import Metric, MetricSpec, frame_attrs, frame_metric, relative_drop, resolve_metric
 from ..training.quant import ActFault, QuantizedModel
+from ..validate import check_int
 from .journal import Journal, campaign_key, describe
 from .runner import Item, Row, Rows, Turns
 from .runner import run as run_items
@@ -341,6 +342,7 @@ def activation_sweep(
         raise ValueError(f"mode: {mode!r}; allowed {MODES}")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials: {trials!r}; allowed ints >= 1")
+    seed = check_int("seed", seed, 0)
     names = _check_layers(qm, layers)
     positions = _positions(bits, qm.bits)
     m = resolve_metric(metric)

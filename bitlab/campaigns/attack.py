@@ -39,29 +39,28 @@ returns or raises. :meth:`AttackResult.applied` re-applies the flips found (thro
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..codecs.base import Codec, Identity
 from ..coverage import Coverage, enforce
-from ..evaluate import Batches, Output, call, concat, eval_mode, gather, materialize, model_device, pick, take
+from ..evaluate import Output, call, concat, eval_mode, gather, materialize, model_device, pick, take
 from ..faults import FlipList
 from ..formats import Format, Int, check_storable
 from ..inject import InjectionReport, corrupted
-from ..metrics import Metric, MetricSpec, frame_attrs, resolve_metric, signed
+from ..metrics import MetricSpec, frame_attrs, resolve_metric, signed
 from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
 from ..validate import check_int
+from .pbs import LOSS_CAP, LossFn, alternatives, attack_loss, finite_rows, measure, objective_value, rank_flips
 
 __all__ = [
     "bit_flip_attack",
@@ -75,13 +74,10 @@ __all__ = [
 
 #: accuracy above random guessing still counted as "at chance" by :meth:`AttackResult.flips_to`
 CHANCE_MARGIN = 0.02
-#: per-sample cap (in nats) of the loss the attack maximizes, see the module notes
-LOSS_CAP = 1000.0
 #: the attack's default store: 8-bit two's complement with a per-tensor scale (Rakin et al. 2019)
 INT8 = Int(8)
 
 Target = None | float | str
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -211,64 +207,6 @@ def _attack_batch(data: object, size: int, seed: int, device: torch.device) -> t
     return gather(x, chosen), y[chosen.to(y.device)]
 
 
-def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
-    """Mean cross-entropy with each sample's loss capped at ``cap``; a sample with non-finite logits
-    or loss counts as ``cap`` (and passes no gradient). See the module notes."""
-    if math.isfinite(float(logits.detach().sum())):  # every logit finite (an Inf or NaN makes the sum one)
-        return F.cross_entropy(logits, y, reduction="none").clamp(max=cap).sum() / len(y)  # the sum below, no copies
-    finite = torch.isfinite(logits).all(dim=1)
-    ce = F.cross_entropy(logits[finite], y[finite], reduction="none").clamp(max=cap)
-    return (ce.sum() + cap * (~finite).sum()) / len(y)
-
-
-def _loss(model: nn.Module, x: object, y: Tensor, output: Output, loss_fn: LossFn) -> float:
-    """The attack objective on the attack batch; NaN (a loss without a cap on a broken output) is +inf."""
-    with torch.no_grad():
-        v = float(loss_fn(pick(call(model, x), output), y))
-    return float("inf") if math.isnan(v) else v
-
-
-def _measure(model: nn.Module, batches: Batches, metric: Metric, output: Output) -> float:
-    """:func:`bitlab.evaluate.score` inside the attack, where the model is already in eval mode and the
-    batches on its device: the same per-sample scores and mean, without entering eval mode again."""
-    with torch.no_grad():
-        return metric.mean(torch.cat([metric.scores(pick(call(model, x), output), y).cpu() for x, y in batches]))
-
-
-def _finite_rows(out: Tensor) -> Tensor:
-    return torch.isfinite(out).reshape(len(out), -1).all(dim=1)
-
-
-def alternatives(words: Tensor, fmt: Format, state: dict) -> Tensor:
-    """``(width, n)``: what each weight reads back as with bit ``b`` of its stored word flipped."""
-    codec = Identity()
-    return torch.stack([codec.decode(words ^ (1 << b), fmt, state).reshape(-1) for b in range(fmt.width)])
-
-
-def _rank(
-    alt: Tensor, current: Tensor, grad: Tensor, k: int, done: set[tuple[int, int]]
-) -> list[tuple[float, int, int, float]]:
-    """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
-    first-order loss gain ``g * (alt[b] - w)`` (``alt`` from :func:`alternatives`); a non-finite new value
-    ranks first."""
-    n = current.numel()
-    gain = grad.reshape(1, -1).double() * (alt.double() - current.reshape(1, -1).double())
-    gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
-    gain = torch.nan_to_num(gain, nan=-float("inf"))
-    if done:  # each stored bit flips at most once
-        b_done, i_done = zip(*((b, i) for i, b in done))
-        gain[list(b_done), list(i_done)] = -float("inf")
-    flat = gain.reshape(-1)
-    top = torch.topk(flat, min(k, flat.numel()))
-    out = []
-    for v, j in zip(top.values.tolist(), top.indices.tolist()):
-        if v <= 0:  # first order predicts no gain: not a candidate
-            break
-        b, i = divmod(j, n)
-        out.append((v, i, b, float(alt[b, i])))
-    return out
-
-
 def _target(target_accuracy: Target, num_classes: int) -> float | None:
     """The accuracy at which the attack stops: a number, chance (+ margin) for ``"chance"``, or none."""
     if target_accuracy == "chance":
@@ -373,8 +311,8 @@ def bit_flip_attack(
             with torch.no_grad():
                 first = pick(call(model, take(x, 1)), output)
                 num_classes = int(first.shape[1]) if first.dim() == 2 else 0
-            clean_loss = _loss(model, x, y, output, loss_fn)
-            clean_acc = _measure(model, eval_batches, m, output)
+            clean_loss = objective_value(model, x, y, output, loss_fn)
+            clean_acc = measure(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
 
             # signed(): a NaN metric (a model whose outputs hold NaN) is past any target
@@ -393,7 +331,7 @@ def bit_flip_attack(
                     stopped = "target"
                     break
                 out = pick(call(model, x), output)
-                live = _finite_rows(out.detach())  # samples with non-finite logits pass no gradient (nor NaNs) back
+                live = finite_rows(out.detach())  # samples with non-finite logits pass no gradient (nor NaNs) back
                 if not live.any():
                     stopped = "stalled"
                     break
@@ -412,10 +350,10 @@ def bit_flip_attack(
                         alt = alts[li]
                         if alt is None:  # only the layer flipped last step has new words
                             alt = alts[li] = alternatives(words[li], fmt, states[li])
-                        for est, i, b, new in _rank(alt, flat, grad, candidates_per_layer, done[li]):
+                        for est, i, b, new in rank_flips(alt, flat, grad, candidates_per_layer, done[li]):
                             old = flat[i].clone()
                             flat[i] = new
-                            trial = _loss(model, x, y, output, loss_fn)
+                            trial = objective_value(model, x, y, output, loss_fn)
                             flat[i] = old
                             if best is None or trial > best[0]:
                                 best = (trial, li, i, b, new, est)
@@ -430,7 +368,7 @@ def bit_flip_attack(
                     p.data.view(-1)[i] = new
                     done[li].add((i, b))
                     cur_loss = trial
-                    acc = _measure(model, eval_batches, m, output)
+                    acc = measure(model, eval_batches, m, output)
                 rows.append(
                     {
                         "step": step,

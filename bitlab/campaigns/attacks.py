@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
+from ..codecs.base import Codec
 from ..evaluate import materialize, model_device
+from ..formats import Format
 from ..validate import check_int
 from .attack import bit_flip_attack
 from .journal import Journal, campaign_key, configuration, describe
@@ -59,23 +62,21 @@ class AttackRuns:
 
 
 def _seeds(seeds: object) -> list[int]:
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        check_int("seeds", seeds, 1)
-        return list(range(seeds))
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        check_int("seeds", int(seeds), 1)
+        return list(range(int(seeds)))
     if not isinstance(seeds, Sequence) or isinstance(seeds, str):
         raise TypeError(f"seeds: expected a count or a sequence of int seeds, got {type(seeds).__name__}")
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise TypeError(f"seeds: expected int seeds, got {list(seeds)!r}")
-    out = [int(s) for s in seeds]
+    out = [check_int("seeds", s, 0) for s in seeds]
     if not out or len(set(out)) != len(out):
         raise ValueError(f"seeds: {out!r}; give at least one seed, each once")
     return out
 
 
 def _setting(v: object) -> str:
-    """A setting as text for the checkpoint's key: a format by its configuration, the rest by
-    :func:`~.journal.describe`."""
-    return describe(v) if callable(v) or not hasattr(v, "__dict__") else configuration(v)
+    """A setting as text for the checkpoint's key: a format or codec by its configuration, the rest (a
+    metric, a loss function, numbers) by :func:`~.journal.describe`."""
+    return configuration(v) if isinstance(v, (Format, Codec)) else describe(v)
 
 
 def bit_flip_attacks(
@@ -110,10 +111,7 @@ def bit_flip_attacks(
     work = AttackRuns(model, given, evals, dict(settings), Turns())
     journal = None
     if checkpoint is not None:
-        shown = {
-            k: describe(v) if callable(v) or not hasattr(v, "__dict__") else configuration(v)
-            for k, v in settings.items()
-        }
+        shown = {k: _setting(v) for k, v in settings.items()}
         key = campaign_key(model, (given, evals), ("bit_flip_attacks", sorted(shown.items())))
         journal = Rows(Journal(checkpoint, FORMAT, VERSION, key, "bit_flip_attacks (model, data or settings)"))
     rows, reused = run_items(work, [[(s,) for s in chosen]], executor, journal, progress, "bit-flip attacks")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -53,22 +54,43 @@ def configuration(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}({', '.join(items)})"
 
 
-def describe(obj: object) -> str:
-    """A metric, an ``output=`` picker or another setting as text that changes when it does: a function by
-    its module, name and a digest of its code, constants, closure and defaults (not its address, which is
-    not stable across runs; globals it reads are not covered), a
-    :class:`~bitlab.metrics.Metric` by its name, direction and function, anything else by ``repr``."""
+def describe(obj: object, depth: int = 0) -> str:
+    """A metric, an ``output=`` picker or another setting as text that changes when it does and is the same
+    in every process: a function by its module, name and a digest of its code (bytecode, the names it uses,
+    its constants and nested code objects), closure and defaults (never its address); a
+    :class:`~bitlab.metrics.Metric` by its name, direction, counting and function; an object whose ``repr``
+    holds an address by its type and its attributes; anything else by ``repr``. Globals a function reads
+    are covered by name, not by value."""
+    if depth > 8:
+        return "..."
     if isinstance(obj, Metric):
-        return f"Metric({obj.name}, {obj.higher_is_better}, {describe(obj.fn)})"
+        return f"Metric({obj.name}, {obj.higher_is_better}, {obj.counts}, {describe(obj.fn, depth + 1)})"
     code = getattr(obj, "__code__", None)
     if code is not None:
-        h = hashlib.sha256(code.co_code + repr(code.co_consts).encode())
+        h = hashlib.sha256(_code_digest(code).encode())
         # what it closes over and its defaults change its answer too (a lambda using an outer ``scale``)
         cells = [c.cell_contents for c in getattr(obj, "__closure__", None) or () if _filled(c)]
         for v in [*cells, getattr(obj, "__defaults__", None), getattr(obj, "__kwdefaults__", None)]:
-            h.update(tensor_bytes(v) if isinstance(v, Tensor) else describe(v).encode())
+            h.update(tensor_bytes(v) if isinstance(v, Tensor) else describe(v, depth + 1).encode())
         return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}#{h.hexdigest()}"
-    return repr(obj)
+    if isinstance(obj, Tensor):
+        return hashlib.sha256(tensor_bytes(obj)).hexdigest()
+    if isinstance(obj, (list, tuple)):
+        return f"{type(obj).__name__}[{', '.join(describe(v, depth + 1) for v in obj)}]"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v, depth + 1)}" for k, v in obj.items()) + "}"
+    text = repr(obj)
+    if " at 0x" in text and hasattr(obj, "__dict__"):  # the default repr: the address changes every run
+        fields = ", ".join(f"{k}={describe(v, depth + 1)}" for k, v in sorted(vars(obj).items()))
+        return f"{type(obj).__module__}.{type(obj).__qualname__}({fields})"
+    return text
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A code object without its address, file or line numbers: bytecode, names, constants (nested code
+    objects, e.g. of a comprehension, the same way)."""
+    consts = [_code_digest(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return repr((code.co_code, code.co_names, code.co_varnames, code.co_freevars, consts))
 
 
 def _filled(cell: object) -> bool:
@@ -100,6 +122,10 @@ def model_digest(h: hashlib._Hash, model: nn.Module) -> None:
     buffer to ``h``."""
     for name, m in model.named_modules():
         h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})".encode())
+        # settings kept as plain attributes (e.g. a quantized model's activation scales) change the answer too
+        for k, v in sorted(vars(m).items()):
+            if not k.startswith("_") and k != "training" and not isinstance(v, nn.Module):
+                h.update(f"{k}={describe(v)}".encode())
     for name, t in model.state_dict(keep_vars=True).items():
         h.update(name.encode())
         h.update(tensor_bytes(t))
@@ -131,6 +157,11 @@ class Journal:
         self, path: str | os.PathLike[str], format: str, version: int, key: str, what: str = "campaign"
     ) -> None:
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise ValueError(f"checkpoint: {self.path!r} is a directory; give a file path (e.g. 'sweep.jsonl')")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise ValueError(f"checkpoint: the directory {parent!r} of {self.path!r} does not exist; create it first")
         self.format, self.version, self.key, self.what = format, version, key, what
         self._has_header = False
 

@@ -10,8 +10,8 @@ the items run. ``executor=`` picks where they run:
 * ``None``: in this process, one after the other, on the caller's model (restored after each item);
 * a :class:`concurrent.futures.Executor`: a process pool gets the items in a few chunks (the work
   pickled with each chunk, so metrics, ``output=`` pickers and fault factories must be picklable:
-  module-level functions, not lambdas); a thread pool gets one deep copy of the work per chunk (one
-  model per thread, as torch releases the GIL);
+  module-level functions, not lambdas); a thread pool gets one deep copy of the work (model and data)
+  per chunk, ``per_worker`` chunks per thread, made up front (memory: that many models);
 * a ``dask.distributed.Client``: the work (model and data) is scattered to every worker once, then the
   chunks are submitted as tasks that refer to it, so the scheduler's dashboard shows the progress.
   On a worker with several threads, the tasks that share one copy of the model take turns.
@@ -183,7 +183,14 @@ def _run_pickled(payload: bytes, items: list[Item]) -> list[tuple[Item, Row]]:
     key = hashlib.sha256(payload).hexdigest()
     if key not in _UNPICKLED:
         _UNPICKLED.clear()
-        _UNPICKLED[key] = pickle.loads(payload)  # bytes this campaign's caller just made, never a file
+        try:
+            _UNPICKLED[key] = pickle.loads(payload)  # bytes this campaign's caller just made, never a file
+        except (AttributeError, ImportError) as err:  # a class defined in __main__, a notebook or a local scope
+            raise TypeError(
+                f"executor: a process-pool worker cannot rebuild the campaign ({type(err).__name__}: {err}); define "
+                "the model's class and any metric or picker in an importable module, or use a Dask client "
+                "(cloudpickle ships them by value)"
+            ) from None
     return _run_chunk(_UNPICKLED[key], items)
 
 

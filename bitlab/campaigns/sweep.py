@@ -35,7 +35,7 @@ from ..metrics import (
     signed_mean,
 )
 from ..params import ParamSelection, select_tensors, store_format
-from ..validate import check_number
+from ..validate import check_int, check_number
 from .journal import Journal, campaign_key, configuration, describe
 from .runner import Item, Row, Rows, Turns
 from .runner import run as run_items
@@ -134,6 +134,7 @@ def ber_trials(
     """The work of a BER campaign, with the fault-free value of every variant measured here, on the
     caller's model (its stores kept for in-process runs). A predicate ``params`` is resolved to the
     names it picks, so that the work can travel to other processes."""
+    seed = check_int("seed", seed, 0)  # before the clean pass and before anything travels
     if callable(params):
         params = [n for n, _ in select_tensors(model, params)]
     batches = materialize(data, device=model_device(model))

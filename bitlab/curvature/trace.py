@@ -153,7 +153,8 @@ def xtrace_estimates(omega: Tensor, y: Tensor, matmat: Callable[[Tensor], Tensor
     out = torch.empty(m, dtype=y.dtype)  # y rank-deficient (H of rank below m): the other columns' span directly
     for i in range(m):
         keep = [j for j in range(m) if j != i]
-        u, _ = torch.linalg.qr(r[:, keep])  # (m, m-1): the other probes' span, in the basis q
+        left, sing, _ = torch.linalg.svd(r[:, keep], full_matrices=False)  # the other probes' span, in the basis q
+        u = left[:, sing > 1e-10 * float(sing.max())]  # its real directions only (no filler from a rank gap)
         c = u.T @ (q.T @ omega[:, i])
         w_i = omega[:, i] - q @ (u @ c)  # probe i with the other probes' span projected out
         aw = y[:, i] - z @ (u @ c)  # A w, from products already taken

@@ -1,0 +1,91 @@
+"""The steps of progressive bit search (Rakin, He, Fan 2019, Sec. 3) that :func:`~.attack.bit_flip_attack`
+repeats: the attack objective (:func:`attack_loss`, capped cross-entropy), the real loss of a tried flip,
+the first-order ranking of a layer's bit flips, and the metric after a kept flip."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..codecs.base import Identity
+from ..evaluate import Batches, Output, call, pick
+from ..formats import Format
+from ..metrics import Metric
+
+__all__ = [
+    "LOSS_CAP",
+    "LossFn",
+    "alternatives",
+    "attack_loss",
+    "finite_rows",
+    "measure",
+    "objective_value",
+    "rank_flips",
+]
+
+#: per-sample cap (in nats) of the loss the attack maximizes, see :mod:`.attack`
+LOSS_CAP = 1000.0
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def attack_loss(logits: Tensor, y: Tensor, cap: float = LOSS_CAP) -> Tensor:
+    """Mean cross-entropy with each sample's loss capped at ``cap``; a sample with non-finite logits
+    or loss counts as ``cap`` (and passes no gradient). See the module notes."""
+    if math.isfinite(float(logits.detach().sum())):  # every logit finite (an Inf or NaN makes the sum one)
+        return F.cross_entropy(logits, y, reduction="none").clamp(max=cap).sum() / len(y)  # the sum below, no copies
+    finite = torch.isfinite(logits).all(dim=1)
+    ce = F.cross_entropy(logits[finite], y[finite], reduction="none").clamp(max=cap)
+    return (ce.sum() + cap * (~finite).sum()) / len(y)
+
+
+def objective_value(model: nn.Module, x: object, y: Tensor, output: Output, loss_fn: LossFn) -> float:
+    """The attack objective on the attack batch; NaN (a loss without a cap on a broken output) is +inf."""
+    with torch.no_grad():
+        v = float(loss_fn(pick(call(model, x), output), y))
+    return float("inf") if math.isnan(v) else v
+
+
+def measure(model: nn.Module, batches: Batches, metric: Metric, output: Output) -> float:
+    """:func:`bitlab.evaluate.score` inside the attack, where the model is already in eval mode and the
+    batches on its device: the same per-sample scores and mean, without entering eval mode again."""
+    with torch.no_grad():
+        return metric.mean(torch.cat([metric.scores(pick(call(model, x), output), y).cpu() for x, y in batches]))
+
+
+def finite_rows(out: Tensor) -> Tensor:
+    return torch.isfinite(out).reshape(len(out), -1).all(dim=1)
+
+
+def alternatives(words: Tensor, fmt: Format, state: dict) -> Tensor:
+    """``(width, n)``: what each weight reads back as with bit ``b`` of its stored word flipped."""
+    codec = Identity()
+    return torch.stack([codec.decode(words ^ (1 << b), fmt, state).reshape(-1) for b in range(fmt.width)])
+
+
+def rank_flips(
+    alt: Tensor, current: Tensor, grad: Tensor, k: int, done: set[tuple[int, int]]
+) -> list[tuple[float, int, int, float]]:
+    """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
+    first-order loss gain ``g * (alt[b] - w)`` (``alt`` from :func:`alternatives`); a non-finite new value
+    ranks first."""
+    n = current.numel()
+    gain = grad.reshape(1, -1).double() * (alt.double() - current.reshape(1, -1).double())
+    gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
+    gain = torch.nan_to_num(gain, nan=-float("inf"))
+    if done:  # each stored bit flips at most once
+        b_done, i_done = zip(*((b, i) for i, b in done))
+        gain[list(b_done), list(i_done)] = -float("inf")
+    flat = gain.reshape(-1)
+    top = torch.topk(flat, min(k, flat.numel()))
+    out = []
+    for v, j in zip(top.values.tolist(), top.indices.tolist()):
+        if v <= 0:  # first order predicts no gain: not a candidate
+            break
+        b, i = divmod(j, n)
+        out.append((v, i, b, float(alt[b, i])))
+    return out
