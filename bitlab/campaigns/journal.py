@@ -28,6 +28,7 @@ from ..metrics import Metric
 
 __all__ = [
     "Journal",
+    "NON_FINITE",
     "campaign_key",
     "canonical",
     "configuration",
@@ -36,6 +37,10 @@ __all__ = [
     "tensor_bytes",
     "model_digest",
 ]
+
+
+#: how a checkpoint writes the floats JSON has no literal for
+NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 def tensor_bytes(t: Tensor) -> bytes:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..progress import bar as progress_bar
-from .journal import Journal
+from .journal import NON_FINITE, Journal
 from .seeds import Key
 
 __all__ = [
@@ -267,13 +267,10 @@ def _encode(v: object) -> object:
     )
 
 
-_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
 def _decode(v: object) -> object:
     if isinstance(v, dict):
-        if set(v) == {"float"} and v["float"] in _NON_FINITE:
-            return _NON_FINITE[v["float"]]
+        if set(v) == {"float"} and v["float"] in NON_FINITE:
+            return NON_FINITE[v["float"]]
         pairs = v.get("object") if set(v) == {"object"} else None
         if not isinstance(pairs, list) or not all(
             isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs

@@ -13,16 +13,26 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
 from ...codecs.base import Codec
 from ...formats import Format
-from ..journal import Journal, configuration, describe, digest, model_digest
+from ..journal import NON_FINITE, Journal, configuration, describe, digest, model_digest
 from ..runner import Item, Row
 
-__all__ = ["FORMAT", "VERSION", "CensusSaved", "CheckpointFile", "ChunkId", "configuration", "describe", "fingerprint"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CensusSaved",
+    "CheckpointFile",
+    "NewChunks",
+    "ChunkId",
+    "configuration",
+    "describe",
+    "fingerprint",
+]
 
 FORMAT = "bitlab-census-checkpoint"
 VERSION = 1
@@ -57,10 +67,6 @@ def fingerprint(
     return h.hexdigest()
 
 
-#: how non-finite values are written (JSON has no NaN or Infinity)
-_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
 def _chunk(obj: dict[str, object]) -> tuple[ChunkId, list[float]]:
     if set(obj) != {"param", "start", "step", "accuracies"}:
         raise ValueError("expected the fields param, start, step, accuracies, sha256")
@@ -70,10 +76,10 @@ def _chunk(obj: dict[str, object]) -> tuple[ChunkId, list[float]]:
         and type(start) is int
         and type(step) is int
         and isinstance(accs, list)
-        and all(type(a) is float or a in _NON_FINITE for a in accs)
+        and all(type(a) is float or a in NON_FINITE for a in accs)
     ):
         raise ValueError("a field has the wrong type")
-    return (param, start, step), [_NON_FINITE[a] if isinstance(a, str) else a for a in accs]
+    return (param, start, step), [NON_FINITE[a] if isinstance(a, str) else a for a in accs]
 
 
 class CheckpointFile:
@@ -120,3 +126,29 @@ class CensusSaved:
         accs = row["accuracies"]
         assert isinstance(name, str) and isinstance(start, int) and isinstance(step, int) and isinstance(accs, list)
         self.ckpt.append((name, start, step), accs)
+
+
+class NewChunks:
+    """The runner's ``after`` for a census: counts the chunks computed here (not those read from the
+    checkpoint) and their flips, sums the rows' ``stats`` counts (the fast census's certified/rechecked/
+    recomputed) and calls ``on_chunk(chunks so far)`` after each."""
+
+    def __init__(
+        self, sizes: dict[Item, int], on_chunk: Callable[[int], None] | None, stats: Sequence[str] = ()
+    ) -> None:
+        self.sizes, self.on_chunk = sizes, on_chunk
+        self.stats = dict.fromkeys(stats, 0)
+        self.chunks = self.flips = 0
+
+    def __call__(self, item: Item, row: Row) -> None:
+        for k in self.stats:
+            self.stats[k] += row[k]
+        self.chunks += 1
+        self.flips += self.sizes[item]
+        if self.on_chunk is not None:
+            self.on_chunk(self.chunks)
+
+    @property
+    def reused(self) -> int:
+        """Flips read from the checkpoint."""
+        return sum(self.sizes.values()) - self.flips

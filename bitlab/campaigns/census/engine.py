@@ -95,10 +95,10 @@ from ...formats import BitSelection, Format, resolve_bits
 from ...inject import Store
 from ...metrics import METRICS, Metric, MetricSpec, frame_attrs, resolve_metric
 from ...params import ParamSelection, select_params
-from ..runner import Item, Row
+from ..runner import Item
 from ..runner import run as run_items
 from .budget import heap_headroom
-from .checkpoint import CensusSaved, CheckpointFile, fingerprint
+from .checkpoint import CensusSaved, CheckpointFile, NewChunks, fingerprint
 from .chunks import NAIVE_LOOP, STATS, CensusChunks, Param
 from .clean import count_correct
 from .naive import naive_bit_census
@@ -191,18 +191,6 @@ def bit_census(
     flipped = {name: flipped_values(p, idx, positions, fmt, codec) for (name, p), (_, idx) in zip(chosen, plan)}
     heap_headroom()
     store = Store(model, fmt, codec, params)
-    stats = dict(certified=0, rechecked=0, recomputed=0, from_checkpoint=0)
-    new_chunks = new_flips = 0
-
-    def counted(item: Item, row: Row) -> None:
-        nonlocal new_chunks, new_flips
-        for k in STATS:
-            stats[k] += row[k]
-        new_chunks += 1
-        new_flips += sizes[item]
-        if on_chunk is not None:
-            on_chunk(new_chunks)
-
     with eval_mode(model), store.corrupted(BitErrorRate(0.0)), torch.no_grad():
         # planned here, on the caller's model (the clean run and each parameter's path); a copy that
         # runs elsewhere plans again from its own copy of the model, the same way
@@ -213,6 +201,7 @@ def bit_census(
         chunks = [cid for job in jobs for cid in job.chunks()]
         items: list[Item] = list(chunks)
         sizes: dict[Item, int] = {cid: len(work.jobs[cid[0]].order[cid[1] : cid[1] + cid[2]]) for cid in chunks}
+        counted = NewChunks(sizes, on_chunk, STATS)
         rows, _ = run_items(
             work,
             [items],
@@ -223,7 +212,7 @@ def bit_census(
             size=sizes.__getitem__,
             after=counted,
         )
-    stats["from_checkpoint"] = sum(sizes.values()) - new_flips
+    stats = {**counted.stats, "from_checkpoint": counted.reused}
     done = {cid: row["accuracies"] for cid, row in zip(items, rows)}
     acc_clean = clean_correct / work.n_total
     df = _frame(jobs, plan, positions, values, flipped, done, acc_clean)

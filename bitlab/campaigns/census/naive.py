@@ -21,7 +21,7 @@ from ...params import ParamSelection, select_params
 from ...validate import check_int
 from ..runner import Item, Row
 from ..runner import run as run_items
-from .checkpoint import CensusSaved, CheckpointFile, describe, fingerprint
+from .checkpoint import CensusSaved, CheckpointFile, NewChunks, describe, fingerprint
 from .plan import census_format, weight_plan
 
 __all__ = ["naive_bit_census"]
@@ -79,15 +79,7 @@ def naive_bit_census(
     chunks = [(name, s, chunk) for name, _ in weights for s in range(0, len(flips[name]), chunk)]
     items: list[Item] = list(chunks)
     sizes: dict[Item, int] = {cid: len(flips[cid[0]][cid[1] : cid[1] + chunk]) for cid in chunks}
-    new_chunks = new_flips = 0
-
-    def counted(item: Item, row: Row) -> None:
-        nonlocal new_chunks, new_flips
-        new_chunks += 1
-        new_flips += sizes[item]
-        if on_chunk is not None:
-            on_chunk(new_chunks)
-
+    counted = NewChunks(sizes, on_chunk)
     work = NaiveChunks(model, batches, fmt, codec, [n for n, _ in chosen], m, output, flips, store)
     saved = None if ckpt is None else CensusSaved(ckpt, sizes)
     results, _ = run_items(
@@ -113,7 +105,7 @@ def naive_bit_census(
             )
     df = pd.DataFrame(rows)
     df.attrs.update(frame_attrs(m, clean))
-    df.attrs["from_checkpoint"] = sum(sizes.values()) - new_flips
+    df.attrs["from_checkpoint"] = counted.reused
     return df
 
 
