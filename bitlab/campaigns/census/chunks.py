@@ -13,9 +13,11 @@ probe, so the counts of ``attrs["stats"]`` can differ between executors).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 
 from .budget import ELEMENTS_PER_CHUNK
@@ -23,17 +25,28 @@ from .certify import certify
 from .clean import CleanRun, run_clean
 from .cost import ScreenChoice
 from .exact import exact_packed, packable, recompute_one
+from .graph import GraphRun, dirty_nodes, graph_counts, packing, trace_graph
 from .layers import chain_layers, owner
 from .rounding import fan_in
 from .screen import certifiable, uncertified_reason
 
-__all__ = ["BOUNDS", "FULL_FORWARD", "NAIVE_LOOP", "PACKED_EXACT", "SUFFIX_RERUN", "CensusChunks", "plan_param"]
+__all__ = [
+    "BOUNDS",
+    "FULL_FORWARD",
+    "GRAPH_SUFFIX",
+    "NAIVE_LOOP",
+    "PACKED_EXACT",
+    "SUFFIX_RERUN",
+    "CensusChunks",
+    "plan_param",
+]
 
 #: the path each parameter's flips take (``df.attrs["paths"]``)
-BOUNDS, PACKED_EXACT, SUFFIX_RERUN, FULL_FORWARD, NAIVE_LOOP = (
+BOUNDS, PACKED_EXACT, SUFFIX_RERUN, GRAPH_SUFFIX, FULL_FORWARD, NAIVE_LOOP = (
     "bounds",
     "packed exact",
     "suffix rerun",
+    "graph suffix",
     "full forward",
     "naive loop",
 )
@@ -72,13 +85,23 @@ def plan_param(
     nb: int,
     batch_flips: int,
     uncertified: dict[str, str],
+    graph: GraphRun | None = None,
 ) -> Param:
     """The path, order and chunk size of one parameter's flips; why the bounds do not cover it (a
-    float16/bfloat16 chain, a GPU) goes to ``uncertified``, by name."""
+    float16/bfloat16 chain, a GPU) goes to ``uncertified``, by name. A parameter the chain does not
+    own takes the traced ``graph`` (:mod:`.graph`) when there is one, else the full forward."""
     where = None if clean is None else owner(clean.layers, model, name)
     flip_index = idx.repeat_interleave(nb)
     order = torch.arange(len(flip_index))
     step = batch_flips
+    if (clean is None or where is None) and graph is not None:
+        packed = packing(graph, p, dirty_nodes(graph, p)[0])
+        if packed is not None:  # interleave output units, so that a chunk's flips share module calls
+            units, fan = packed
+            bitpos = torch.arange(nb).repeat(len(idx))
+            rank = ((flip_index % fan) * nb + bitpos) * units + flip_index // fan
+            order = torch.argsort(rank, stable=True)
+        return Param(name, p, GRAPH_SUFFIX, 0, "", flip_index, flipped.reshape(-1), order, step)
     if clean is None or where is None:
         return Param(name, p, FULL_FORWARD, 0, "", flip_index, flipped.reshape(-1), order, step)
     l, attr = where
@@ -115,20 +138,36 @@ class CensusChunks:
     n_total: int = 0
     jobs: dict[str, Param] = field(default_factory=dict, repr=False)
     uncertified: dict[str, str] = field(default_factory=dict)
+    graph: GraphRun | None = field(default=None, repr=False)
+    untraced: str = ""  # why the model took the full forward instead of its traced graph ("" if it did not)
+    template: fx.Graph | None = field(default=None, repr=False)  # a thread's copy: the caller's trace
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("clean", "jobs")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("clean", "jobs", "graph", "template")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, clean=None, jobs={})
+        self.__dict__.update(state, clean=None, jobs={}, graph=None, template=None)
+
+    def __deepcopy__(self, memo: dict) -> CensusChunks:
+        """A copy for a thread: it plans again on its own copy of the model, from this copy's traced
+        graph when there is one (``torch.fx`` tracing patches ``nn.Module.__call__`` for every thread
+        while it runs, so it must not run next to another thread's census)."""
+        new = CensusChunks.__new__(CensusChunks)
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        new.template = None if self.graph is None else copy.deepcopy(self.graph.gm.graph)
+        return new
 
     def prepare(self) -> None:
-        """The clean run of the chain (if the model is one) and every parameter's plan (call in
-        ``torch.no_grad``, with the model in eval mode and stored in the census format)."""
+        """The clean run of the chain (if the model is one), else of its traced graph if any parameter
+        needs it, and every parameter's plan (call in ``torch.no_grad``, with the model in eval mode and
+        stored in the census format)."""
         layers = chain_layers(self.model)
         self.clean = run_clean(layers, self.batches) if layers is not None else None
         self.n_total = sum(len(b[1]) for b in self.batches) if self.clean is None else len(self.clean.y)
         lookup = dict(self.model.named_parameters())
+        clean = self.clean
+        if clean is None or any(owner(clean.layers, self.model, name) is None for name, _ in self.plan):
+            self.graph, self.untraced = trace_graph(self.model, self.batches, self.template)
         self.jobs = {
             name: plan_param(
                 self.model,
@@ -141,6 +180,7 @@ class CensusChunks:
                 self.nb,
                 self.batch_flips,
                 self.uncertified,
+                self.graph,
             )
             for name, idx in self.plan
         }
@@ -163,6 +203,11 @@ class CensusChunks:
     def _counts(self, job: Param, idx: Tensor, new: Tensor, stats: dict[str, int]) -> list[int]:
         """Correct-sample counts of one chunk of flips, on the parameter's path; counted in ``stats``."""
         clean = self.clean
+        if job.path == GRAPH_SUFFIX:
+            assert self.graph is not None
+            counts = graph_counts(self.graph, job.param, idx, new)
+            stats["recomputed"] += len(counts)
+            return counts
         if job.path in (BOUNDS, PACKED_EXACT):
             assert clean is not None
             if job.path == BOUNDS:

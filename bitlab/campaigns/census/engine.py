@@ -59,12 +59,17 @@ A layer whose suffix holds a module the bounds do not cover (e.g. BatchNorm), or
 float32 arithmetic on the CPU (float16/bfloat16 models flipped in FP16/BF16, a GPU: named per
 parameter in ``attrs["uncertified"]``), takes the exact path (3c, 3e) for every flip ("packed
 exact"), in the model's own dtype and on its device; a parameter of any other module of a Sequential reruns the
-network from its module on the cached input ("suffix rerun"); any other model (not a Sequential)
-runs the full forward per flip ("full forward"), like the naive loop but without its per-flip
-bookkeeping. Codecs whose check spans several words (one flip changes several weights) are
-delegated to the naive loop ("naive loop"). As in the naive census the model is evaluated in eval
-mode (BatchNorm uses its running statistics) and handed back in the mode it came in. Finished
-chunks can be saved to an append-only checkpoint (:mod:`.checkpoint`).
+network from its module on the cached input ("suffix rerun"). Any other model (residual blocks,
+attention, concatenations, recurrent layers: not a Sequential chain), and a parameter a chain layer
+does not own directly, takes its ``torch.fx`` graph ("graph suffix", :mod:`.graph`): the clean value
+of every node is cached, and a flip recomputes only the nodes that depend on the parameter, with
+the naive forward's calls on the naive batches (flips in different output units share one call of
+their Conv/Linear/BatchNorm; flips whose flipped layer gives the same output share the rest). A
+model fx cannot trace (``attrs["untraced"]`` says why) runs the full forward per flip ("full
+forward"), like the naive loop but without its per-flip bookkeeping. Codecs whose check spans
+several words (one flip changes several weights) are delegated to the naive loop ("naive loop").
+As in the naive census the model is evaluated in eval mode (BatchNorm uses its running statistics)
+and handed back in the mode it came in. Finished chunks can be saved to an append-only checkpoint (:mod:`.checkpoint`).
 
 Assumptions (the same the naive loop makes when it trusts one clean run): kernels are deterministic
 for given shapes and strides, and each output element of a Linear/Conv2d call is a dot product of
@@ -80,6 +85,7 @@ Internal names the tests and the benchmark use (public in their modules, not re-
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -137,10 +143,13 @@ def bit_census(
     (acc_clean - acc_flipped) / acc_clean; ``attrs["clean_accuracy"]``; ``attrs["stats"]``, the
     flips computed by this call: ``certified`` by bounds (``rechecked`` of them from the next
     layer's exact input), ``recomputed`` exactly, and ``from_checkpoint``; ``attrs["paths"]``, the
-    path each parameter took ("bounds", "packed exact", "suffix rerun", "full forward" or "naive
-    loop", see the module docstring); ``attrs["uncertified"]``, for the parameters of a chain the
+    path each parameter took ("bounds", "packed exact", "suffix rerun", "graph suffix", "full forward"
+    or "naive loop", see the module docstring); ``attrs["uncertified"]``, for the parameters of a chain the
     bounds cannot cover because of their dtype or device (float16/bfloat16 arithmetic, a GPU), why,
-    by name: their flips are recomputed exactly, in the model's own dtype and on its device.
+    by name: their flips are recomputed exactly, in the model's own dtype and on its device;
+    ``attrs["untraced"]``, why a model that is not a chain could not take its traced graph ("" when
+    it did or did not need to); ``attrs["seconds"]``, the time of the set-up (clean run, plan) and, on
+    the graph path, of the flipped layers' calls and the suffixes (chunks computed in this process).
     ``fmt``: the format each weight is flipped in; None (the default) is the parameters' own dtype
     (FP32, FP16 or BF16, :func:`~.plan.census_format`). ``n_weights`` samples that many weights per
     parameter (same draw as the naive census for the same ``seed``).
@@ -195,7 +204,9 @@ def bit_census(
         # planned here, on the caller's model (the clean run and each parameter's path); a copy that
         # runs elsewhere plans again from its own copy of the model, the same way
         work = CensusChunks(model, batches, plan, flipped, len(positions), batch_flips)
+        t0 = time.perf_counter()
         work.prepare()
+        seconds = {"set-up": time.perf_counter() - t0}
         clean_correct = count_correct(model, batches) if work.clean is None else int(work.clean.ok.sum())
         jobs = [work.jobs[name] for name, _ in plan]
         chunks = [cid for job in jobs for cid in job.chunks()]
@@ -219,6 +230,10 @@ def bit_census(
     df.attrs["stats"] = dict(stats)
     df.attrs["paths"] = {job.name: job.path for job in jobs}
     df.attrs["uncertified"] = dict(work.uncertified)
+    df.attrs["untraced"] = work.untraced
+    if work.graph is not None:  # the graph path's time by stage, for the chunks computed in this process
+        seconds.update(work.graph.seconds)
+    df.attrs["seconds"] = seconds
     return df
 
 
