@@ -210,3 +210,23 @@ def test_flip_list_cancels_pairs_and_matches_single_flips():
     with pytest.raises(ValueError, match="param"):
         with bl.corrupted(model, bl.FlipList([("nope", 0, 0)])):
             pass
+
+
+@pytest.mark.parametrize("name", ["resnet_bn", "encoder"])
+def test_tried_flips_from_the_graph_equal_full_forward_trials(name, monkeypatch):
+    """Each tried flip recomputes only what follows its layer (the traced graph); with the trace
+    switched off every trial runs the whole forward: the same flips, losses and scores, float for float."""
+    from zoo import ZOO, same_as, snapshot
+
+    import bitlab.campaigns.attack as attack_module
+
+    model, data = ZOO[name](0)
+    snap = snapshot(model)
+    kw = dict(budget=4, attack_batch=16, candidates_per_layer=3, seed=0, progress=False)
+    graph = bit_flip_attack(model, data, **kw)
+    assert same_as(model, snap)
+    monkeypatch.setattr(attack_module, "traced", lambda model, x: None)
+    full = bit_flip_attack(model, data, **kw)
+    assert len(graph.flips) == 4
+    pd.testing.assert_frame_equal(graph.flips, full.flips, check_exact=True)
+    assert same_as(model, snap)

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -60,7 +60,18 @@ from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
 from ..validate import check_int
-from .pbs import LOSS_CAP, LossFn, alternatives, attack_loss, finite_rows, measure, objective_value, rank_flips
+from .census.graph import traced
+from .pbs import (
+    LOSS_CAP,
+    LossFn,
+    alternatives,
+    attack_loss,
+    finite_rows,
+    measure,
+    objective_value,
+    rank_flips,
+    trial_values,
+)
 
 __all__ = [
     "bit_flip_attack",
@@ -312,6 +323,7 @@ def bit_flip_attack(
                 first = pick(call(model, take(x, 1)), output)
                 num_classes = int(first.shape[1]) if first.dim() == 2 else 0
             clean_loss = objective_value(model, x, y, output, loss_fn)
+            run = traced(model, x) if isinstance(x, Tensor) else None  # tried flips recompute only their suffix
             clean_acc = measure(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
 
@@ -330,7 +342,12 @@ def bit_flip_attack(
                 if target is not None and worse(rows[-1][col] if rows else clean_acc):
                     stopped = "target"
                     break
-                out = pick(call(model, x), output)
+                if run is not None:  # the forward through the graph keeps every node's value for the trials
+                    env, full, why = run.clean_pass(cast(Tensor, x))
+                    run = None if why else run
+                    if run is not None:
+                        run.cache = [env]
+                out = pick(full if run is not None else call(model, x), output)
                 live = finite_rows(out.detach())  # samples with non-finite logits pass no gradient (nor NaNs) back
                 if not live.any():
                     stopped = "stalled"
@@ -350,11 +367,18 @@ def bit_flip_attack(
                         alt = alts[li]
                         if alt is None:  # only the layer flipped last step has new words
                             alt = alts[li] = alternatives(words[li], fmt, states[li])
-                        for est, i, b, new in rank_flips(alt, flat, grad, candidates_per_layer, done[li]):
-                            old = flat[i].clone()
-                            flat[i] = new
-                            trial = objective_value(model, x, y, output, loss_fn)
-                            flat[i] = old
+                        finite = isinstance(fmt, Int) and bool(torch.isfinite(grad).all())  # int words: finite values
+                        cands = rank_flips(alt, flat, grad, candidates_per_layer, done[li], finite)
+                        if run is not None:  # the tried flips recompute only what follows the layer
+                            tried = trial_values(run, p, [(i, new) for _, i, _, new in cands], y, output, loss_fn)
+                        else:
+                            tried = []
+                            for _, i, _, new in cands:
+                                old = flat[i].clone()
+                                flat[i] = new
+                                tried.append(objective_value(model, x, y, output, loss_fn))
+                                flat[i] = old
+                        for (est, i, b, new), trial in zip(cands, tried):
                             if best is None or trial > best[0]:
                                 best = (trial, li, i, b, new, est)
                     if best is None or not best[0] > cur_loss:

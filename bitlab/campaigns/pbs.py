@@ -15,6 +15,7 @@ from ..codecs.base import Identity
 from ..evaluate import Batches, Output, call, pick
 from ..formats import Format
 from ..metrics import Metric
+from .census.graph import GraphRun, dirty_nodes
 
 __all__ = [
     "LOSS_CAP",
@@ -25,6 +26,7 @@ __all__ = [
     "measure",
     "objective_value",
     "rank_flips",
+    "trial_values",
 ]
 
 #: per-sample cap (in nats) of the loss the attack maximizes, see :mod:`.attack`
@@ -50,6 +52,36 @@ def objective_value(model: nn.Module, x: object, y: Tensor, output: Output, loss
     return float("inf") if math.isnan(v) else v
 
 
+def trial_values(
+    run: GraphRun, p: Tensor, flips: list[tuple[int, float]], y: Tensor, output: Output, loss_fn: LossFn
+) -> list[float]:
+    """:func:`objective_value` with each flip ``p.view(-1)[i] = new`` of ``flips`` on its own, from the
+    attack batch's clean values of this step (``run.cache[0]``): only the nodes that read ``p`` and
+    those after them are recomputed, with the same calls on the same inputs as the full forward
+    (:mod:`.census.graph`), so each value is the full forward's. (Packing flips of different output
+    units into one call, as the census does, costs more than it saves on the attack's few candidates.)
+    Call under ``torch.no_grad``; ``p`` is as it was on return."""
+    seeds, dirty = dirty_nodes(run, p)
+    force = set(seeds)
+    flat = p.data.view(-1)
+    cached = run.cache[0]
+    values = []
+    for i, new in flips:
+        old = flat[i].clone()
+        flat[i] = new
+        try:
+            values.append(_finite_or_inf(loss_fn(pick(run.evaluate(dirty, force, cached, {}, False), output), y)))
+        finally:
+            flat[i] = old
+    return values
+
+
+def _finite_or_inf(v: Tensor) -> float:
+    """The objective's value; NaN (a loss without a cap on a broken output) is +inf."""
+    f = float(v)
+    return float("inf") if math.isnan(f) else f
+
+
 def measure(model: nn.Module, batches: Batches, metric: Metric, output: Output) -> float:
     """:func:`bitlab.evaluate.score` inside the attack, where the model is already in eval mode and the
     batches on its device: the same per-sample scores and mean, without entering eval mode again."""
@@ -68,15 +100,16 @@ def alternatives(words: Tensor, fmt: Format, state: dict) -> Tensor:
 
 
 def rank_flips(
-    alt: Tensor, current: Tensor, grad: Tensor, k: int, done: set[tuple[int, int]]
+    alt: Tensor, current: Tensor, grad: Tensor, k: int, done: set[tuple[int, int]], finite: bool = False
 ) -> list[tuple[float, int, int, float]]:
     """The ``k`` (estimate, index, bit, new value) flips of one tensor with the largest positive
     first-order loss gain ``g * (alt[b] - w)`` (``alt`` from :func:`alternatives`); a non-finite new value
-    ranks first."""
+    ranks first. ``finite``: every value of ``alt`` and ``grad`` is known to be finite (skips the checks)."""
     n = current.numel()
     gain = grad.reshape(1, -1).double() * (alt.double() - current.reshape(1, -1).double())
-    gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
-    gain = torch.nan_to_num(gain, nan=-float("inf"))
+    if not finite:
+        gain = torch.where(torch.isfinite(alt), gain, torch.full_like(gain, float("inf")))
+        gain = torch.nan_to_num(gain, nan=-float("inf"))
     if done:  # each stored bit flips at most once
         b_done, i_done = zip(*((b, i) for i, b in done))
         gain[list(b_done), list(i_done)] = -float("inf")

@@ -25,7 +25,8 @@ from .certify import certify
 from .clean import CleanRun, run_clean
 from .cost import ScreenChoice
 from .exact import exact_packed, packable, recompute_one
-from .graph import GraphRun, dirty_nodes, graph_counts, packing, trace_graph
+from .graph import GraphRun, dirty_nodes, trace_graph
+from .graph_flips import graph_counts, packing
 from .layers import chain_layers, owner
 from .rounding import fan_in
 from .screen import certifiable, uncertified_reason

@@ -9,26 +9,22 @@ read it, and everything downstream of them, in graph order) with the same calls 
 the naive forward: every other node's value is the cached clean one, which the naive forward
 computes the same way. So the outcome is the naive one, float for float, NaN/Inf included.
 
-Two shortcuts keep it exact:
+Shortcuts that keep it exact: a node none of whose inputs changed keeps its clean value; a flipped
+layer whose output comes out bit for bit clean keeps the clean outcome without a suffix; and, per
+parameter (:mod:`.graph_flips`), flips in different output units of a Conv/Linear/BatchNorm share one
+call of it, and flips whose flipped layer gives the same output share the rest. The bit-flip attack
+uses the same machinery for the flips it tries (:func:`bitlab.campaigns.pbs.trial_values`).
 
-* **packed flipped layer** (:func:`packed_outputs`): flips that move different output units of a
-  Conv/Linear/BatchNorm share one call of that module (each output element reads only its own
-  weights; the engine's assumption, :mod:`.engine`), and each flip's output is the clean one with its
-  unit spliced in, in a buffer of the naive output's strides;
-* **unchanged values**: a recomputed value equal to the clean one bit for bit is clean from there on
-  (a flip whose flipped layer's output does not change keeps the clean outcome without a suffix).
-
-In-place operations (``+=``, ``inplace=True`` modules and functions, ``x.relu_()``) never touch the
-cache: their cached inputs are copied first.
+In-place operations (``inplace=True`` modules and functions, ``x.relu_()``, ``x[i] = v``) never touch
+the cache: their cached inputs are copied first; a model whose graph hides an in-place write (a value
+read after an in-place operation changed it) is refused, and the census says why. (fx records
+``a += b`` as ``a + b``.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import operator
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,21 +37,19 @@ from ...evaluate import correct
 #: a node's value: a tensor, a tuple of them, or any Python value the graph passes along
 Value = Any
 
-__all__ = ["CACHE_BYTES", "GraphRun", "dirty_nodes", "graph_counts", "packed_outputs", "packing", "trace_graph"]
+__all__ = [
+    "CACHE_BYTES",
+    "GraphRun",
+    "bit_view",
+    "call_node",
+    "dirty_nodes",
+    "same_bits",
+    "trace_graph",
+    "traced",
+]
 
 #: the most bytes the cached clean values may take before the census falls back to the full forward
 CACHE_BYTES = 4 << 30
-#: modules whose output unit ``u`` reads only weight row / bias element / channel ``u`` of the named
-#: parameter, and the dimension of the output that holds the units (-1: the last)
-_UNITS: tuple[tuple[type[nn.Module], int], ...] = (
-    (nn.Linear, -1),
-    (nn.Conv1d, 1),
-    (nn.Conv2d, 1),
-    (nn.Conv3d, 1),
-    (nn.BatchNorm1d, 1),
-    (nn.BatchNorm2d, 1),
-    (nn.BatchNorm3d, 1),
-)
 _IN_PLACE = {
     operator.iadd,
     operator.isub,
@@ -88,6 +82,39 @@ class GraphRun:
     mutating: dict[fx.Node, bool] = field(default_factory=dict, repr=False)
     reads: dict[int, tuple[list[fx.Node], list[fx.Node]]] = field(default_factory=dict, repr=False)
 
+    def clean_pass(self, x: Tensor, limit: int = CACHE_BYTES) -> tuple[dict[fx.Node, Value], Value, str]:
+        """One batch through the graph, as the naive forward runs it: (a copy of every node's value,
+        the output as computed, "") or ``({}, None, why)`` when a node reads a value an in-place
+        operation changed after it was made (the graph would not show that dependence) or the copies
+        would take more than ``limit`` bytes. Under autograd the output keeps its graph."""
+        env: dict[fx.Node, Value] = {}
+        live: dict[fx.Node, Value] = {}
+        made: dict[fx.Node, Value] = {}  # the version counters of each value when it was made
+        total = 0
+        first = next(n for n in self.nodes if n.op == "placeholder")
+        for node in self.nodes:
+            if node.op == "placeholder":
+                v: Value = x if node is first else node.args[0]
+                env[node] = live[node] = v  # the batch itself, as the naive run passes it
+                made[node] = _versions(v)
+                continue
+            if node.op == "output":
+                break
+            for u in node.all_input_nodes:
+                if _versions(live[u]) != made[u]:  # written in place by a node the graph does not link
+                    why = f"node {node.name} reads {u.name} after an in-place operation changed it: the "
+                    return {}, None, why + "graph's data flow is not the model's"
+            args = fx.node.map_arg(node.args, live.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, live.__getitem__)
+            v = call_node(self.gm, self.modules, node, args, kwargs)
+            live[node] = v
+            made[node] = _versions(v)
+            env[node] = _detached(v)  # later in-place ops (and flips of a parameter read by get_attr) leave the copy
+            total += _nbytes(env[node])
+            if total > limit:
+                return {}, None, f"the cached clean values would take more than {limit / 2**30:.1f} GiB"
+        return env, fx.node.map_arg(self.nodes[-1].args[0], live.__getitem__), ""
+
     def counts(self, dirty: list[fx.Node], seeds: list[fx.Node], given: list[Tensor | None] | None = None) -> int:
         """Correct samples with the parameter as it is now stored: the ``dirty`` nodes recomputed on
         every batch, the ``seeds`` (the nodes that read the parameter) always; with ``given``, the one
@@ -105,11 +132,16 @@ class GraphRun:
         return n_ok
 
     def evaluate(
-        self, dirty: list[fx.Node], force: set[fx.Node], cached: dict[fx.Node, Value], env: dict[fx.Node, Value]
+        self,
+        dirty: list[fx.Node],
+        force: set[fx.Node],
+        cached: dict[fx.Node, Value],
+        env: dict[fx.Node, Value],
+        check: bool = True,
     ) -> object:
         """The output of one batch: nodes in ``env`` are given, the ``force`` ones and the other ``dirty``
-        ones whose inputs changed recomputed in graph order; every other node is its cached value (a
-        forced node that comes out bit for bit clean counts as unchanged)."""
+        ones whose inputs changed recomputed in graph order; every other node is its cached value (with
+        ``check``, a forced node that comes out bit for bit clean counts as unchanged)."""
         for node in dirty:
             if node in env:
                 continue
@@ -117,15 +149,12 @@ class GraphRun:
                 break
             if node in force:
                 value = self._run(node, cached, env)
-                if not _same(value, cached[node]):
+                if not (check and same_bits(value, cached[node])):
                     env[node] = value
             elif any(n in env for n in node.all_input_nodes):
                 env[node] = self._run(node, cached, env)
             # else nothing it reads has changed: its clean value holds
-        out = self.nodes[-1]
-        arg = out.args[0]
-        assert isinstance(arg, fx.Node)
-        return env.get(arg, cached[arg])
+        return fx.node.map_arg(self.nodes[-1].args[0], lambda n: env[n] if n in env else cached[n])
 
     def _run(self, node: fx.Node, cached: dict[fx.Node, Value], env: dict[fx.Node, Value]) -> object:
         copy = self.mutating.get(node)
@@ -140,10 +169,11 @@ class GraphRun:
 
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
-        return _call(self.gm, self.modules, node, args, kwargs)
+        return call_node(self.gm, self.modules, node, args, kwargs)
 
 
-def _call(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, args: object, kwargs: object) -> object:
+def call_node(gm: fx.GraphModule, modules: dict[str, nn.Module], node: fx.Node, args: object, kwargs: object) -> object:
+    """What ``node`` computes from its ``args`` and ``kwargs`` (the values of its inputs)."""
     assert isinstance(args, tuple) and isinstance(kwargs, dict)
     target = node.target
     if node.op == "call_module":
@@ -193,13 +223,22 @@ def _clone(v: object) -> object:
     return v
 
 
-def _bits(t: Tensor) -> Tensor:
+def _detached(v: object) -> object:
+    if isinstance(v, Tensor):
+        return v.detach().clone()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_detached(u) for u in v)
+    return v
+
+
+def bit_view(t: Tensor) -> Tensor:
+    """A float tensor as integers of its width (its bit patterns); any other tensor as it is."""
     if t.is_floating_point() and t.element_size() in (2, 4, 8):
         return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
     return t
 
 
-def _same(a: object, b: object) -> bool:
+def same_bits(a: object, b: object) -> bool:
     """Bit for bit the same value (NaN payloads and signs of zero included)."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         return (
@@ -207,10 +246,12 @@ def _same(a: object, b: object) -> bool:
             and a.shape == b.shape
             and a.stride() == b.stride()
             and a.device == b.device
-            and torch.equal(_bits(a), _bits(b))
+            and torch.equal(bit_view(a), bit_view(b))
         )
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(same_bits(u, v) for u, v in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same_bits(a[k], b[k]) for k in a)
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return False
     return bool(a == b) if type(a) is type(b) else False
@@ -231,6 +272,26 @@ def _nbytes(v: object) -> int:
     if isinstance(v, (tuple, list)):
         return sum(_nbytes(u) for u in v)
     return 0
+
+
+def traced(model: nn.Module, x: Tensor) -> GraphRun | None:
+    """The model's graph with the clean values of one batch ``x`` (no labels), or None where the
+    census would fall back (see :func:`trace_graph`); the output may be any structure."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # fx raises many types
+        return None
+    nodes = list(gm.graph.nodes)
+    holders = [n for n in nodes if n.op == "placeholder"]
+    if not holders or any(not n.args for n in holders[1:]):
+        return None
+    run = GraphRun(gm, nodes, [], [], dict(gm.named_modules()), 0)
+    with torch.no_grad():
+        env, out, why = run.clean_pass(x)
+        if why or not same_bits(out, model(x)):
+            return None
+    run.cache.append(env)
+    return run
 
 
 def trace_graph(
@@ -255,42 +316,18 @@ def trace_graph(
     if not holders or any(not n.args for n in holders[1:]):
         return None, f"{type(model).__name__}.forward takes more than one input"
     modules = dict(gm.named_modules())
-    cache: list[dict[fx.Node, Value]] = []
-    total = n_ok = 0
+    run = GraphRun(gm, nodes, [], [y for _, y in batches], modules, 0)
+    total = 0
     for x, y in batches:
-        env: dict[fx.Node, Value] = {}
-        live: dict[fx.Node, Value] = {}
-        made: dict[fx.Node, Value] = {}  # the version counters of each value when it was made
-        for node in nodes:
-            if node.op == "placeholder":
-                v: Value = x if node is holders[0] else node.args[0]
-                env[node] = live[node] = v  # the batch itself, as the naive run passes it
-                made[node] = _versions(v)
-                continue
-            if node.op == "output":
-                break
-            for u in node.all_input_nodes:
-                if _versions(live[u]) != made[u]:  # written in place by a node the graph does not link
-                    return None, (
-                        f"node {node.name} reads {u.name} after an in-place operation changed it: the "
-                        "graph's data flow is not the model's"
-                    )
-            args = fx.node.map_arg(node.args, live.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, live.__getitem__)
-            v = _call(gm, modules, node, args, kwargs)
-            live[node] = v
-            made[node] = _versions(v)
-            env[node] = _clone(v)  # later in-place ops (and flips of a parameter read by get_attr) leave the copy
-            total += _nbytes(env[node])
-            if total > limit:
-                return None, f"the cached clean values would take more than {limit / 2**30:.1f} GiB"
-        out_arg = nodes[-1].args[0]
-        logits = live[out_arg] if isinstance(out_arg, fx.Node) else None
-        if not isinstance(logits, Tensor) or not _same(logits, model(x)):
+        env, out, why = run.clean_pass(x, limit - total)
+        if why:
+            return None, why
+        if not isinstance(out, Tensor) or not same_bits(out, model(x)):
             return None, "the traced graph's output is not model(x) bit for bit"
-        cache.append(env)
-        n_ok += int(correct(logits, y).sum())
-    return GraphRun(gm, nodes, cache, [y for _, y in batches], modules, n_ok), ""
+        run.cache.append(env)
+        total += sum(_nbytes(v) for v in env.values())
+        run.clean_correct += int(correct(out, y).sum())
+    return run, ""
 
 
 def dirty_nodes(run: GraphRun, p: Tensor) -> tuple[list[fx.Node], list[fx.Node]]:
@@ -308,7 +345,7 @@ def dirty_nodes(run: GraphRun, p: Tensor) -> tuple[list[fx.Node], list[fx.Node]]
     seeds = [
         n
         for n in run.nodes
-        if (n.op == "get_attr" and _call(run.gm, run.modules, n, (), {}) is p)
+        if (n.op == "get_attr" and call_node(run.gm, run.modules, n, (), {}) is p)
         or (n.op == "call_module" and holds[str(n.target)])
     ]
     dirty = set(seeds)
@@ -317,119 +354,3 @@ def dirty_nodes(run: GraphRun, p: Tensor) -> tuple[list[fx.Node], list[fx.Node]]
             dirty.add(n)
     got = run.reads[id(p)] = (seeds, [n for n in run.nodes if n in dirty])
     return got
-
-
-def packing(run: GraphRun, p: Tensor, seeds: list[fx.Node]) -> tuple[int, int] | None:
-    """(units, fan) when flips of ``p`` in different output units can share one call of its module:
-    one seed, a module of :data:`_UNITS` that holds it directly as ``weight`` or ``bias``; else None."""
-    if len(seeds) != 1 or seeds[0].op != "call_module":
-        return None
-    m = run.modules[str(seeds[0].target)]
-    if not any(type(m) is t for t, _ in _UNITS) or not any(getattr(m, a, None) is p for a in ("weight", "bias")):
-        return None
-    if p.dim() == 0:
-        return None
-    units = p.shape[0]
-    return units, p.numel() // units
-
-
-def _unit_dim(m: nn.Module) -> int:
-    return next(d for t, d in _UNITS if type(m) is t)
-
-
-def packed_outputs(
-    run: GraphRun,
-    seed: fx.Node,
-    flat: Tensor,
-    sel: Tensor,
-    values: Tensor,
-    units: list[int],
-) -> list[tuple[bytes, list[Tensor | None]]]:
-    """Each flip's value of ``seed`` per batch, from one call of its module with all the flips written
-    (``flat[sel] = values``, flips in different ``units``): the clean output with the flip's unit
-    spliced in (None where the unit came out bit for bit clean), and a digest (BLAKE2b, 256 bits) of
-    the bit patterns of its changed unit on every batch: flips with equal digests have the same
-    flipped-layer output (a collision has probability ~2^-256) and so the same outcome."""
-    m = run.modules[str(seed.target)]
-    dim = _unit_dim(m)
-    old = flat[sel].clone()
-    flat[sel] = values.to(flat.dtype)
-    try:
-        outs = [_call(run.gm, run.modules, seed, *_inputs(seed, cached)) for cached in run.cache]
-    finally:
-        flat[sel] = old
-    per_flip: list[tuple[bytes, list[Tensor | None]]] = []
-    for u in units:
-        row: list[Tensor | None] = []
-        key = hashlib.blake2b(digest_size=32)
-        for cached, out in zip(run.cache, outs):
-            clean = cached[seed]
-            assert isinstance(clean, Tensor) and isinstance(out, Tensor)
-            new = out.select(dim, u)
-            if _same(new, clean.select(dim, u)):
-                row.append(None)
-                continue
-            key.update(b"%d|" % len(row))
-            key.update(_bits(new.contiguous()).cpu().numpy().tobytes())
-            buf = clean.clone()
-            buf.select(dim, u).copy_(new)
-            row.append(buf)
-        per_flip.append((key.digest(), row))
-    return per_flip
-
-
-def _inputs(node: fx.Node, cached: dict[fx.Node, Value]) -> tuple[tuple, dict]:
-    args = fx.node.map_arg(node.args, cached.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, cached.__getitem__)
-    assert isinstance(args, tuple) and isinstance(kwargs, dict)
-    return args, kwargs
-
-
-def graph_counts(
-    run: GraphRun,
-    p: Tensor,
-    idx: Tensor,
-    new: Tensor,
-    timer: Callable[[], float] = time.perf_counter,
-) -> list[int]:
-    """Correct samples of each flip ``p.view(-1)[idx[k]] = new[k]`` of parameter ``p``, exactly as
-    the naive forward counts them (see the module docstring)."""
-    seeds, dirty = dirty_nodes(run, p)
-    if not dirty or dirty[-1].op != "output":
-        return [run.clean_correct] * len(idx)  # nothing the output reads uses the parameter
-    flat = p.data.view(-1)
-    packed = packing(run, p, seeds)
-    counts = [0] * len(idx)
-    if packed is None:
-        for k in range(len(idx)):
-            i = int(idx[k])
-            old = flat[i].clone()
-            flat[i] = new[k].to(flat.dtype)
-            t0 = timer()
-            try:
-                counts[k] = run.counts(dirty, seeds)
-            finally:
-                flat[i] = old
-            run.seconds["suffix"] += timer() - t0
-        return counts
-    _, fan = packed
-    unit = (idx // fan).tolist()
-    queues: dict[int, list[int]] = {}
-    for k, u in enumerate(unit):
-        queues.setdefault(u, []).append(k)
-    seen: dict[tuple[int, bytes], int] = {}
-    for r in range(max((len(q) for q in queues.values()), default=0)):
-        pack = sorted(q[r] for q in queues.values() if r < len(q))
-        t0 = timer()
-        outs = packed_outputs(run, seeds[0], flat, idx[pack], new[pack], [unit[k] for k in pack])
-        t1 = timer()
-        for k, (key, row) in zip(pack, outs):
-            if all(v is None for v in row):
-                counts[k] = run.clean_correct
-            elif (unit[k], key) in seen:  # a twin: the same output of the flipped layer
-                counts[k] = seen[unit[k], key]
-            else:
-                counts[k] = seen[unit[k], key] = run.counts(dirty, seeds, row)
-        run.seconds["flipped layer"] += t1 - t0
-        run.seconds["suffix"] += timer() - t1
-    return counts
