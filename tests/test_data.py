@@ -98,8 +98,10 @@ def test_as_loader():
 def test_vision_sets_need_torchvision(monkeypatch, fn):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        fn(root="nowhere")  # no files: bitlab's own readers say what is missing
     with pytest.raises(ImportError, match=r'pip install "bitlab\[vision\]"'):
-        fn()
+        fn(root="nowhere", download=True)
 
 
 class FakeVision:
@@ -175,8 +177,8 @@ def test_vision_loader_path_with_fake_torchvision(monkeypatch):
             super().__init__(50 if train else 10, (28, 28), int(train), as_numpy=False)
 
     _fake_torchvision(monkeypatch, Fake)
-    s = data.mnist(root="somewhere", val_size=10)
-    assert calls == [("somewhere", True, False), ("somewhere", False, False)]
+    s = data.mnist(root="somewhere", val_size=10, download=True)
+    assert calls == [("somewhere", True, True), ("somewhere", False, True)]
     assert (len(s.train), len(s.val), len(s.test)) == (40, 10, 10) and s.input_shape == (1, 28, 28)
 
 
@@ -188,6 +190,8 @@ def test_vision_missing_files_error(monkeypatch):
     _fake_torchvision(monkeypatch, Missing)
     with pytest.raises(FileNotFoundError, match="download=True"):
         data.cifar10(root="nowhere")
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        data.cifar10(root="nowhere", download=True)
 
 
 def _write_idx(path, arr):

