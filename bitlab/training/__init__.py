@@ -4,6 +4,8 @@
 * :mod:`.optim` -- SAM / ASAM (Foret et al. 2021, Kwon et al. 2021) and our reading of SAR (Zhou et al. 2024).
 * :mod:`.adversarial` -- FGSM / PGD attacks and adversarial-training hooks (Fasfous et al. 2022).
 * :mod:`.quant` -- post-training integer quantization of weights and activations (Fasfous et al. 2022).
+* :mod:`.recipes` -- the papers' training recipes in code (He et al. 2016's CIFAR-10 ResNets, MNIST
+  models), run on CUDA when available with optional mixed precision (:func:`train_recipe`).
 
 ``bitlab.train`` is this package; the evaluation functions of :mod:`bitlab.evaluate` are re-exported here
 so that ``bl.train.fit`` and ``bl.train.accuracy`` read side by side.
@@ -12,8 +14,9 @@ so that ``bl.train.fit`` and ``bl.train.accuracy`` read side by side.
 from __future__ import annotations
 
 from ..evaluate import accuracy, correct, evaluate, logits, predict
-from . import adversarial, optim, quant
+from . import adversarial, optim, quant, recipes
 from .loop import OPTIMIZERS, fit, make_optimizer, set_seed
+from .recipes import RECIPES, Recipe, pick_device, recipe, train_recipe
 
 __all__ = [
     "fit",
@@ -28,4 +31,10 @@ __all__ = [
     "adversarial",
     "optim",
     "quant",
+    "recipes",
+    "RECIPES",
+    "Recipe",
+    "pick_device",
+    "recipe",
+    "train_recipe",
 ]

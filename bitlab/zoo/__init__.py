@@ -1,9 +1,10 @@
-"""The data sets and models the book's experiments use: bundled 8x8 digits, MNIST / CIFAR-10 through
-torchvision (:mod:`.data`); MLP, small CNN, CIFAR-style ResNets (:mod:`.models`).
+"""The data sets and models the book's experiments use: bundled 8x8 digits, mnist5k, MNIST / CIFAR-10
+/ ImageNet from their own files (:mod:`.data`, :mod:`.files`); MLP, small CNN, LeNet-5, CIFAR-style
+ResNets (:mod:`.models`); ResNet-50 with ImageNet weights (:mod:`.pretrained`).
 """
 
 from __future__ import annotations
 
-from . import data, models
+from . import data, files, models, pretrained
 
-__all__ = ["data", "models"]
+__all__ = ["data", "files", "models", "pretrained"]

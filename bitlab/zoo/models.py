@@ -3,6 +3,8 @@ and the CIFAR-style ResNets of the papers (ResNet-20/56) for paper-scale runs.
 
 * :func:`mlp` -- fully connected ReLU network (64-32-10 on digits).
 * :func:`small_cnn` -- two conv/ReLU/max-pool stages and a linear classifier.
+* :func:`lenet5` -- LeCun et al. 1998's LeNet-5 for 28x28 MNIST (ReLU and max-pooling in place of the
+  original scaled tanh and trainable subsampling).
 * :func:`cifar_resnet`, :func:`resnet20`, :func:`resnet56` -- He et al. 2016 (Sec. 4.2) CIFAR ResNets,
   depth 6n+2, BasicBlocks with BatchNorm, option A (parameter-free) shortcuts.
 """
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "small_cnn", "BasicBlock", "cifar_resnet", "resnet20", "resnet56", "num_params"]
+__all__ = ["mlp", "small_cnn", "lenet5", "BasicBlock", "cifar_resnet", "resnet20", "resnet56", "num_params"]
 
 
 def num_params(model: nn.Module) -> int:
@@ -53,6 +55,25 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 8) 
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(16 * side * side, num_classes),
+    )
+
+
+def lenet5(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    """LeNet-5 (LeCun et al. 1998) for 28x28 inputs: ``conv 5x5 (6, padded by 2) - ReLU - maxpool2 -
+    conv 5x5 (16) - ReLU - maxpool2 - 400-120-84-classes`` with ReLU; 61.7k parameters."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
     )
 
 
