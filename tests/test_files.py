@@ -130,3 +130,19 @@ def _empty(tmp_path):
     d = tmp_path / "empty" / "class"
     d.mkdir(parents=True)
     return tmp_path / "empty"
+
+
+@pytest.mark.parametrize("kind", ["mnist", "cifar10", "imagenet"])
+def test_smoke_data_is_written_in_the_real_formats_and_learnable(kind):
+    root = data.write_smoke_data(kind)
+    if kind == "imagenet":
+        ds = data.imagenet_val(root)
+        assert len(ds) == 24 and ds[0][0].shape == (3, 224, 224) and len(ds.classes) == 10
+        return
+    s = data.mnist(root, val_size=100) if kind == "mnist" else data.cifar10(root, val_size=100)
+    assert (len(s.train), len(s.val), len(s.test)) == (500, 100, 200)
+    x, y = s.train.tensors
+    means = torch.stack([x[y == k].mean(0) for k in range(10)])  # each class has its own bright square
+    assert (means.flatten(1).argmax(1).unique().numel()) == 10
+    with pytest.raises(ValueError, match="allowed"):
+        data.write_smoke_data("svhn")

@@ -5,6 +5,6 @@ ResNets (:mod:`.models`); ResNet-50 with ImageNet weights (:mod:`.pretrained`).
 
 from __future__ import annotations
 
-from . import data, files, models, pretrained
+from . import data, files, models, pretrained, synthetic
 
-__all__ = ["data", "files", "models", "pretrained"]
+__all__ = ["data", "files", "models", "pretrained", "synthetic"]

@@ -10,6 +10,8 @@
   validation set is carved from the training set.
 * :func:`imagenet_val` -- ImageNet's validation images in an ImageFolder tree, read lazily with the
   evaluation transform of torchvision's pretrained models (for Fuengfusin's and Pranto's ResNet-50).
+* :func:`write_smoke_data` -- tiny synthetic sets in those real formats, for smoke runs of the paper
+  paths (:mod:`bitlab.zoo.synthetic`).
 * :func:`loader`, :func:`as_loader` -- seeded DataLoaders; everything in bitlab that takes "data"
   accepts a Dataset or a DataLoader.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "mnist",
     "cifar10",
     "imagenet_val",
+    "write_smoke_data",
     "loader",
     "as_loader",
     "stratified_split",
@@ -227,6 +230,14 @@ def imagenet_val(root: str | Path) -> Dataset:
     from .files import ImageFolder
 
     return ImageFolder(root, size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def write_smoke_data(kind: str, root: str | Path | None = None, seed: int = 0) -> Path:
+    """Tiny synthetic ``kind`` ("mnist", "cifar10", "imagenet") written in its real on-disk format; see
+    :func:`bitlab.zoo.synthetic.write_smoke_data`."""
+    from .synthetic import write_smoke_data as write
+
+    return write(kind, root, seed)
 
 
 def loader(ds: Dataset, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
