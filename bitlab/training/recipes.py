@@ -87,6 +87,26 @@ def _he2016(depth: int, error: float, minutes: float) -> Recipe:
     )
 
 
+def _mnist(name: str, source: str, model: str, kwargs: tuple[tuple[str, object], ...], expected: float) -> Recipe:
+    """The book's Adam recipe for a small MNIST model: 20 epochs of batches of 128 on 55k images."""
+    return Recipe(
+        name=name,
+        source=source,
+        data="mnist",
+        model=model,
+        model_kwargs=kwargs,
+        optimizer="adam",
+        lr=1e-3,
+        momentum=0.0,
+        weight_decay=0.0,
+        batch_size=128,
+        iterations=8_600,
+        milestones=(6_450,),
+        expected_accuracy=expected,
+        gpu_minutes=1,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -109,38 +129,19 @@ RECIPES: dict[str, Recipe] = {
             expected_accuracy=0.99,
             gpu_minutes=2,
         ),
-        Recipe(
-            name="mlp-mnist",
-            source="the book's recipe for a 784-256-128-10 MLP (Qin et al. 2017 do not publish theirs; "
-            "expect about 98%)",
-            data="mnist",
-            model="mlp",
-            model_kwargs=(("in_features", 784), ("hidden", (256, 128))),
-            optimizer="adam",
-            lr=1e-3,
-            momentum=0.0,
-            weight_decay=0.0,
-            batch_size=128,
-            iterations=8_600,
-            milestones=(6_450,),
-            expected_accuracy=0.98,
-            gpu_minutes=1,
+        _mnist(
+            "mlp-mnist",
+            "the book's recipe for a 784-256-128-10 MLP (Qin et al. 2017 do not publish theirs; expect about 98%)",
+            "mlp",
+            (("in_features", 784), ("hidden", (256, 128))),
+            0.98,
         ),
-        Recipe(
-            name="small-cnn-mnist",
-            source="the book's recipe for its small CNN on 28x28 MNIST (expect about 98.5%)",
-            data="mnist",
-            model="small_cnn",
-            model_kwargs=(("in_channels", 1), ("num_classes", 10), ("input_size", 28)),
-            optimizer="adam",
-            lr=1e-3,
-            momentum=0.0,
-            weight_decay=0.0,
-            batch_size=128,
-            iterations=8_600,
-            milestones=(6_450,),
-            expected_accuracy=0.985,
-            gpu_minutes=1,
+        _mnist(
+            "small-cnn-mnist",
+            "the book's recipe for its small CNN on 28x28 MNIST (expect about 98.5%)",
+            "small_cnn",
+            (("in_channels", 1), ("num_classes", 10), ("input_size", 28)),
+            0.985,
         ),
     )
 }

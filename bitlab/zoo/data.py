@@ -187,6 +187,21 @@ def _load(name: str, root: str | Path, download: bool, val_size: int, seed: int)
     return split_from_torchvision(train, test, val_size=val_size, seed=seed)
 
 
+def _own_files_or_torchvision(
+    read: Any, name: str, root: str | Path, download: bool, val_size: int, seed: int
+) -> Split:
+    """The train and test parts read by ``read(root, part)`` (bitlab's own readers), or, where the files
+    are missing and ``download`` is on, torchvision's data set ``name``."""
+    try:
+        x, y = read(root, "train")
+        xt, yt = read(root, "test")
+    except FileNotFoundError as e:
+        if not download:
+            raise FileNotFoundError(f"{e}; or pass download=True to fetch it through torchvision") from e
+        return _load(name, root, download, val_size, seed)
+    return split_tensors(x, y, xt, yt, val_size, seed)
+
+
 def mnist(root: str | Path = "data", download: bool = False, val_size: int = 5000, seed: int = 0) -> Split:
     """MNIST as a :class:`Split` (x ``(N, 1, 28, 28)`` in [0, 1]): read from its idx files under ``root``
     (``train-images-idx3-ubyte`` etc., plain or ``.gz``, also in torchvision's ``MNIST/raw``) without
@@ -194,14 +209,7 @@ def mnist(root: str | Path = "data", download: bool = False, val_size: int = 500
     (``pip install "bitlab[vision]"``). ``val_size`` training images become the validation set."""
     from .files import read_mnist
 
-    try:
-        x, y = read_mnist(root, "train")
-        xt, yt = read_mnist(root, "test")
-    except FileNotFoundError as e:
-        if not download:
-            raise FileNotFoundError(f"{e}; pass download=True to fetch them through torchvision") from e
-        return _load("MNIST", root, download, val_size, seed)
-    return split_tensors(x, y, xt, yt, val_size, seed)
+    return _own_files_or_torchvision(read_mnist, "MNIST", root, download, val_size, seed)
 
 
 def cifar10(root: str | Path = "data", download: bool = False, val_size: int = 5000, seed: int = 0) -> Split:
@@ -212,14 +220,7 @@ def cifar10(root: str | Path = "data", download: bool = False, val_size: int = 5
     validation set."""
     from .files import read_cifar10
 
-    try:
-        x, y = read_cifar10(root, "train")
-        xt, yt = read_cifar10(root, "test")
-    except FileNotFoundError as e:
-        if not download:
-            raise FileNotFoundError(f"{e}; or pass download=True to fetch it through torchvision") from e
-        return _load("CIFAR10", root, download, val_size, seed)
-    return split_tensors(x, y, xt, yt, val_size, seed)
+    return _own_files_or_torchvision(read_cifar10, "CIFAR10", root, download, val_size, seed)
 
 
 def imagenet_val(root: str | Path) -> Dataset:
