@@ -279,3 +279,29 @@ def test_graph_census_on_threads_equals_in_process():
     with ThreadPoolExecutor(2) as pool:
         threaded = bit_census(model, data, executor=pool, **kw)
     pd.testing.assert_frame_equal(serial, threaded, check_exact=True)
+
+
+def test_copies_of_a_refused_graph_do_not_trace_again(monkeypatch):
+    """fx tracing patches nn.Module.__call__ for every thread: a thread's copy of a census whose model was
+    refused must not trace next to another thread's full forward."""
+    import torch.fx
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 6)
+    model = HiddenWrite().eval()
+    with torch.no_grad():
+        data = [(x, model(x).argmax(1))]
+    serial = bit_census(model, data, bits="exponent", progress=False)
+    assert "after an in-place operation" in serial.attrs["untraced"]
+    original = torch.fx.symbolic_trace
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.fx, "symbolic_trace", counted)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = bit_census(model, data, bits="exponent", batch_flips=8, executor=pool, progress=False)
+    pd.testing.assert_frame_equal(serial, threaded, check_exact=True)
+    assert len(calls) == 1  # the caller's trace only

@@ -167,7 +167,8 @@ class CensusChunks:
         self.n_total = sum(len(b[1]) for b in self.batches) if self.clean is None else len(self.clean.y)
         lookup = dict(self.model.named_parameters())
         clean = self.clean
-        if clean is None or any(owner(clean.layers, self.model, name) is None for name, _ in self.plan):
+        needs_graph = clean is None or any(owner(clean.layers, self.model, name) is None for name, _ in self.plan)
+        if needs_graph and not self.untraced:  # a copy of a caller whose graph was refused keeps its answer
             self.graph, self.untraced = trace_graph(self.model, self.batches, self.template)
         self.jobs = {
             name: plan_param(
