@@ -230,3 +230,22 @@ def test_tried_flips_from_the_graph_equal_full_forward_trials(name, monkeypatch)
     assert len(graph.flips) == 4
     pd.testing.assert_frame_equal(graph.flips, full.flips, check_exact=True)
     assert same_as(model, snap)
+
+
+def test_trials_on_a_fused_transformer_layer_equal_full_forward_trials(monkeypatch):
+    """nn.TransformerEncoderLayer takes its fused fast path only without autograd (in eval mode): the
+    clean values the graph's trials start from come from a pass without it, as the full-forward trials
+    (the gradient's forward would differ in the last bits)."""
+    from zoo import ZOO, same_as, snapshot
+
+    import bitlab.campaigns.attack as attack_module
+
+    model, data = ZOO["encoder"](1)
+    snap = snapshot(model)
+    kw = dict(budget=5, attack_batch=24, candidates_per_layer=4, seed=0, params="head.weight", progress=False)
+    graph = bit_flip_attack(model, data, **kw)
+    monkeypatch.setattr(attack_module, "traced", lambda model, x: None)
+    full = bit_flip_attack(model, data, **kw)
+    assert len(full.flips) > 0
+    pd.testing.assert_frame_equal(graph.flips, full.flips, check_exact=True)
+    assert same_as(model, snap)

@@ -60,7 +60,7 @@ from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
 from ..validate import check_int
-from .census.graph import traced
+from .census.graph import GraphRun, traced
 from .pbs import (
     LOSS_CAP,
     LossFn,
@@ -218,6 +218,19 @@ def _attack_batch(data: object, size: int, seed: int, device: torch.device) -> t
     return gather(x, chosen), y[chosen.to(y.device)]
 
 
+def _cached(run: GraphRun, x: Tensor) -> GraphRun | None:
+    """``run`` holding the attack batch's clean values at the current weights (call without autograd),
+    or None where its graph cannot give them (the trials then run the full forward)."""
+    try:
+        env, _, why = run.clean_pass(x)
+    except Exception:  # the graph raised where the model, just run on x, did not
+        return None
+    if why:
+        return None
+    run.hold(env, fresh=True)
+    return run
+
+
 def _target(target_accuracy: Target, num_classes: int) -> float | None:
     """The accuracy at which the attack stops: a number, chance (+ margin) for ``"chance"``, or none."""
     if target_accuracy == "chance":
@@ -342,12 +355,7 @@ def bit_flip_attack(
                 if target is not None and worse(rows[-1][col] if rows else clean_acc):
                     stopped = "target"
                     break
-                if run is not None:  # the forward through the graph keeps every node's value for the trials
-                    env, full, why = run.clean_pass(cast(Tensor, x))
-                    run = None if why else run
-                    if run is not None:
-                        run.cache = [env]
-                out = pick(full if run is not None else call(model, x), output)
+                out = pick(call(model, x), output)
                 live = finite_rows(out.detach())  # samples with non-finite logits pass no gradient (nor NaNs) back
                 if not live.any():
                     stopped = "stalled"
@@ -359,6 +367,8 @@ def bit_flip_attack(
                 grads = torch.autograd.grad(objective, [p for _, p in layers], allow_unused=True)
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
+                    if run is not None and step > 1:  # the trials' clean values after the last kept flip,
+                        run = _cached(run, cast(Tensor, x))  # without autograd, as the full-forward trials run
                     for li, (_, p) in enumerate(layers):
                         if grads[li] is None:
                             continue

@@ -16,6 +16,7 @@ from ..evaluate import Batches, Output, call, pick
 from ..formats import Format
 from ..metrics import Metric
 from .census.graph import GraphRun, dirty_nodes
+from .census.graph_flips import flat_view
 
 __all__ = [
     "LOSS_CAP",
@@ -56,17 +57,20 @@ def trial_values(
     run: GraphRun, p: Tensor, flips: list[tuple[int, float]], y: Tensor, output: Output, loss_fn: LossFn
 ) -> list[float]:
     """:func:`objective_value` with each flip ``p.view(-1)[i] = new`` of ``flips`` on its own, from the
-    attack batch's clean values of this step (``run.cache[0]``): only the nodes that read ``p`` and
+    attack batch's clean values of this step (``run.cache[0]``, from a pass without autograd, as the full
+    forward's trials run: a layer's fused fast path, e.g. nn.TransformerEncoderLayer's, runs only
+    without it and differs in the last bits): only the nodes that read ``p`` and
     those after them are recomputed, with the same calls on the same inputs as the full forward
     (:mod:`.census.graph`), so each value is the full forward's. (Packing flips of different output
     units into one call, as the census does, costs more than it saves on the attack's few candidates.)
     Call under ``torch.no_grad``; ``p`` is as it was on return."""
     seeds, dirty = dirty_nodes(run, p)
     force = set(seeds)
-    flat = p.data.view(-1)
+    flat, pos = flat_view(p)
     cached = run.cache[0]
     values = []
-    for i, new in flips:
+    for index, new in flips:
+        i = index if pos is None else int(pos[index])
         old = flat[i].clone()
         flat[i] = new
         try:

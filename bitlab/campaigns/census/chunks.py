@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from .budget import ELEMENTS_PER_CHUNK
 from .certify import certify
-from .clean import CleanRun, run_clean
+from .clean import CleanRun, count_correct, run_clean
 from .cost import ScreenChoice
 from .exact import exact_packed, packable, recompute_one
 from .graph import GraphRun, dirty_nodes, trace_graph
-from .graph_flips import graph_counts, packing
+from .graph_flips import flat_view, graph_counts, packing
 from .layers import chain_layers, owner
 from .rounding import fan_in
 from .screen import certifiable, uncertified_reason
@@ -90,8 +90,9 @@ def plan_param(
 ) -> Param:
     """The path, order and chunk size of one parameter's flips; why the bounds do not cover it (a
     float16/bfloat16 chain, a GPU) goes to ``uncertified``, by name. A parameter the chain does not
-    own takes the traced ``graph`` (:mod:`.graph`) when there is one, else the full forward."""
-    where = None if clean is None else owner(clean.layers, model, name)
+    own, or one it cannot index flat (not contiguous: a channels-last weight), takes the traced ``graph``
+    (:mod:`.graph`) when there is one, else the full forward."""
+    where = None if clean is None or not p.is_contiguous() else owner(clean.layers, model, name)
     flip_index = idx.repeat_interleave(nb)
     order = torch.arange(len(flip_index))
     step = batch_flips
@@ -167,7 +168,9 @@ class CensusChunks:
         self.n_total = sum(len(b[1]) for b in self.batches) if self.clean is None else len(self.clean.y)
         lookup = dict(self.model.named_parameters())
         clean = self.clean
-        needs_graph = clean is None or any(owner(clean.layers, self.model, name) is None for name, _ in self.plan)
+        needs_graph = clean is None or any(
+            owner(clean.layers, self.model, name) is None or not lookup[name].is_contiguous() for name, _ in self.plan
+        )
         if needs_graph and not self.untraced:  # a copy of a caller whose graph was refused keeps its answer
             self.graph, self.untraced = trace_graph(self.model, self.batches, self.template)
         self.jobs = {
@@ -222,9 +225,24 @@ class CensusChunks:
             stats["certified"] += len(counts) - n_redone
             stats["recomputed"] += n_redone
             return counts
-        use = clean if job.path == SUFFIX_RERUN else None
-        counts = [
-            recompute_one(self.model, job.param, int(i), v, use, job.layer, self.batches) for i, v in zip(idx, new)
-        ]
+        if job.path == FULL_FORWARD:
+            counts = [_full_forward(self.model, job.param, int(i), v, self.batches) for i, v in zip(idx, new)]
+        else:
+            counts = [
+                recompute_one(self.model, job.param, int(i), v, clean, job.layer, self.batches)
+                for i, v in zip(idx, new)
+            ]
         stats["recomputed"] += len(counts)
         return counts
+
+
+def _full_forward(model: nn.Module, p: nn.Parameter, index: int, value: Tensor, batches: list) -> int:
+    """Correct samples of the full forward with ``p.reshape(-1)[index] = value`` (any strides)."""
+    flat, pos = flat_view(p)
+    i = index if pos is None else int(pos[index])
+    old = flat[i].clone()
+    flat[i] = value
+    try:
+        return count_correct(model, batches)
+    finally:
+        flat[i] = old
