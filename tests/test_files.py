@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from bitlab.zoo import data, files
+from bitlab.zoo.synthetic import SMOKE_SIZES
 
 
 def _pack_idx(arr: np.ndarray, code: int = 0x08, fmt: str = "B") -> bytes:
@@ -137,10 +138,11 @@ def test_smoke_data_is_written_in_the_real_formats_and_learnable(kind):
     root = data.write_smoke_data(kind)
     if kind == "imagenet":
         ds = data.imagenet_val(root)
-        assert len(ds) == 24 and ds[0][0].shape == (3, 224, 224) and len(ds.classes) == 10
+        assert len(ds) == SMOKE_SIZES["imagenet"][1] and ds[0][0].shape == (3, 224, 224) and len(ds.classes) == 10
         return
     s = data.mnist(root, val_size=100) if kind == "mnist" else data.cifar10(root, val_size=100)
-    assert (len(s.train), len(s.val), len(s.test)) == (500, 100, 200)
+    n_train, n_test = SMOKE_SIZES[kind]
+    assert (len(s.train), len(s.val), len(s.test)) == (n_train - 100, 100, n_test)
     x, y = s.train.tensors
     means = torch.stack([x[y == k].mean(0) for k in range(10)])  # each class has its own bright square
     assert (means.flatten(1).argmax(1).unique().numel()) == 10

@@ -198,3 +198,35 @@ def test_pretrained_paths_refuse_pickles_and_name_torchvision(tmp_path, monkeypa
     (tmp_path / "junk.safetensors").write_bytes(struct.pack("<Q", 4) + b"\xff\xfe\x00\x01")
     with pytest.raises(ValueError, match="not a safetensors file"):
         pretrained.load_safetensors(tmp_path / "junk.safetensors")
+
+
+def test_paper_plan_multiplies_runs_cost_and_the_recipes_minutes():
+    r20 = recipes.recipe("resnet20-cifar10")
+    half = recipes.recipe("resnet20-cifar10", name="resnet20-short", iterations=r20.iterations // 2)
+    assert half.name == "resnet20-short" and half.gpu_minutes == pytest.approx(r20.gpu_minutes / 2)
+    assert recipes.recipe("resnet20-cifar10", lr=0.05).gpu_minutes == r20.gpu_minutes  # only iterations scale it
+    plan = recipes.paper_plan([("SGD", "resnet20-cifar10", 3, 1), ("SAM", half, 2, 2.0)])
+    minutes = plan["GPU minutes (estimate)"].tolist()
+    assert minutes[:2] == pytest.approx([3 * r20.gpu_minutes, 2 * 2.0 * r20.gpu_minutes / 2])
+    assert plan["trains"].iloc[-1] == "total" and minutes[-1] == pytest.approx(sum(minutes[:2]))
+    assert plan["recipe"].tolist()[:2] == ["resnet20-cifar10", "resnet20-short"]
+    with pytest.raises(ValueError, match="runs must be an int >= 1"):
+        recipes.paper_plan([("x", "resnet20-cifar10", 0, 1)])
+    with pytest.raises(ValueError, match="allowed"):
+        recipes.paper_plan([("x", "resnet-9000", 1, 1)])
+
+
+def test_paper_data_in_smoke_mode_goes_through_the_real_readers():
+    from bitlab.zoo.scale import SMOKE_VAL_SIZE, imagenet_resnet50, paper_data
+    from bitlab.zoo.synthetic import SMOKE_SIZES
+
+    for kind, shape in (("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))):
+        s = paper_data(kind, smoke=True)
+        assert s.input_shape == shape and len(s.val) == SMOKE_VAL_SIZE
+        assert len(s.train) + len(s.val) == SMOKE_SIZES[kind][0] and len(s.test) == SMOKE_SIZES[kind][1]
+    with pytest.raises(ValueError, match="allowed"):
+        paper_data("svhn", smoke=True)
+    model, val, note = imagenet_resnet50(smoke=True)
+    assert not model.training and note.startswith("SMOKE: ResNet-50 with random weights")
+    assert len(val) == SMOKE_SIZES["imagenet"][1] and val[0][0].shape == (3, 224, 224)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032

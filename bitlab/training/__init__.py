@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..evaluate import accuracy, correct, evaluate, logits, predict
 from . import adversarial, optim, quant, recipes
 from .loop import OPTIMIZERS, fit, make_optimizer, set_seed
-from .recipes import RECIPES, Recipe, pick_device, recipe, train_recipe
+from .recipes import RECIPES, Recipe, paper_plan, pick_device, recipe, train_recipe
 
 __all__ = [
     "fit",
@@ -34,6 +34,7 @@ __all__ = [
     "recipes",
     "RECIPES",
     "Recipe",
+    "paper_plan",
     "pick_device",
     "recipe",
     "train_recipe",

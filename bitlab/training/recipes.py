@@ -16,6 +16,7 @@ where this was written); :func:`train_recipe` prints nothing and returns the mea
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -28,7 +29,7 @@ from ..evaluate import correct
 from ..progress import bar as progress_bar
 from .loop import make_optimizer
 
-__all__ = ["RECIPES", "Recipe", "build", "crop_flip", "pick_device", "recipe", "train_recipe"]
+__all__ = ["RECIPES", "Recipe", "build", "crop_flip", "paper_plan", "pick_device", "recipe", "train_recipe"]
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,36 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str, **changes: object) -> Recipe:
+def recipe(name: str, /, **changes: object) -> Recipe:
     """The recipe ``name`` of :data:`RECIPES`, with any field replaced (``recipe("resnet20-cifar10",
-    iterations=200)``)."""
+    iterations=200)``; the GPU-time estimate follows a change of ``iterations``)."""
     if name not in RECIPES:
         raise ValueError(f"recipe: {name!r}; allowed {sorted(RECIPES)}")
-    return replace(RECIPES[name], **changes)  # type: ignore[arg-type]
+    base = RECIPES[name]
+    if "iterations" in changes and "gpu_minutes" not in changes and base.gpu_minutes is not None:
+        changes["gpu_minutes"] = base.gpu_minutes * float(changes["iterations"]) / base.iterations  # type: ignore[arg-type]
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def paper_plan(rows: Sequence[tuple[str, str | Recipe, int, float]]) -> pd.DataFrame:
+    """What a notebook's paper run trains, and for how long on one GPU: one row per ``(what, recipe,
+    runs, cost)``, ``cost`` being the training cost relative to the recipe's plain SGD step (2 for SAM's
+    two passes, 1 + PGD steps for adversarial training), with the estimated GPU minutes
+    (``runs * cost * recipe.gpu_minutes``, estimates: see the module docstring) and a total row. A recipe
+    is a :data:`RECIPES` name or a :class:`Recipe` (``recipe(name, **changes)``)."""
+    out = []
+    for what, name, runs, cost in rows:
+        rec = name if isinstance(name, Recipe) else recipe(name)
+        if not (isinstance(runs, int) and runs >= 1) or not cost > 0:
+            raise ValueError(
+                f"rows: runs must be an int >= 1 and cost > 0, got runs={runs!r}, cost={cost!r} for {what!r}"
+            )
+        minutes = None if rec.gpu_minutes is None else runs * cost * rec.gpu_minutes
+        out.append({"trains": what, "recipe": rec.name, "runs": runs, "cost": cost, "GPU minutes (estimate)": minutes})
+    plan = pd.DataFrame(out)
+    total = {"trains": "total", "recipe": "", "runs": int(plan["runs"].sum()), "cost": float("nan")}
+    total["GPU minutes (estimate)"] = plan["GPU minutes (estimate)"].sum(min_count=len(plan))
+    return pd.concat([plan, pd.DataFrame([total])], ignore_index=True)
 
 
 def build(rec: Recipe) -> nn.Module:

@@ -17,7 +17,7 @@ from . import files
 __all__ = ["SMOKE_SIZES", "write_smoke_data"]
 
 #: (training, test) images per data set
-SMOKE_SIZES = {"mnist": (600, 200), "cifar10": (600, 200), "imagenet": (0, 24)}
+SMOKE_SIZES = {"mnist": (400, 100), "cifar10": (400, 100), "imagenet": (0, 16)}
 
 
 def _images(n: int, side: int, channels: int, classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
