@@ -8,9 +8,9 @@ implements the same choices as :func:`bitlab.campaigns.bit_flip_attack` for an M
 each bit flipped at most once; stop when no flip raises the loss or the accuracy is at chance), in
 plain torch. Both attack the digits MLP to chance; the flips must be the same, and the median wall time
 of ours over the plain one is printed as ``attack time ratio: X`` (target <= 1.0). The same for the
-digits small CNN (its Conv2d and Linear weights), printed as ``cnn attack time ratio: X``: there each
-tried flip of ours recomputes only the layers after the flipped one (the traced graph,
-:func:`bitlab.campaigns.pbs.trial_value`), where the plain search runs the whole forward.
+digits small CNN (its Conv2d and Linear weights), printed as ``cnn attack time ratio: X``. Each tried flip
+of ours runs only the layers from the flipped one on (both models are ``nn.Sequential`` chains:
+:mod:`bitlab.campaigns.trial_runs`), where the plain search runs the whole forward.
 
     python benchmarks/attack.py [--repeats 7] [--budget 60]
 """

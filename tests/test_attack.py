@@ -7,6 +7,7 @@ import struct
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 import bitlab as bl
 from bitlab.campaigns import batch_accuracy, materialize
@@ -225,7 +226,7 @@ def test_tried_flips_from_the_graph_equal_full_forward_trials(name, monkeypatch)
     kw = dict(budget=4, attack_batch=16, candidates_per_layer=3, seed=0, progress=False)
     graph = bit_flip_attack(model, data, **kw)
     assert same_as(model, snap)
-    monkeypatch.setattr(attack_module, "traced", lambda model, x: None)
+    monkeypatch.setattr(attack_module, "trial_run", lambda model, x: None)
     full = bit_flip_attack(model, data, **kw)
     assert len(graph.flips) == 4
     pd.testing.assert_frame_equal(graph.flips, full.flips, check_exact=True)
@@ -244,8 +245,78 @@ def test_trials_on_a_fused_transformer_layer_equal_full_forward_trials(monkeypat
     snap = snapshot(model)
     kw = dict(budget=5, attack_batch=24, candidates_per_layer=4, seed=0, params="head.weight", progress=False)
     graph = bit_flip_attack(model, data, **kw)
-    monkeypatch.setattr(attack_module, "traced", lambda model, x: None)
+    monkeypatch.setattr(attack_module, "trial_run", lambda model, x: None)
     full = bit_flip_attack(model, data, **kw)
     assert len(full.flips) > 0
     pd.testing.assert_frame_equal(graph.flips, full.flips, check_exact=True)
     assert same_as(model, snap)
+
+
+def _inplace_chain(seed: int = 0):
+    """A Sequential whose layers write into their inputs (in-place ReLU after each linear, a Dropout in eval)."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Linear(6, 12),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(12, 12),
+        nn.ReLU(inplace=True),
+        nn.Linear(12, 3),
+    ).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 6, generator=g)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 3
+    return m, [(x[:20], y[:20]), (x[20:], y[20:])]
+
+
+@pytest.mark.parametrize("name", ["inplace", "fp16", "bf16", "digits_cnn"])
+def test_tried_flips_through_a_chains_layers_equal_full_forward_trials(name, monkeypatch):
+    """On an nn.Sequential each tried flip runs only the layers from the flipped one on, from their kept
+    inputs (copied, as a layer may write into its input); with that switched off every trial runs the
+    whole forward: the same flips, losses and scores, float for float."""
+    from zoo import ZOO, same_as, snapshot
+
+    import bitlab.campaigns.attack as attack_module
+    from bitlab.campaigns.trial_runs import ChainRun, trial_run
+
+    if name == "inplace":
+        model, data = _inplace_chain()
+    elif name == "digits_cnn":
+        split = bl.data.digits(seed=0)
+        torch.manual_seed(0)
+        model = bl.models.small_cnn()
+        bl.train.fit(model, split.train, epochs=2, progress=False)
+        data = split.test
+    else:
+        model, data = ZOO[name](0)
+    first = next(iter(bl.data.as_loader(data) if not isinstance(data, list) else data))[0]
+    assert isinstance(trial_run(model, first), ChainRun)
+    snap = snapshot(model)
+    kw = dict(budget=5, attack_batch=16, candidates_per_layer=3, seed=0, progress=False)
+    chain = bit_flip_attack(model, data, **kw)
+    assert same_as(model, snap)
+    monkeypatch.setattr(attack_module, "trial_run", lambda model, x: None)
+    full = bit_flip_attack(model, data, **kw)
+    assert len(full.flips) > 0
+    pd.testing.assert_frame_equal(chain.flips, full.flips, check_exact=True)
+    assert same_as(model, snap)
+
+
+def test_chains_the_trial_runner_does_not_take():
+    """A Sequential subclass, hooks on the chain, or one parameter in two layers go to the traced graph."""
+    from bitlab.campaigns.census.graph import GraphRun
+    from bitlab.campaigns.trial_runs import trial_run
+
+    x = torch.randn(4, 6)
+    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    b.weight = a.weight
+    hooked = nn.Sequential(nn.Linear(6, 6))
+    hooked.register_forward_hook(lambda m, i, o: o)
+
+    class Chain(nn.Sequential):
+        pass
+
+    for model in (nn.Sequential(a, nn.ReLU(), b), hooked, Chain(nn.Linear(6, 6))):
+        assert isinstance(trial_run(model.eval(), x), GraphRun), model

@@ -60,7 +60,6 @@ from ..params import ParamSelection, select_params
 from ..progress import bar as progress_bar
 from ..training.qlayers import NORMS, quantizable_layers, unit_weights
 from ..validate import check_int
-from .census.graph import GraphRun, traced
 from .pbs import (
     LOSS_CAP,
     LossFn,
@@ -70,8 +69,8 @@ from .pbs import (
     measure,
     objective_value,
     rank_flips,
-    trial_values,
 )
+from .trial_runs import refresh, trial_run, tried_values
 
 __all__ = [
     "bit_flip_attack",
@@ -218,19 +217,6 @@ def _attack_batch(data: object, size: int, seed: int, device: torch.device) -> t
     return gather(x, chosen), y[chosen.to(y.device)]
 
 
-def _cached(run: GraphRun, x: Tensor) -> GraphRun | None:
-    """``run`` holding the attack batch's clean values at the current weights (call without autograd),
-    or None where its graph cannot give them (the trials then run the full forward)."""
-    try:
-        env, _, why = run.clean_pass(x)
-    except Exception:  # the graph raised where the model, just run on x, did not
-        return None
-    if why:
-        return None
-    run.hold(env, fresh=True)
-    return run
-
-
 def _target(target_accuracy: Target, num_classes: int) -> float | None:
     """The accuracy at which the attack stops: a number, chance (+ margin) for ``"chance"``, or none."""
     if target_accuracy == "chance":
@@ -336,7 +322,7 @@ def bit_flip_attack(
                 first = pick(call(model, take(x, 1)), output)
                 num_classes = int(first.shape[1]) if first.dim() == 2 else 0
             clean_loss = objective_value(model, x, y, output, loss_fn)
-            run = traced(model, x) if isinstance(x, Tensor) else None  # tried flips recompute only their suffix
+            run = trial_run(model, x) if isinstance(x, Tensor) else None  # tried flips recompute only their suffix
             clean_acc = measure(model, eval_batches, m, output)
             target = _target(target_accuracy, num_classes)
 
@@ -368,7 +354,7 @@ def bit_flip_attack(
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
                     if run is not None and step > 1:  # the trials' clean values after the last kept flip,
-                        run = _cached(run, cast(Tensor, x))  # without autograd, as the full-forward trials run
+                        run = refresh(run, cast(Tensor, x))  # without autograd, as the full-forward trials run
                     for li, (_, p) in enumerate(layers):
                         if grads[li] is None:
                             continue
@@ -380,7 +366,7 @@ def bit_flip_attack(
                         finite = isinstance(fmt, Int) and bool(torch.isfinite(grad).all())  # int words: finite values
                         cands = rank_flips(alt, flat, grad, candidates_per_layer, done[li], finite)
                         if run is not None:  # the tried flips recompute only what follows the layer
-                            tried = trial_values(run, p, [(i, new) for _, i, _, new in cands], y, output, loss_fn)
+                            tried = tried_values(run, p, [(i, new) for _, i, _, new in cands], y, output, loss_fn)
                         else:
                             tried = []
                             for _, i, _, new in cands:

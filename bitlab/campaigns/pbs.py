@@ -23,6 +23,7 @@ __all__ = [
     "LossFn",
     "alternatives",
     "attack_loss",
+    "finite_or_inf",
     "finite_rows",
     "measure",
     "objective_value",
@@ -74,13 +75,13 @@ def trial_values(
         old = flat[i].clone()
         flat[i] = new
         try:
-            values.append(_finite_or_inf(loss_fn(pick(run.evaluate(dirty, force, cached, {}, False), output), y)))
+            values.append(finite_or_inf(loss_fn(pick(run.evaluate(dirty, force, cached, {}, False), output), y)))
         finally:
             flat[i] = old
     return values
 
 
-def _finite_or_inf(v: Tensor) -> float:
+def finite_or_inf(v: Tensor) -> float:
     """The objective's value; NaN (a loss without a cap on a broken output) is +inf."""
     f = float(v)
     return float("inf") if math.isnan(f) else f
