@@ -13,7 +13,7 @@
 # - how much a single flip costs a trained digits classifier, measured bit position by bit position.
 
 # %% tags=["parameters"]
-SCALE = "small"      # "paper": MNIST through torchvision (not needed for this primer)
+SCALE = "small"      # this primer has one scale: digits, seconds on a CPU (notebooks 01-06 have a paper scale)
 SEEDS = [0, 1, 2]
 N_WEIGHTS = 10       # weights sampled per parameter tensor for the measured census (all 32 bits each)
 
@@ -24,7 +24,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import bitlab as bl
+from bitlab.zoo.scale import check_scale
 
+check_scale(SCALE, False, ("small",))
 bl.plot.style()
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8)]
 

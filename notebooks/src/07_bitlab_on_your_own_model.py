@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 import bitlab as bl
+from bitlab.zoo.scale import check_scale
 
+check_scale(SCALE, False, ("small",))
 bl.plot.style()
 _ = torch.manual_seed(SEED)
 

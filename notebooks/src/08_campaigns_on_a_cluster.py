@@ -31,7 +31,9 @@ import torch
 from distributed import Client
 
 import bitlab as bl
+from bitlab.zoo.scale import check_scale
 
+check_scale(SCALE, False, ("small",))
 bl.plot.style()
 torch.set_num_threads(1)  # the serial reference runs with one torch thread, like each worker (see section 3)
 _ = torch.manual_seed(SEED)
