@@ -77,3 +77,20 @@ def test_smoke_mode_is_refused_below_paper_scale():
         check_scale("huge", False)
     with pytest.raises(TypeError, match="SMOKE"):
         check_scale("small", "yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("0*.py")))
+def test_papermill_reads_every_parameter(name, tmp_path):
+    """Each assignment of a notebook's ``parameters`` cell is a parameter papermill can see (an ``=`` in a
+    comment once made it skip SMOKE with a warning), and the paper notebooks have SCALE and SMOKE."""
+    import re
+
+    from papermill.inspection import inspect_notebook
+
+    path = _build(name, tmp_path)
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = re.findall(r"^([A-Z_][A-Z0-9_]*) =", cell.source, flags=re.M)
+    assert list(inspect_notebook(str(path))) == assigned
+    if name in PAPER_NOTEBOOKS:
+        assert assigned[:2] == ["SCALE", "SMOKE"]

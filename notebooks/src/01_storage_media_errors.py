@@ -20,7 +20,7 @@
 
 # %% tags=["parameters"]
 SCALE = "small"          # "mnist": 5,000 real MNIST images on the CPU (minutes); "paper": MNIST and CIFAR-10 on a GPU
-SMOKE = False            # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SMOKE = False            # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]
 TRIALS = 20              # fault draws per BER point
 BERS = [1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
@@ -56,7 +56,7 @@ SECOND_RECIPES = {"MLP": bl.train.recipe("mlp-mnist", name="mlp-cifar10", data="
                                                expected_accuracy=0.65,
                                                model_kwargs=(("in_channels", 3), ("num_classes", 10),
                                                              ("input_size", 32)))}
-print("paper run (SCALE = 'paper'), training only; the BER sweeps add minutes:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (the BER sweeps not included):")
 print(bl.train.paper_plan([(f"{k}, MNIST", r, len(SEEDS), 1) for k, r in RECIPES.items()]
                           + [(f"{k}, CIFAR-10", r, len(SEEDS), 1) for k, r in SECOND_RECIPES.items()]).to_string(index=False))
 
@@ -68,7 +68,7 @@ if SCALE == "paper":   # Qin et al.: MNIST and CIFAR-10
     TRIALS = SECOND_TRIALS = 50
 elif SCALE == "mnist":
     data, DATA_NAME = bl.data.mnist5k(seed=0), "MNIST (5k)"
-    BUILDERS = MNIST_BUILDERS | {"ResNet-20": lambda: bl.models.resnet20(1, 10)}
+    BUILDERS = MNIST_BUILDERS | {"ResNet-20": lambda: bl.models.cifar_resnet(20, 1, 10, width=8)}  # narrow: CPU
     second, SECOND_NAME, SECOND_BUILDERS = bl.data.digits(seed=0), "digits", DIGITS_BUILDERS
 else:
     data, DATA_NAME = bl.data.digits(seed=0), "digits"

@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 SCALE = "small"          # "paper": CIFAR-10 with ResNet-20/56, ImageNet with ResNet-50, on a GPU
-SMOKE = False            # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SMOKE = False            # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]
 TRIALS = 20              # fault draws per (format, codec, BER) point and seed, small CNN
 BERS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
@@ -61,7 +61,8 @@ RECIPES = {"small CNN": bl.train.recipe("small-cnn-mnist", name="small-cnn-cifar
                                         expected_accuracy=0.65,
                                         model_kwargs=(("in_channels", 3), ("num_classes", 10), ("input_size", 32))),
            "ResNet-20": bl.train.recipe("resnet20-cifar10"), "ResNet-56": bl.train.recipe("resnet56-cifar10")}
-print("paper run (SCALE = 'paper'), training only; ResNet-50 is pretrained, the sweeps add about an hour:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (ResNet-50 comes pretrained;"
+      " the sweeps not included):")
 print(bl.train.paper_plan([(f"{k}, CIFAR-10", r, len(SEEDS), 1) for k, r in RECIPES.items()]).to_string(index=False))
 
 if SCALE == "paper":   # Fuengfusin: CIFAR-10 ResNets here, ImageNet's ResNet-50 in section 5b

@@ -29,7 +29,7 @@
 
 # %% tags=["parameters"]
 SCALE = "small"            # "paper": CIFAR-10 and ResNet-56 on a GPU
-SMOKE = False              # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SMOKE = False              # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]
 WIDTH = 8                  # ResNet-20 base width (16 is the standard; 8 keeps adversarial training cheap)
 EPOCHS = 10
@@ -63,7 +63,7 @@ PAPER_EPOCHS, PAPER_STEPS, PAPER_WD_GRID = 100, 7, [1e-3, 5e-3, 1e-2]
 # The paper run trains ResNet-56 with Adam for PAPER_EPOCHS epochs of 45k images; its cost per step is
 # estimated from He et al.'s recipe (bitlab.training.recipes), PGD training costing 1 + steps passes:
 r56 = bl.train.recipe("resnet56-cifar10", iterations=PAPER_EPOCHS * 45_000 // 128)
-print("paper run (SCALE = 'paper'), training only; the fault campaigns add minutes:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (the fault campaigns not included):")
 print(bl.train.paper_plan([("vanilla ResNet-56", r56, len(SEEDS), 1),
                            ("PGD-trained ResNet-56 (+ the weight-decay grid)", r56,
                             2 * len(SEEDS) - 1 + len(PAPER_WD_GRID), 1 + PAPER_STEPS)]).to_string(index=False))

@@ -20,7 +20,7 @@
 
 # %% tags=["parameters"]
 SCALE = "small"          # "paper": CIFAR-10 with the small CNN and ResNet-20 on a GPU
-SMOKE = False            # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SMOKE = False            # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]
 EPOCHS = {"small CNN": 10, "ResNet-20": 3}
 LR = 0.05                # SGD with momentum 0.9 is the base optimizer of every recipe
@@ -53,7 +53,8 @@ PAPER_EPOCHS = {"small CNN": 30, "ResNet-20": 200}
 # from He et al.'s ResNet-20 recipe (bitlab.training.recipes); the sharpness-aware recipes take two passes:
 r20 = bl.train.recipe("resnet20-cifar10", iterations=PAPER_EPOCHS["ResNet-20"] * 45_000 // 128)
 cnn_rec = bl.train.recipe("small-cnn-mnist", name="small-cnn-cifar10", iterations=PAPER_EPOCHS["small CNN"] * 352)
-print("paper run (SCALE = 'paper'), training only; the census and the sweeps add minutes:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (the census and sweeps not"
+      " included):")
 print(bl.train.paper_plan([("small CNN, SGD", cnn_rec, len(SEEDS), 1), ("small CNN, 4 sharpness-aware", cnn_rec,
                             4 * len(SEEDS), 2), ("ResNet-20, SGD", r20, len(SEEDS), 1),
                            ("ResNet-20, SAM and SAR", r20, 2 * len(SEEDS), 2)]).to_string(index=False))

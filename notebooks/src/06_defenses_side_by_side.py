@@ -30,7 +30,7 @@
 
 # %% tags=["parameters"]
 SCALE = "small"           # "paper": MNIST and the small CNN on a GPU
-SMOKE = False             # with SCALE = "paper": the paper path for a few steps on tiny synthetic data (what CI runs)
+SMOKE = False             # True (at the paper scale): the paper path for a few steps on tiny synthetic data, as CI runs it
 SEEDS = [0, 1, 2]         # model seeds (training and fault draws)
 ATTACK_SEEDS = [0, 1, 2]  # attack-batch seeds of the bit-flip attack, per model
 EPOCHS = 30               # training epochs of every recipe
@@ -64,7 +64,8 @@ check_scale(SCALE, SMOKE, ("small", "paper"))
 DEVICE = bl.train.pick_device()   # CUDA when available; every campaign runs on the model's device
 PAPER_EPOCHS = 20
 cnn_rec = bl.train.recipe("small-cnn-mnist", iterations=PAPER_EPOCHS * 430)
-print("paper run (SCALE = 'paper'), training only; the sweeps, censuses and attacks add about an hour:")
+print("paper run (SCALE = 'paper'): what it trains, and for how long on one GPU (the sweeps, censuses and attacks"
+      " not included):")
 print(bl.train.paper_plan([("small CNN: none, weight decay, RMSProp control", cnn_rec, 3 * len(SEEDS), 1),
                            ("small CNN: SAM, SAR", cnn_rec, 2 * len(SEEDS), 2),
                            ("small CNN: Hessian-aware", cnn_rec, len(SEEDS), 3)]).to_string(index=False))
