@@ -163,7 +163,7 @@ def paper_plan(rows: Sequence[tuple[str, str | Recipe, int, float]]) -> pd.DataF
     """What a notebook's paper run trains, and for how long on one GPU: one row per ``(what, recipe,
     runs, cost)``, ``cost`` being the training cost relative to the recipe's plain SGD step (2 for SAM's
     two passes, 1 + PGD steps for adversarial training), with the estimated GPU minutes
-    (``runs * cost * recipe.gpu_minutes``, estimates: see the module docstring) and a total row. A recipe
+    (``runs * cost * recipe.gpu_minutes`` to 0.1 min, estimates: see the module docstring) and a total row. A recipe
     is a :data:`RECIPES` name or a :class:`Recipe` (``recipe(name, **changes)``)."""
     out = []
     for what, name, runs, cost in rows:
@@ -172,7 +172,7 @@ def paper_plan(rows: Sequence[tuple[str, str | Recipe, int, float]]) -> pd.DataF
             raise ValueError(
                 f"rows: runs must be an int >= 1 and cost > 0, got runs={runs!r}, cost={cost!r} for {what!r}"
             )
-        minutes = None if rec.gpu_minutes is None else runs * cost * rec.gpu_minutes
+        minutes = None if rec.gpu_minutes is None else round(runs * cost * rec.gpu_minutes, 1)
         out.append({"trains": what, "recipe": rec.name, "runs": runs, "cost": cost, "GPU minutes (estimate)": minutes})
     plan = pd.DataFrame(out)
     total = {"trains": "total", "recipe": "", "runs": int(plan["runs"].sum()), "cost": float("nan")}
