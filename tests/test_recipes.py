@@ -230,3 +230,20 @@ def test_paper_data_in_smoke_mode_goes_through_the_real_readers():
     assert not model.training and note.startswith("SMOKE: ResNet-50 with random weights")
     assert len(val) == SMOKE_SIZES["imagenet"][1] and val[0][0].shape == (3, 224, 224)
     assert sum(p.numel() for p in model.parameters()) == 25_557_032
+
+
+def test_a_shorter_recipe_keeps_the_shape_of_its_schedule():
+    r20 = recipes.recipe("resnet20-cifar10")
+    short = recipes.recipe("resnet20-cifar10", iterations=200)
+    assert short.milestones == (100, 150) and r20.milestones == (32_000, 48_000)
+    assert recipes.recipe("resnet20-cifar10", iterations=200, milestones=(10,)).milestones == (10,)
+
+
+def test_the_smoke_resnet50_leaves_the_callers_generator_alone():
+    from bitlab.zoo.scale import imagenet_resnet50
+
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    imagenet_resnet50(smoke=True)
+    assert torch.equal(torch.rand(3), want)

@@ -35,11 +35,11 @@ from .base import Codec, State
 __all__ = ["GroupChecksum", "group_checksums", "group_ids", "missed"]
 
 
-def group_ids(n: int, group: int, interleave: bool = False) -> Tensor:
+def group_ids(n: int, group: int, interleave: bool = False, device: torch.device | str | None = None) -> Tensor:
     """The group of each of ``n`` words: runs of ``group`` consecutive words (``i // group``), or,
     interleaved, every ``ceil(n / group)``-th word (``i % ceil(n / group)``), so that neighbours
     (e.g. the weights of one output unit) fall in different groups."""
-    i = torch.arange(n, dtype=torch.int64)
+    i = torch.arange(n, dtype=torch.int64, device=device)
     return i % max(1, -(-n // group)) if interleave else i // group
 
 
@@ -49,12 +49,12 @@ def group_checksums(words: Tensor, width: int, group: int, bits: int, interleave
     w = words.reshape(-1).to(torch.int64)
     n = w.numel()
     if n == 0:
-        return torch.empty(0, dtype=torch.int64)
-    gid = group_ids(n, group, interleave)
-    parity = torch.zeros(int(gid.max()) + 1, bits, dtype=torch.int64)
+        return torch.empty(0, dtype=torch.int64, device=w.device)
+    gid = group_ids(n, group, interleave, w.device)
+    parity = torch.zeros(int(gid.max()) + 1, bits, dtype=torch.int64, device=w.device)
     for pos in range(width):  # one pass per stored bit position keeps memory at O(n)
         parity[:, pos % bits].index_add_(0, gid, (w >> pos) & 1)
-    return ((parity & 1) << torch.arange(bits, dtype=torch.int64)).sum(dim=1)
+    return ((parity & 1) << torch.arange(bits, dtype=torch.int64, device=w.device)).sum(dim=1)
 
 
 def missed(flip_bits: Tensor, bits: int) -> bool:
@@ -107,7 +107,7 @@ class GroupChecksum(Codec):
             )
         v = super().decode(words, fmt, state).reshape(-1)
         bad = group_checksums(words, fmt.width, self.group, self.bits, self.interleave) != state["checksum"]
-        zero = bad[group_ids(v.numel(), self.group, self.interleave)]
+        zero = bad[group_ids(v.numel(), self.group, self.interleave, bad.device)]
         return torch.where(zero, torch.zeros_like(v), v).view(words.shape)
 
     def is_exact(self, fmt: Format) -> bool:

@@ -93,7 +93,7 @@ def flip_loss_prediction(
             e = torch.zeros(op.n, dtype=torch.float64)
             e[j] = 1.0
             diag[j] = float(op(e)[j])
-        flat_values = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in op.params])
+        flat_values = torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in op.params])
         value = flat_values[flat_pos]
         as_stored = zip(out["param"], out["flipped"])
         flipped = [float(torch.tensor(float(f), dtype=torch.float64).to(stored[n])) for n, f in as_stored]

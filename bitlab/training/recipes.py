@@ -150,12 +150,16 @@ RECIPES: dict[str, Recipe] = {
 
 def recipe(name: str, /, **changes: object) -> Recipe:
     """The recipe ``name`` of :data:`RECIPES`, with any field replaced (``recipe("resnet20-cifar10",
-    iterations=200)``; the GPU-time estimate follows a change of ``iterations``)."""
+    iterations=200)``; the learning-rate milestones and the GPU-time estimate follow a change of ``iterations``)."""
     if name not in RECIPES:
         raise ValueError(f"recipe: {name!r}; allowed {sorted(RECIPES)}")
     base = RECIPES[name]
-    if "iterations" in changes and "gpu_minutes" not in changes and base.gpu_minutes is not None:
-        changes["gpu_minutes"] = base.gpu_minutes * float(changes["iterations"]) / base.iterations  # type: ignore[arg-type]
+    if "iterations" in changes:
+        ratio = float(changes["iterations"]) / base.iterations  # type: ignore[arg-type]
+        if "gpu_minutes" not in changes and base.gpu_minutes is not None:
+            changes["gpu_minutes"] = base.gpu_minutes * ratio
+        if "milestones" not in changes:  # the schedule keeps its shape: decays at the same share of the run
+            changes["milestones"] = tuple(round(m * ratio) for m in base.milestones)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 

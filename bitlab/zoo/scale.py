@@ -4,13 +4,13 @@ Every notebook of the series has two parameters in its ``parameters`` cell:
 
 * ``SCALE``: ``"small"`` (scikit-learn's 8x8 digits: seconds to minutes on a laptop CPU, what the book
   shows), ``"mnist"`` (the 5,000 real MNIST images of :func:`bitlab.zoo.data.mnist5k`: minutes on a CPU;
-  notebooks 01 and 05) or ``"paper"`` (the papers' data sets and models, on a GPU: :func:`paper_data`,
-  :func:`imagenet_resnet50`, the recipes of :mod:`bitlab.training.recipes`).
+  notebook 01; 05 uses them at small scale) or ``"paper"`` (the papers' data sets and models, on a GPU:
+  :func:`paper_data`, :func:`imagenet_resnet50`, the recipes of :mod:`bitlab.training.recipes`).
 * ``SMOKE``: with ``SCALE = "paper"``, the paper configuration runs end to end for a few steps on tiny
   synthetic data written in the real on-disk formats (:mod:`bitlab.zoo.synthetic`), through the same
-  readers, on the CPU. CI runs every notebook this way (papermill). The numbers of a smoke run mean
-  nothing, so a notebook checks no claim in smoke mode; it checks the paper's claims at paper scale and
-  what its narration says holds at small scale.
+  readers, on the device the notebook picks (the CPU in CI). CI runs every notebook this way
+  (papermill). The numbers of a smoke run mean nothing, so a notebook checks no claim in smoke mode; it
+  checks the papers' claims at paper scale and what its narration says holds at small scale.
 """
 
 from __future__ import annotations
@@ -68,14 +68,13 @@ def imagenet_resnet50(
 
     if smoke:
         folder = _data.write_smoke_data("imagenet")
-        torch.manual_seed(0)
-        path = save_safetensors(resnet50().state_dict(), folder / "resnet50-random.safetensors")
-        model, note = (
-            pretrained_resnet50(path),
-            (
-                "SMOKE: ResNet-50 with random weights read from a .safetensors file (torchvision's pretrained "
-                f"weights replaced), on {folder} (synthetic images)"
-            ),
+        with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
+            torch.manual_seed(0)
+            path = save_safetensors(resnet50().state_dict(), folder / "resnet50-random.safetensors")
+            model = pretrained_resnet50(path)  # building the model draws an initialization first
+        note = (
+            "SMOKE: ResNet-50 with random weights read from a .safetensors file (torchvision's pretrained "
+            f"weights replaced), on {folder} (synthetic images)"
         )
         return model, _data.imagenet_val(folder), note
     model = pretrained_resnet50(weights)
