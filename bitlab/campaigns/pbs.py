@@ -25,6 +25,7 @@ __all__ = [
     "attack_loss",
     "finite_or_inf",
     "finite_rows",
+    "flipped_values",
     "measure",
     "objective_value",
     "rank_flips",
@@ -66,16 +67,23 @@ def trial_values(
     units into one call, as the census does, costs more than it saves on the attack's few candidates.)
     Call under ``torch.no_grad``; ``p`` is as it was on return."""
     seeds, dirty = dirty_nodes(run, p)
-    force = set(seeds)
+    force, cached = set(seeds), run.cache[0]
+    return flipped_values(p, flips, lambda: run.evaluate(dirty, force, cached, {}, False), y, output, loss_fn)
+
+
+def flipped_values(
+    p: Tensor, flips: list[tuple[int, float]], forward: Callable[[], object], y: Tensor, output: Output, loss_fn: LossFn
+) -> list[float]:
+    """The objective of ``forward()``'s output with each flip ``p.reshape(-1)[i] = new`` of ``flips`` on its
+    own (any strides: :func:`~.census.graph_flips.flat_view`); ``p`` is restored after each."""
     flat, pos = flat_view(p)
-    cached = run.cache[0]
     values = []
     for index, new in flips:
         i = index if pos is None else int(pos[index])
         old = flat[i].clone()
         flat[i] = new
         try:
-            values.append(finite_or_inf(loss_fn(pick(run.evaluate(dirty, force, cached, {}, False), output), y)))
+            values.append(finite_or_inf(loss_fn(pick(forward(), output), y)))
         finally:
             flat[i] = old
     return values

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..evaluate import Output, pick
+from ..evaluate import Output
 from .census.graph import GraphRun, traced
-from .census.graph_flips import flat_view
-from .pbs import LossFn, finite_or_inf, trial_values
+from .pbs import LossFn, flipped_values, trial_values
 
 __all__ = ["ChainRun", "chain_run", "refresh", "trial_run", "tried_values"]
 
@@ -98,17 +97,11 @@ def tried_values(
         return trial_values(run, p, flips, y, output, loss_fn)
     k = run.owner[id(p)]
     tail = run.children[k:]
-    flat, pos = flat_view(p)
-    values = []
-    for index, new in flips:
-        i = index if pos is None else int(pos[index])
-        old = flat[i].clone()
-        flat[i] = new
-        try:
-            h = run.inputs[k].clone()
-            for child in tail:
-                h = child(h)
-            values.append(finite_or_inf(loss_fn(pick(h, output), y)))
-        finally:
-            flat[i] = old
-    return values
+
+    def forward() -> Tensor:
+        h = run.inputs[k].clone()
+        for child in tail:
+            h = child(h)
+        return h
+
+    return flipped_values(p, flips, forward, y, output, loss_fn)
