@@ -45,6 +45,7 @@ _SUBMODULES: dict[str, str] = {
     "rescale": "rescale",
     "validate": "validate",
     "coverage": "coverage",
+    "report": "report",
     # short names
     "train": "training",
     "campaign": "campaigns",

@@ -13,7 +13,44 @@ import seaborn as sns
 from .campaigns.sweep import summarize
 from .metrics import frame_metric
 
-__all__ = ["accuracy_vs_ber", "bit_position_effect", "style"]
+__all__ = ["METHOD_COLORS", "accuracy_vs_ber", "bit_position_effect", "method_color", "style"]
+
+_CB = sns.color_palette("colorblind", 10)
+#: one colour per method across the whole book (names are matched case-insensitively, aliases included)
+METHOD_COLORS: dict[str, tuple[float, float, float]] = {
+    "none": (0.25, 0.25, 0.25),
+    "weight decay": _CB[0],
+    "adversarial": _CB[3],
+    "adversarial + weight decay": _CB[4],
+    "SAM": _CB[1],
+    "SAR": _CB[2],
+    "Hessian-aware": _CB[8],
+    "range nulling": _CB[9],
+    "parity nulling": _CB[6],
+    "SECDED": _CB[5],
+    "weight scaling": _CB[7],
+    "checksum": (0.55, 0.35, 0.65),
+    "unary": (0.6, 0.6, 0.2),
+}
+_ALIASES = {
+    "baseline": "none", "plain": "none", "sgd": "none", "vanilla": "none", "identity": "none",
+    "wd": "weight decay", "adv": "adversarial", "adv + wd": "adversarial + weight decay",
+    "hessian": "Hessian-aware", "hat": "Hessian-aware", "hessian-aware training": "Hessian-aware",
+    "scaled": "weight scaling", "scaling": "weight scaling", "parity": "parity nulling",
+    "range": "range nulling", "ecc": "SECDED", "group checksum": "checksum",
+}  # fmt: skip
+_CANON = {k.lower(): k for k in METHOD_COLORS} | _ALIASES
+
+
+def method_color(name: str) -> tuple[float, float, float] | None:
+    """The book's colour of a method (``"SAM"``, ``"Hessian-aware"``, ``"range nulling"``, ...), or None
+    for a name it does not know. A label with details after the method (``"SAM (rho 0.05)"``,
+    ``"parity (extra bit)"``) takes the method's colour."""
+    key = str(name).strip().lower()
+    for cut in (key, key.split(" (")[0], key.split(",")[0]):
+        if cut in _CANON:
+            return METHOD_COLORS[_CANON[cut]]
+    return None
 
 
 def style() -> None:
@@ -42,9 +79,15 @@ def accuracy_vs_ber(
     s = summarize(df[df["ber"] > 0], by=hues + ["ber"], value=value)
     groups = s.groupby(hues, sort=False) if hues else [((), s)]
     palette = sns.color_palette("colorblind", n_colors=max(len(groups), 1))
-    for color, (key, g) in zip(palette, groups):
+    names = []
+    for key, _ in groups:
         key = key if isinstance(key, tuple) else (key,)
-        name = " / ".join(str(k) for k in key) if key else value
+        names.append(" / ".join(str(k) for k in key) if key else value)
+    known = [method_color(n) for n in names]
+    if len({c for c in known if c is not None}) == len(names):  # every group a method: the book's colours
+        palette = known
+    for color, name, (key, g) in zip(palette, names, groups):
+        key = key if isinstance(key, tuple) else (key,)
         ax.plot(g["ber"], g["mean"], marker="o", ms=3, color=color, label=name)
         ax.fill_between(g["ber"], g["ci_low"], g["ci_high"], color=color, alpha=0.2, lw=0)
         c = clean.get(key[0]) if isinstance(clean, dict) and key else clean
