@@ -21,7 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["RULE", "VERDICTS", "Claim", "claims_table", "interval", "load_claims", "save_claims", "verdict"]
+__all__ = [
+    "RULE",
+    "VERDICTS",
+    "Claim",
+    "claims_table",
+    "interval",
+    "load_claims",
+    "results_dir",
+    "save_claims",
+    "verdict",
+]
 
 #: the verdicts, from agreement to contradiction
 VERDICTS = ("reproduced", "partly", "not reproduced", "opposite")
@@ -219,6 +229,16 @@ def claims_table(claims: Iterable[Claim], *, full: bool = False) -> pd.DataFrame
         raise TypeError("claims: a non-empty sequence of bitlab.report.Claim is needed")
     df = pd.DataFrame([c.row() for c in claims])
     return df if full else df[SHOWN].set_index("claim")
+
+
+def results_dir(scale: str, smoke: bool = False, root: str | Path = "results") -> Path:
+    """Where a notebook run writes its claims: ``<root>/<scale>/``, or ``<root>/smoke/`` for a smoke run,
+    so that a paper or smoke run never overwrites the committed small-scale results."""
+    from .zoo.scale import SCALES
+
+    if scale not in SCALES:
+        raise ValueError(f"scale: must be one of {SCALES}, got {scale!r}")
+    return Path(root) / ("smoke" if smoke else scale)
 
 
 def save_claims(claims: Iterable[Claim], path: str | Path) -> Path:

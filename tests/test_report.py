@@ -4,6 +4,7 @@ claims round-tripped through their CSV results files, and bad input refused by n
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from bitlab.plot import METHOD_COLORS, method_color
-from bitlab.report import RULE, VERDICTS, Claim, claims_table, interval, load_claims, save_claims, verdict
+from bitlab.report import RULE, VERDICTS, Claim, claims_table, interval, load_claims, results_dir, save_claims, verdict
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 12, 31, 40])
@@ -140,3 +141,10 @@ def test_method_colors_are_distinct_and_aliases_agree():
     assert method_color("baseline") == method_color("none")
     assert method_color("parity (extra bit)") == METHOD_COLORS["parity nulling"]
     assert method_color("something else") is None
+
+
+def test_results_dir_keeps_scales_apart():
+    assert results_dir("small") == Path("results/small")
+    assert results_dir("paper", smoke=True, root="r") == Path("r/smoke")
+    with pytest.raises(ValueError, match="scale"):
+        results_dir("huge")
