@@ -16,6 +16,7 @@ kept in ``<out>/sphinx-warnings.txt``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 MARKER = re.compile(r"^<!-- chapters\b.*-->\s*$", re.M)
+CLAIMS_MARKER = re.compile(r"^<!-- claims\b.*-->\s*$", re.M)
+RESULTS = ROOT / "notebooks" / "results" / "small"  # where the notebooks' claims files land (bitlab.report)
 HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 API_DIR = "api"  # the API reference's folder in the book source
 
@@ -95,6 +98,26 @@ def chapter_list(notebooks: list[Path]) -> str:
     return "\n".join(items) + "\n"
 
 
+def claims_section(results: Path = RESULTS) -> str:
+    """Markdown: every claim the notebooks wrote to ``results/*_claims.csv`` (bitlab.report.save_claims), as
+    one table with its computed verdict, then the rule the verdicts follow. Nothing is retyped."""
+    files = sorted(results.glob("*_claims.csv")) if results.is_dir() else []
+    if not files:
+        where = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+        return f"*No results files in `{where}` yet: run the notebooks.*\n"
+    cols = ["notebook", "paper", "claim", "paper's number", "ours", "verdict"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for f in files:
+        with f.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                cells = [str(row.get(c, "")).replace("|", "\\|") for c in cols]
+                cells[-1] = f"**{cells[-1]}**"
+                lines.append("| " + " | ".join(cells) + " |")
+    from bitlab.report import RULE
+
+    return "\n".join(lines) + f"\n\n*The rule:* {RULE}\n"
+
+
 def assemble(notebooks: list[Path], src: Path, book: Path = BOOK) -> None:
     """Write the book source folder ``src`` (emptied first, so removed notebooks leave no stale chapter)."""
     if src.exists():
@@ -106,7 +129,9 @@ def assemble(notebooks: list[Path], src: Path, book: Path = BOOK) -> None:
     intro = (book / "intro.md").read_text(encoding="utf-8")
     if not MARKER.search(intro):
         raise SystemExit(f"render_book: {book / 'intro.md'} lacks the '<!-- chapters ... -->' marker line")
-    (src / "intro.md").write_text(MARKER.sub(lambda _: chapter_list(notebooks), intro), encoding="utf-8")
+    intro = MARKER.sub(lambda _: chapter_list(notebooks), intro)
+    intro = CLAIMS_MARKER.sub(lambda _: claims_section(), intro)
+    (src / "intro.md").write_text(intro, encoding="utf-8")
     for nb in notebooks:
         shutil.copy2(nb, src / nb.name)
     api = [f"{API_DIR}/{doc}" for doc, _ in api_pages.write(src / API_DIR, ROOT)]

@@ -92,3 +92,28 @@ def test_api_pages_follow_the_package(tmp_path, monkeypatch):
     top = (tmp_path / "api" / "bitlab.rst").read_text()
     assert "~stage.brand_new.thing" in top and ":mod:`bitlab.stage`" in top
     assert "_version" not in top + page
+
+
+def _render_book():
+    spec = importlib.util.spec_from_file_location("render_book", ROOT / "scripts" / "render_book.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_front_page_claims_come_from_the_results_files(tmp_path):
+    from bitlab.report import Claim, save_claims
+
+    rb = _render_book()
+    assert "No results files" in rb.claims_section(tmp_path / "none")
+    save_claims([Claim("03", "Fasfous et al. 2022", "a | b", "+25%", [0.1, 0.2, 0.15])], tmp_path / "03_claims.csv")
+    save_claims([Claim("01", "Qin et al. 2017", "nulling", "2x", [-1.0, -1.1, -0.9])], tmp_path / "01_claims.csv")
+    md = rb.claims_section(tmp_path).splitlines()
+    rows = [line for line in md if line.startswith("| 0")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 01", "| 03"]
+    assert rows[0].endswith("**opposite** |") and rows[1].endswith("**reproduced** |")
+    assert "a \\| b" in rows[1]  # a pipe in a claim does not break the table
+    assert any("*The rule:*" in line for line in md)
+    intro = (ROOT / "book" / "intro.md").read_text()
+    assert rb.CLAIMS_MARKER.search(intro), "book/intro.md lost its claims marker"
