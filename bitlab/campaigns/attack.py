@@ -336,6 +336,7 @@ def bit_flip_attack(
             alts: list[Tensor | None] = [None for _ in layers]
             rows: list[dict[str, Any]] = []
             cur_loss, stopped = clean_loss, "budget"
+            last: Tensor | None = None  # the parameter of the last kept flip
             bar = progress_bar(total=budget, desc=f"bit-flip attack {fmt.name}", progress=progress)
             for step in range(1, budget + 1):
                 if target is not None and worse(rows[-1][col] if rows else clean_acc):
@@ -354,7 +355,8 @@ def bit_flip_attack(
                 best = None  # (loss, layer, index, bit, new, estimate)
                 with torch.no_grad():
                     if run is not None and step > 1:  # the trials' clean values after the last kept flip,
-                        run = refresh(run, cast(Tensor, x))  # without autograd, as the full-forward trials run
+                        # without autograd, as the full-forward trials run; a chain from the last flip's layer on
+                        run = refresh(run, cast(Tensor, x), last)
                     for li, (_, p) in enumerate(layers):
                         if grads[li] is None:
                             continue
@@ -386,6 +388,7 @@ def bit_flip_attack(
                     words[li][i] ^= 1 << b
                     alts[li] = None
                     p.data.view(-1)[i] = new
+                    last = p
                     done[li].add((i, b))
                     cur_loss = trial
                     acc = measure(model, eval_batches, m, output)

@@ -54,8 +54,10 @@ def chain_run(model: nn.Module, x: Tensor) -> ChainRun | None:
     return run if refresh(run, x) is not None else None
 
 
-def refresh(run: ChainRun | GraphRun, x: Tensor) -> ChainRun | GraphRun | None:
-    """``run`` holding the clean values of ``x`` at the current weights, or None where it cannot."""
+def refresh(run: ChainRun | GraphRun, x: Tensor, changed: Tensor | None = None) -> ChainRun | GraphRun | None:
+    """``run`` holding the clean values of ``x`` at the current weights, or None where it cannot.
+    ``changed``: the only parameter written since ``run`` last held them; a chain then recomputes only the
+    inputs of the children after the one holding it (those before see the same values)."""
     with torch.no_grad():
         if isinstance(run, GraphRun):
             try:
@@ -66,8 +68,13 @@ def refresh(run: ChainRun | GraphRun, x: Tensor) -> ChainRun | GraphRun | None:
                 return None
             run.hold(env, fresh=True)
             return run
-        h, inputs = x, []
-        for child in run.children:
+        start = 0 if changed is None or not run.inputs else run.owner[id(changed)] + 1
+        if start:
+            inputs = run.inputs[:start]
+            h = run.children[start - 1](inputs[-1].clone())
+        else:
+            h, inputs = x, []
+        for child in run.children[start:]:
             if not isinstance(h, Tensor):
                 return None
             inputs.append(h.clone())  # a child may write into its input (ReLU(inplace=True))
