@@ -44,7 +44,7 @@ from .formats import (
     to_unsigned,
 )
 from .params import ParamSelection, select_tensors
-from .validate import check_generator
+from .validate import check_cpu_generator
 
 __all__ = ["corrupted", "corrupted_activations", "Store", "InjectionReport", "ActivationReport"]
 
@@ -117,7 +117,7 @@ class _Slot:
     words: bool  # native format without codec: hit words are written in the integer domain
     orig: Tensor  # flat clean copy of the tensor (undoes a training step taken inside corrupted())
     version: int = 0
-    clean: Tensor | None = None  # flat fault-free read (dense elementwise codecs)
+    clean: Tensor | None = None  # flat fault-free read (dense codecs)
     stored: Tensor | None = None  # clean stored words (codecs whose check spans words)
 
     def changed(self) -> bool:
@@ -131,6 +131,12 @@ class _Slot:
         if self.tensor.data_ptr() != self.data.data_ptr():
             self.tensor.data = self.data
         self.version = self.tensor._version
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two flat float tensors of one dtype hold the same bits (NaN payloads and signed zeros too)."""
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return bool(torch.equal(a.contiguous().view(ints), b.contiguous().view(ints)))
 
 
 #: models inside a ``corrupted`` context now (any thread): a second context on the same model is refused,
@@ -220,10 +226,12 @@ class Store:
                 slot.version = t._version
                 if not slot.sparse:
                     stored = codec.encode(slot.orig, f, slot.state)
-                    if codec.elementwise:
-                        slot.clean = codec.decode(stored, f, slot.state).to(data.dtype)
-                    else:
+                    slot.clean = codec.decode(stored, f, slot.state).reshape(-1).to(data.dtype)
+                    if not codec.elementwise:
                         slot.stored = stored
+                        # a fault-free read that gives the weights back bit for bit: only what a hit changes
+                        # is written (the codec's read_changed), and tensors without a hit are left alone
+                        slot.sparse = _same_bits(slot.clean, slot.orig)
                 self.slots.append(slot)
 
     def _fit(self, name: str, data: Tensor, fmt: Format) -> dict:
@@ -261,6 +269,20 @@ class Store:
             new = fault_words(to_unsigned(old.to(torch.int64), f.width), inv, bit, mode)
             write_at(ints, uidx, to_signed(new, f.width).to(f.int_dtype))
             return
+        if slot.stored is not None:  # a check spanning words: the codec says which elements a hit changes
+            if not slot.sparse:
+                assert slot.clean is not None
+                saved.append((data, None, slot.orig))
+                data.copy_(slot.clean.view(data.shape))
+            if word.numel() == 0:
+                return
+            uidx, inv = torch.unique(word, return_inverse=True)
+            faulty = fault_words(slot.stored.reshape(-1)[uidx], inv, bit, mode)
+            idx, vals = self.codec.read_changed(slot.stored, f, slot.state, uidx, faulty)
+            if slot.sparse:
+                saved.append((data, idx, read_at(data, idx).clone()))
+            write_at(data, idx, vals.to(data.dtype))
+            return
         if slot.sparse:
             if word.numel() == 0:
                 return
@@ -269,13 +291,6 @@ class Store:
             write_at(data, uidx, vals.to(data.dtype))
             return
         saved.append((data, None, slot.orig))
-        if slot.stored is not None:  # a check spanning words: decode everything, faulty words in place
-            words = slot.stored.clone()
-            if word.numel():
-                uidx, inv = torch.unique(word, return_inverse=True)
-                words[uidx] = fault_words(words[uidx], inv, bit, mode)
-            data.copy_(self.codec.decode(words, f, slot.state).view(data.shape).to(data.dtype))
-            return
         assert slot.clean is not None  # elementwise dense slots keep their fault-free read
         data.copy_(slot.clean.view(data.shape))
         if word.numel():
@@ -312,12 +327,7 @@ class Store:
         its version counter, so writes through ``p.data`` go unseen) is restored too, and the exit raises
         RuntimeError naming it (unless the block raised): train with the gradients, outside the block."""
         _check_fault(fault)
-        check_generator("generator", generator)
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(
-                f"generator: a {generator.device.type} generator; fault sites are sampled on the CPU, so pass a "
-                "CPU torch.Generator() (the sites are moved to each tensor's device)"
-            )
+        check_cpu_generator("generator", generator)
         stale = [s.name for s in self.slots if s.changed()]
         if stale:
             raise RuntimeError(

@@ -43,12 +43,11 @@ def ref_zeroed(flips, group, bits, n=None, interleave=False):
     return {g for (g, _), c in counts.items() if c % 2}
 
 
-@given(
-    st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40), st.integers(1, 8), st.integers(1, 16), st.booleans()
-)
-def test_checksum_matches_python_reference(words, group, bits, interleave):
-    got = group_checksums(torch.tensor(words), 16, group, bits, interleave).tolist()
-    assert got == ref_checksum(words, 16, group, bits, interleave)
+@given(st.sampled_from([5, 8, 16, 32, 39, 62]), st.integers(1, 8), st.integers(1, 16), st.booleans(), st.data())
+def test_checksum_matches_python_reference(width, group, bits, interleave, data):
+    words = data.draw(st.lists(st.integers(0, 2**width - 1), min_size=1, max_size=40))
+    got = group_checksums(torch.tensor(words), width, group, bits, interleave).tolist()
+    assert got == ref_checksum(words, width, group, bits, interleave)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -194,3 +193,55 @@ def test_attack_flips_are_caught_unless_they_collide(interleave):
         assert torch.equal(read[name], want)
         caught += len(zeroed)
     assert caught >= 1
+
+
+@given(st.sampled_from(FORMATS), st.integers(1, 12), st.integers(1, 9), st.booleans(), st.data())
+def test_read_changed_equals_decoding_the_whole_tensor(fmt, group, bits, interleave, data):
+    """The narrow re-check (only the groups hit) reads back what a decode of every word reads back."""
+    w = weights(data.draw(st.integers(0, 50))).reshape(-1)
+    n = w.numel()
+    c = bl.GroupChecksum(group, bits, interleave)
+    state = c.fit(w, fmt)
+    stored = c.encode(w, fmt, state)
+    index = torch.tensor(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=10))))
+    masks = torch.tensor([data.draw(st.integers(1, 2**fmt.width - 1)) for _ in range(len(index))])
+    faulty = stored.clone()
+    faulty[index] ^= masks
+    want = c.decode(faulty, fmt, state)
+    idx, vals = c.read_changed(stored, fmt, state, index, faulty[index])
+    got = c.decode(stored, fmt, state).clone()
+    got[idx] = vals
+    assert torch.equal(got, want)
+    assert idx.numel() <= min(n, len(index) * group)  # the groups hit, not the tensor
+
+
+@pytest.mark.parametrize("codec", [bl.Identity(), bl.RangeNulling(), bl.ParityNulling("extra")])
+def test_read_changed_of_elementwise_codecs_decodes_the_changed_words(codec):
+    w, fmt = weights().reshape(-1), bl.FP32
+    state = codec.fit(w, fmt)
+    stored = codec.encode(w, fmt, state)
+    index = torch.tensor([0, 5, 62])
+    faulty = stored[index] ^ (1 << 30)
+    idx, vals = codec.read_changed(stored, fmt, state, index, faulty)
+    whole = stored.clone()
+    whole[index] = faulty
+    assert torch.equal(idx, index)
+    assert torch.equal(vals, codec.decode(whole, fmt, state)[index])
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_injection_with_interleaved_groups_touches_only_the_hit_groups(interleave):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    codec = bl.GroupChecksum(8, 2, interleave)
+    name, i, b = "0.weight", 37, 30
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with bl.corrupted(model, bl.SingleBitFlip(name, i, b), codec=codec):
+        read = {n: p.detach().clone().reshape(-1) for n, p in model.named_parameters()}
+    n = before[name].numel()
+    zeroed = ref_members(ref_group(i, n, 8, interleave), n, 8, interleave)
+    want = before[name].reshape(-1).clone()
+    want[zeroed] = 0.0
+    assert torch.equal(read[name], want)
+    assert all(torch.equal(read[k], before[k].reshape(-1)) for k in before if k != name)
+    assert all(torch.equal(p.detach(), before[k]) for k, p in model.named_parameters())

@@ -82,6 +82,21 @@ class Codec:
         """True if a fault-free store reads every float32 back bit for bit."""
         return False
 
+    def read_changed(
+        self, stored: Tensor, fmt: Format, state: State, index: Tensor, words: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """What changes in the read-back tensor when the stored words at the distinct flat positions
+        ``index`` of ``stored`` (every word of the tensor, clean) become ``words``: the flat indices of the
+        elements whose read may change and the values they read back as; every other element reads as in
+        the clean store. Elementwise codecs decode the changed words alone; a codec whose check spans
+        words decodes the whole tensor here, unless it overrides this with something narrower (group
+        checksums re-check only the groups hit)."""
+        if self.elementwise:
+            return index, self.decode(words, fmt, subset_state(state, index, stored.numel()))
+        faulty = stored.clone()
+        faulty[index] = words
+        return torch.arange(stored.numel(), device=stored.device), self.decode(faulty, fmt, state).reshape(-1)
+
     def __repr__(self) -> str:
         return self.name
 

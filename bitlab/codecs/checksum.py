@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..formats import Format
-from .base import Codec, State
+from .base import Codec, State, subset_state
 
 __all__ = ["GroupChecksum", "group_checksums", "group_ids", "missed"]
 
@@ -43,18 +43,51 @@ def group_ids(n: int, group: int, interleave: bool = False, device: torch.device
     return i % max(1, -(-n // group)) if interleave else i // group
 
 
+def _fold(words: Tensor, width: int, bits: int) -> Tensor:
+    """Each word's ``width`` stored bits XOR-folded into ``bits`` bits: bit ``j`` of the result is the
+    parity of the word's bits at positions ``b % bits == j``."""
+    x, span = words.reshape(-1).to(torch.int64) & ((1 << width) - 1), width
+    while span > bits:  # fold the upper part onto the lower, by a shift that keeps every residue class
+        half = (span + 1) // 2  # ceil(span / 2), rounded up to a multiple of bits
+        half += -half % bits
+        x = (x ^ (x >> half)) & ((1 << half) - 1)
+        span = half
+    return x
+
+
+def _parity(folded: Tensor, owner: Tensor, groups: int, bits: int) -> Tensor:
+    """The ``bits``-bit checksum of each of ``groups`` groups from its words' folds (``owner``: the
+    group of each word): the XOR of the folds, bit by bit as the parity of a count."""
+    out = torch.zeros(groups, dtype=torch.int64, device=folded.device)
+    for j in range(bits):
+        count = torch.zeros(groups, dtype=torch.int64, device=folded.device).index_add_(0, owner, (folded >> j) & 1)
+        out |= (count & 1) << j
+    return out
+
+
 def group_checksums(words: Tensor, width: int, group: int, bits: int, interleave: bool = False) -> Tensor:
     """XOR-fold checksum of ``bits`` bits for each group of words (see :func:`group_ids`; the last
     group may be shorter). Bit ``j`` is the parity of all bits at positions ``b % bits == j`` of the group."""
-    w = words.reshape(-1).to(torch.int64)
+    w = words.reshape(-1)
     n = w.numel()
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=w.device)
     gid = group_ids(n, group, interleave, w.device)
-    parity = torch.zeros(int(gid.max()) + 1, bits, dtype=torch.int64, device=w.device)
-    for pos in range(width):  # one pass per stored bit position keeps memory at O(n)
-        parity[:, pos % bits].index_add_(0, gid, (w >> pos) & 1)
-    return ((parity & 1) << torch.arange(bits, dtype=torch.int64, device=w.device)).sum(dim=1)
+    return _parity(_fold(w, width, bits), gid, int(gid.max()) + 1, bits)
+
+
+def _members(groups: Tensor, n: int, group: int, interleave: bool) -> tuple[Tensor, Tensor]:
+    """The words of ``groups`` (distinct group ids) among ``n`` words, and the position in ``groups`` of
+    each word's group (see :func:`group_ids`)."""
+    stride = max(1, -(-n // group))
+    if interleave:  # group g holds words g, g + stride, g + 2 * stride, ...
+        k = torch.arange(-(-n // stride), dtype=torch.int64, device=groups.device)
+        words = groups[:, None] + k[None, :] * stride
+    else:
+        words = groups[:, None] * group + torch.arange(group, dtype=torch.int64, device=groups.device)[None, :]
+    owner = torch.arange(groups.numel(), device=groups.device)[:, None].expand_as(words)
+    keep = words < n
+    return words[keep], owner[keep]
 
 
 def missed(flip_bits: Tensor, bits: int) -> bool:
@@ -112,6 +145,23 @@ class GroupChecksum(Codec):
 
     def is_exact(self, fmt: Format) -> bool:
         return False
+
+    def read_changed(
+        self, stored: Tensor, fmt: Format, state: State, index: Tensor, words: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Only the groups holding a changed word are checked again and read back (every other group's
+        words and checksum are the clean ones): the same values as decoding the whole tensor."""
+        n = state["n"]
+        stride = max(1, -(-n // self.group))
+        hit = torch.unique(index % stride if self.interleave else index // self.group)
+        elems, owner = _members(hit, n, self.group, self.interleave)
+        order = torch.argsort(elems)
+        elems, owner = elems[order], owner[order]
+        w = stored.reshape(-1)[elems].clone()
+        w[torch.searchsorted(elems, index)] = words.to(w.dtype)
+        bad = _parity(_fold(w, fmt.width, self.bits), owner, hit.numel(), self.bits) != state["checksum"][hit]
+        v = Codec.decode(self, w, fmt, subset_state(state, elems, n)).reshape(-1)
+        return elems, torch.where(bad[owner], torch.zeros_like(v), v)
 
     def __repr__(self) -> str:
         return self.name
