@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .faults import Fault, Sites, fault_words
 from .formats import BF16, FP16, FP32, FloatFormat, Format, resolve_bits, to_signed
 from .params import select_modules
-from .validate import check_generator
+from .validate import check_cpu_generator
 
 __all__ = ["corrupted_activations", "ActivationReport", "OutputSelection", "FORMAT_OF_DTYPE"]
 
@@ -281,9 +281,7 @@ def corrupted_activations(
             "fmt: expected None (the activation's own dtype) or a bitlab number format (FP32, FP16, BF16, "
             f"Q(m, n), Int(bits)), got {type(fmt).__name__}"
         )
-    g = check_generator("generator", generator)
-    if g is not None and g.device.type != "cpu":
-        raise ValueError(f"generator: faults are sampled on the CPU; got a {g.device} generator, allowed a CPU one")
+    check_cpu_generator("generator", generator)
     _refuse_compiled(model)
     chosen = select_modules(model, modules)
     names = [n for n, _ in chosen]

@@ -28,7 +28,7 @@ METHOD_COLORS: dict[str, tuple[float, float, float]] = {
     "range nulling": _CB[9],
     "parity nulling": _CB[6],
     "SECDED": _CB[5],
-    "weight scaling": _CB[7],
+    "weight scaling": (0.0, 0.5, 0.5),  # teal: the palette's grey (_CB[7]) is too close to "none"
     "checksum": (0.55, 0.35, 0.65),
     "unary": (0.6, 0.6, 0.2),
 }

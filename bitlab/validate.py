@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["check_int", "check_number", "check_generator"]
+__all__ = ["check_int", "check_number", "check_generator", "check_cpu_generator"]
 
 
 def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
@@ -53,3 +53,16 @@ def check_generator(name: str, generator: object) -> torch.Generator | None:
             "(for a seed, pass torch.Generator().manual_seed(seed))"
         )
     return generator
+
+
+def check_cpu_generator(name: str, generator: object) -> torch.Generator | None:
+    """``generator`` if it is None or a CPU ``torch.Generator`` (:func:`check_generator`, then the device):
+    bitlab draws its random numbers on the CPU and moves them to each tensor's device."""
+    g = check_generator(name, generator)
+    if g is not None and g.device.type != "cpu":
+        raise ValueError(
+            f"{name}: a {g.device.type} generator; bitlab draws its random numbers (fault sites, probes, "
+            "directions, augmentations) on the CPU, so pass a CPU torch.Generator() (the draws are moved to "
+            "each tensor's device)"
+        )
+    return g

@@ -35,7 +35,8 @@ __all__ = ["WeightScaling", "DEFAULT_T", "default_t", "max_t"]
 #: the best ``t`` puts the largest weight just below the top of the exponent range (FP32 ``2**124``:
 #: exponent field 251 = 0b11111011; FP16 ``2**12``: 27 = 0b11011), so that every exponent MSB is set
 #: and most other exponent bits are 1 too, while few weights sit one flip away from the all-ones
-#: (inf/NaN) exponent. BF16 has FP32's exponent and takes its value (not swept separately).
+#: (inf/NaN) exponent. BF16 has FP32's exponent field; its own sweep in notebook 02 picks FP32's
+#: value, ``2**124``, too.
 #: Fixed point ``Q(m, n)`` takes the top of its range; see :func:`default_t`. Re-sweep for your model.
 DEFAULT_T: dict[str, float] = {"FP32": 2.0**124, "FP16": 2.0**12, "BF16": 2.0**124}
 #: why an all-zero tensor is stored unscaled (the ``"left_alone"`` entry of its state)

@@ -27,16 +27,12 @@ from torch import Tensor, nn
 from ..evaluate import Output, call, eval_mode, materialize, model_device, pick
 from ..metrics import MetricSpec, resolve_metric
 from ..params import ParamSelection, select_params
+from ..validate import check_cpu_generator
 
 __all__ = ["Direction", "loss_slice", "random_direction", "bitflip_direction"]
 
 Direction = dict[str, Tensor]  # parameter name -> a tensor of its shape
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def _check_generator(generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def random_direction(
@@ -51,7 +47,7 @@ def random_direction(
     filter ``d[j]`` of a parameter with 2+ dimensions is rescaled to ``||w[j]||`` (a filter is a slice
     along the first, output, dimension), and 1-D parameters (biases, BatchNorm) get ``d = 0``. Without
     it the raw N(0, 1) draw is returned."""
-    _check_generator(generator)
+    check_cpu_generator("generator", generator)
     if not isinstance(filter_normalized, bool):
         raise TypeError(f"filter_normalized must be a bool, got {type(filter_normalized).__name__}")
     out: Direction = {}
@@ -85,7 +81,7 @@ def bitflip_direction(
     ``signs``: ``"random"`` (``s_i = +-1``, so ``w + 1 * d`` doubles or zeroes each hit weight) or
     ``"grow"`` (``s_i = sign(w_i)``, every hit weight grows in magnitude, like a 0 -> 1 flip of a high
     exponent bit). ``eta >= 0`` lets zero weights move too."""
-    _check_generator(generator)
+    check_cpu_generator("generator", generator)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:

@@ -1,19 +1,20 @@
 """Random probe vectors of the stochastic estimators: Rademacher vectors (Hutchinson 1989) drawn from a
-checked ``torch.Generator``, and the integer-argument check the estimators share."""
+checked CPU ``torch.Generator``, and the integer-argument check the estimators share."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..validate import check_cpu_generator
+
 __all__ = ["check_generator", "rademacher"]
 
 
-def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    """``generator`` itself if it is a ``torch.Generator`` or None (torch's global generator), else TypeError."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+def check_generator(generator: object) -> torch.Generator | None:
+    """``generator`` itself if it is a CPU ``torch.Generator`` or None (torch's global generator): TypeError
+    for another object, ValueError for a CUDA (non-CPU) generator, as the probes are drawn on the CPU."""
+    return check_cpu_generator("generator", generator)
 
 
 def rademacher(n: int, generator: torch.Generator | None, cols: int | None = None) -> Tensor:

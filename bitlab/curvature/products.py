@@ -28,6 +28,7 @@ the vectors then come back in float32.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -91,13 +92,14 @@ def flatten(vec: Sequence[Tensor]) -> Tensor:
 
 
 def unflatten(flat: Tensor, like: Sequence[Tensor]) -> Vec:
-    """A flat vector cut into tensors shaped (and typed) like ``like``; inverse of :func:`flatten`."""
+    """A flat vector cut into tensors shaped like ``like``, each on its tensor's device and in its dtype (a
+    CPU float64 vector becomes CUDA tensors for a CUDA model); inverse of :func:`flatten`."""
     n = sum(t.numel() for t in like)
     if flat.ndim != 1 or flat.numel() != n:
         raise ValueError(f"flat: expected a 1-d tensor of {n} elements, got shape {tuple(flat.shape)}")
     out, i = [], 0
     for t in like:
-        out.append(flat[i : i + t.numel()].reshape(t.shape).to(t.dtype))
+        out.append(flat[i : i + t.numel()].reshape(t.shape).to(device=t.device, dtype=t.dtype))
         i += t.numel()
     return out
 
@@ -188,7 +190,7 @@ class HessianOperator:
         self.device = self.params[0].device
         self.batches = data_batches(data, self.loss.pairs)
         self.n_hvp = 0
-        self._vmap_ok = True
+        self.vmap_error: str | None = None  # why the vmapped products fell back to columns, if they did
         self._batch: Any = None
         self._grads: list[Tensor | None] | None = None
         if isinstance(self.batches, list) and len(self.batches) == 1:
@@ -268,22 +270,32 @@ class HessianOperator:
         """``H v`` on flat float64 vectors (the linear algebra runs in float64 whatever the model dtype)."""
         return flatten(self.vec(unflatten(flat, self.params))).to(device="cpu", dtype=torch.float64)
 
-    def matmat(self, flat: Tensor, block: int = 32) -> Tensor:
-        """``H V`` for the columns of a float64 ``(n, b)`` matrix; counts ``b`` products. On the CPU one
-        product per column (:meth:`matmat_columns`): a vmapped backward of 32 columns took 1.5x as long on the
-        digits MLP (80 ms against 56 ms for 50 products; conv nets cannot vmap their pooling backward
-        anyway). On another device ``block`` columns per vmapped backward (:meth:`matmat_vmap`), equal to the
-        columns' products up to rounding, falling back to columns where an op's backward cannot be vmapped
-        (e.g. max-pooling on a channels-last model: "NYI: querying is_contiguous inside of vmap")."""
-        if not self._vmap_ok or self.device.type == "cpu":
+    def matmat(self, flat: Tensor, block: int = 32, vmap: bool | None = None) -> Tensor:
+        """``H V`` for the columns of a float64 ``(n, b)`` matrix; counts ``b`` products. ``vmap=None``: on the
+        CPU one product per column (:meth:`matmat_columns`): a vmapped backward of 32 columns took 1.5x as long
+        on the digits MLP (80 ms against 56 ms for 50 products; conv nets cannot vmap their pooling backward
+        anyway); on another device ``block`` columns per vmapped backward (:meth:`matmat_vmap`), equal to the
+        columns' products up to rounding. ``vmap=True``/``False`` forces either. Any RuntimeError inside the
+        vmapped backward (an op whose backward cannot be vmapped: "NYI: querying is_contiguous inside of
+        vmap", "Batching rule not implemented for aten::X. We could not generate a fallback", or out of
+        memory) falls back to columns for this and later calls, with a RuntimeWarning giving the reason (also
+        kept in ``vmap_error``); an error that is not vmap's is raised again by the columns."""
+        if vmap is None:
+            vmap = self.device.type != "cpu"
+        if not vmap or self.vmap_error is not None:
             return self.matmat_columns(flat)
         n_before = self.n_hvp
         try:
             return self.matmat_vmap(flat, block)
         except RuntimeError as err:
-            if "vmap" not in str(err):
-                raise
-            self._vmap_ok = False
+            first = (str(err).strip().splitlines() or [""])[0]
+            self.vmap_error = f"{type(err).__name__}: {first}"
+            warnings.warn(
+                f"Hessian products: the vmapped backward failed ({self.vmap_error}); computing one product per "
+                "column instead (same values, slower)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.n_hvp = n_before
             return self.matmat_columns(flat)
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..evaluate import correct
 from ..progress import bar as progress_bar
+from ..validate import check_cpu_generator
 from .loop import make_optimizer
 
 __all__ = ["RECIPES", "Recipe", "build", "crop_flip", "paper_plan", "pick_device", "recipe", "train_recipe"]
@@ -205,7 +206,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def crop_flip(x: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
     """He et al.'s CIFAR-10 augmentation on a batch ``(N, C, H, W)``: each image zero-padded by ``pad``
     pixels on every side, a random ``H x W`` crop of it taken, and flipped left-right with probability
-    1/2 (offsets and flips drawn on the CPU from ``generator``)."""
+    1/2 (offsets and flips drawn on the CPU from ``generator``, a CPU torch.Generator or None)."""
+    check_cpu_generator("generator", generator)
     n, _, h, w = x.shape
     top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)

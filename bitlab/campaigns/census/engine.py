@@ -72,7 +72,8 @@ As in the naive census the model is evaluated in eval mode (BatchNorm uses its r
 and handed back in the mode it came in. Finished chunks can be saved to an append-only checkpoint (:mod:`.checkpoint`).
 
 Assumptions (the same the naive loop makes when it trusts one clean run): kernels are deterministic
-for given shapes and strides, and each output element of a Linear/Conv2d call is a dot product of
+for given shapes and strides (:func:`bit_census` switches cuDNN autotuning off and asks for deterministic
+algorithms while it runs), and each output element of a Linear/Conv2d call is a dot product of
 its own inputs and weights (MKL GEMM, oneDNN direct convolution; not Winograd/FFT), so changing one
 weight leaves every other element of the call bit for bit as it was. Reduced-precision matmuls
 (``torch.set_float32_matmul_precision`` other than "highest") switch the bounds off.
@@ -84,10 +85,12 @@ Internal names the tests and the benchmark use (public in their modules, not re-
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -112,6 +115,38 @@ from .plan import census_format, flipped_values, weight_plan
 
 __all__ = ["bit_census", "count_above"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@contextmanager
+def deterministic_cudnn() -> Iterator[None]:
+    """cuDNN without autotuning (``benchmark=False``) and with deterministic algorithms inside the block,
+    the user's flags restored on exit (also on an exception): with ``benchmark=True`` a packed call of
+    another shape may pick another algorithm than the naive forward, and the census's exactness assumes
+    the same kernels. The other cuDNN flags (enabled, TF32, precision) are left as they are (None)."""
+    with torch.backends.cudnn.flags(
+        enabled=torch.backends.cudnn.enabled,
+        benchmark=False,
+        benchmark_limit=None,
+        deterministic=True,
+        allow_tf32=None,
+        fp32_precision=None,
+        depthwise_kernel=None,
+    ):
+        yield
+
+
+def _with_deterministic_cudnn(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run inside :func:`deterministic_cudnn`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with deterministic_cudnn():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
 
 def _check_batch_flips(batch_flips: object) -> int:
     if isinstance(batch_flips, bool) or not isinstance(batch_flips, int) or batch_flips < 1:
@@ -119,6 +154,7 @@ def _check_batch_flips(batch_flips: object) -> int:
     return batch_flips
 
 
+@_with_deterministic_cudnn
 def bit_census(
     model: nn.Module,
     data: object,
@@ -159,6 +195,11 @@ def bit_census(
     after each chunk is saved. See the module docstring for how exactness is guaranteed.
     ``executor`` computes the chunks elsewhere: a ``concurrent.futures`` pool or a
     ``dask.distributed.Client`` (:mod:`bitlab.campaigns.runner`); the frame is the same.
+
+    The census runs with ``torch.backends.cudnn.benchmark=False`` and ``deterministic=True``
+    (:func:`deterministic_cudnn`; the caller's flags are restored on exit): its exactness against the naive
+    loop assumes deterministic kernels, and cuDNN autotuning may pick other algorithms for packed calls.
+    Chunks computed by an ``executor`` in other processes run under those processes' own flags.
 
     ``metric`` and ``output`` as in :func:`bitlab.campaigns.ber_sweep`. The bounds certify accuracy
     only: another metric, an ``output=`` picker or batches whose inputs are not one tensor are
