@@ -13,8 +13,9 @@ Three numbers, each against a baseline measured in the same run:
 * ``trial cost ratio``: one in-process trial (draw the faults, write them into the stored weights,
   evaluate, restore) over one plain forward pass over the same test tensors (``model(x)`` under
   ``torch.no_grad``); the limit is 1.0, the target <= 1.1. Timed interleaved, medians. Also printed: the
-  same ratio for a minimal trial written out here (:func:`minimal_trial`), the floor of any
-  implementation: a forward over corrupted weights (Inf/NaN, huge values) costs more than a clean one.
+  same ratio for a minimal trial written out here (:func:`minimal_trial`), a forward over the corrupted
+  weights of a trial (held inside the store's context: it costs what a clean forward costs, so the gap is
+  the trial's own work), and that work by part: drawing the faults, writing and restoring them, scoring.
 
     python benchmarks/scaleout.py [--model small_cnn|resnet20] [--trials 100] [--rates 6]
 """
@@ -56,6 +57,31 @@ def minimal_trial(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ber:
     for w, idx, old in saved:
         w[idx] = old
     return correct / len(y)
+
+
+def trial_parts(work, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds of the parts of one BER trial of ``work`` (a :func:`~bitlab.campaigns.sweep.ber_trials`),
+    each timed on its own: the store's context entered and left (the trial's generator, drawing, writing
+    and restoring the flips, nothing evaluated), the score on the clean model (the evaluation with its
+    metric), and a plain forward over the trial's corrupted weights."""
+    from bitlab.campaigns.seeds import trial_generator
+    from bitlab.evaluate import score
+
+    store, fault = work.store(""), work.faults[1e-4]
+    times: dict[str, list[float]] = {"inject + restore": [], "score": [], "corrupted forward": []}
+    for t in range(repeats):
+        t1 = time.perf_counter()
+        with store.corrupted(fault, generator=trial_generator(0, "ber", 1e-4, t)):
+            t2 = time.perf_counter()
+            with torch.no_grad():
+                model(x)
+            t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        score(model, work.batches, work.metric, work.output)
+        t5 = time.perf_counter()
+        for k, v in zip(times, ((t2 - t1) + (t4 - t3), t5 - t4, t3 - t2)):
+            times[k].append(v)
+    return {k: statistics.median(v[10:]) for k, v in times.items()}
 
 
 def main() -> None:
@@ -106,6 +132,12 @@ def main() -> None:
     print(
         f"plain forward: {fwd * 1e3:.3f} ms   one bitlab trial (BER 1e-4): {trial * 1e3:.3f} ms   "
         f"a minimal hand-written trial: {floor * 1e3:.3f} ms (floor ratio {floor / fwd:.2f})"
+    )
+    parts = trial_parts(work, model, x, args.repeats)
+    print(
+        "the trial by part: "
+        + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in parts.items())
+        + f" (forward over the trial's corrupted weights / clean forward: {parts['corrupted forward'] / fwd:.2f})"
     )
 
     # -- the sweep in process and on the cluster ---------------------------------------------

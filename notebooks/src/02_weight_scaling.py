@@ -633,8 +633,9 @@ if SCALE == "paper":
     r50.to(DEVICE)
     pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(SEEDS[0]))[:IMAGENET_IMAGES]
     images = torch.utils.data.Subset(val, pick.tolist())
-    batches = torch.utils.data.DataLoader(images, batch_size=64, num_workers=0 if SMOKE else 8,
-                                          pin_memory=DEVICE.type == "cuda")
+    loader = torch.utils.data.DataLoader(images, batch_size=64, num_workers=0 if SMOKE else 8,
+                                         pin_memory=DEVICE.type == "cuda")
+    batches = bl.campaign.materialize(loader, device=DEVICE)   # decoded once, shared by the six sweeps below
     frames50, clean50 = [], []
     for fmt in FORMATS:
         for label, cdc in (("none", None), ("scaled", scaled(fmt))):
