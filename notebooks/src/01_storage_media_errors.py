@@ -236,8 +236,8 @@ summary["expected flips at tolerable BER"] = summary["tolerable BER mean"] * bit
 summary
 
 # %% [markdown]
-# ResNet-20 has 100× more parameters than the two small models, and it tolerates much lower rates. Between
-# the two small ones, "complexity" is ambiguous: the CNN is deeper but has *fewer* parameters than the MLP
+# ResNet-20 has more than 100× the parameters of the two small models (110–140×), and it tolerates much
+# lower rates. Between the two small ones, "complexity" is ambiguous: the CNN is deeper but has *fewer* parameters than the MLP
 # (see the table in section 1). The last column hints at what matters: the tolerable BER of each model
 # corresponds to a handful of flipped bits in the *whole* model. A model with 100× more stored bits receives
 # 100× more flips at the same BER, and, as notebook 00 showed, one unlucky flip (an exponent MSB) is enough
@@ -386,7 +386,7 @@ if SCALE == "paper" and not SMOKE:   # the paper's claim: its direction
 # %% [markdown]
 # At equal BER the models of the harder data set tolerate lower rates, and the 95% interval of the
 # ratio over the six pairs stays below 1: the data set claim is *reproduced* in that reading. But an MNIST
-# model stores 4-10× more bits (its first layer sees 784 pixels instead of 64), so at the same BER it
+# model stores 5–11× more bits (its first layer sees 784 pixels instead of 64), so at the same BER it
 # receives 4-10× more flips. At equal *expected flips* the interval contains 1 (*not reproduced*): as with
 # the architectures in section 2, what the rate shows is mostly the bit count.
 

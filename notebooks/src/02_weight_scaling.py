@@ -256,7 +256,7 @@ for t in [None, 2.0, 2.0 ** 64, 2.0 ** 124]:
 pd.DataFrame(rows).set_index("t")
 
 # %% [markdown]
-# But a weight whose exponent is `1000 0xxx` (magnitude 2 to 256) now has *four* zero bits after the MSB, and
+# But a weight whose exponent is `1000 0xxx` (magnitude 2 to just under 512) now has *four* zero bits after the MSB, and
 # their flips multiply it by 2^8 … 2^64. So moderate `t` can make things *worse*. To see the whole picture we
 # count, on the trained small CNN (seed 0), for each `t`: the share of weights with the exponent MSB set, and
 # the number of bits per weight whose single flip reads back as a non-finite value or as more than twice the
@@ -303,7 +303,7 @@ census.pivot(index="t", columns="format", values="explosive bits per weight").re
 # bit whose flip multiplies a mid-sized weight by 2^4 … 2^16, past the layer's range. With `t` = 2 that second
 # one disappears (no flip but the MSB's can push a value above 2, the largest weight), yet the MSB stays
 # deadly. For `t` from 4 to 2^16 the largest weights get their MSB set, but the bits behind it are 0: the
-# count *rises* to 2-4 explosive bits per weight. For large `t` it drops again, below the unscaled count,
+# count *rises* to about 2 to 4 explosive bits per weight. For large `t` it drops again, below the unscaled count,
 # and is lowest near the top of the exponent range, where the exponent fields look like `1111 1xxx`: the
 # MSB is set and so are most bits behind it. But there the largest weights sit one flip away from the
 # all-ones exponent (inf/NaN), and this count weighs a NaN like a factor of 16. BF16 has FP32's exponent
@@ -318,7 +318,8 @@ bf16_census = census[census["format"] == "BF16"].set_index("log2 t")
 unscaled32 = census[(census["format"] == "FP32") & census["log2 t"].isna()]["explosive bits per weight"].item()
 assert fp32_census.loc[124.0, "share with exponent MSB set"] == 1.0
 if SCALE == "small":   # what the narration above says of the trained digits weights
-    assert fp32_census.loc[8.0, "explosive bits per weight"] > 2 * unscaled32        # moderate t hurts
+    moderate = fp32_census.loc[(fp32_census.index >= 2) & (fp32_census.index <= 16), "explosive bits per weight"]
+    assert (moderate >= 2).all() and (moderate > unscaled32).all()   # t from 4 to 2^16: the count rises to 2 or more
     assert fp32_census.loc[124.0, "explosive bits per weight"] < unscaled32           # t near the top helps
     assert fp16_census.loc[12.0, "explosive bits per weight"] < fp16_census["explosive bits per weight"].iloc[0]
     assert np.allclose(bf16_census["explosive bits per weight"], fp32_census["explosive bits per weight"], rtol=0, atol=0.01)
@@ -401,7 +402,7 @@ if SCALE == "small":   # what the two paragraphs above say
 # found above, or behind SECDED, and sweep the BER (360 test images per trial; the fault draws of a trial are
 # the same with and without scaling). The small CNN gets the grid 1e-6 … 1e-2 with `TRIALS` draws per point
 # and seed. ResNet-20 is 140× larger and its forward passes dominate the run time of this notebook, so it
-# gets six points per format where its curves move (`RESNET_BERS`: floats from 3e-7, about one flip per trial,
+# gets six points per format where its curves move (`RESNET_BERS`: floats from 3e-7, one to three flips per trial,
 # to 1e-4, where they are at chance; fixed point from 1e-5 to 1e-2), `RESNET_TRIALS` draws each, and no
 # SECDED. `SCALE = "paper"` runs the full grid 1e-6 … 1e-2 for every model, and there, from BER 1e-4 up, a
 # curve stops once its mean accuracy at a point is at or below `CHANCE`: higher rates would not do better
@@ -538,8 +539,9 @@ curves[["model", "BER"] + [f.name for f in FORMATS]].rename_axis(columns=None)
 # %% [markdown]
 # Along ResNet-20's Q2.5 curve the gain is positive at every rate from 1e-4 to 1e-2, with intervals above 0;
 # from 3e-4 on the unscaled store is at chance (about 0.1) on every seed. The float curves show no gain that
-# these trials can resolve at any rate: a float trial either hits a destructive exponent flip or does not, so
-# `RESNET_TRIALS` draws on three seeds leave intervals of tens of points. The census of section 4 (small CNN
+# these trials can resolve below 1e-4: a float trial either hits a destructive exponent flip or does not, so
+# `RESNET_TRIALS` draws on three seeds leave intervals of tens of points. At 1e-4 both float stores are at or
+# below chance, and there FP16 with scaling is resolvably *worse* (−9.3 points; section 8). The census of section 4 (small CNN
 # weights: 0.98 instead of 1.5 explosive bits per weight at `t` = 2^124) suggests at most a modest gain.
 
 # %%
@@ -586,8 +588,8 @@ pd.DataFrame(rows)
 # The two combine (exercise 4).
 #
 # How often does a word hold two flips (detected, nulled) or more? With `n = 39` stored bits per FP32 word,
-# the chance of two or more flips in a word is about `C(39,2)·p²`: negligible up to BER 1e-4, about 6% of
-# words at 1e-2. We check by storing every weight of the seed-0 ResNet-20 in FP32 behind SECDED:
+# the chance of two or more flips in a word is about `C(39,2)·p²` at low rates: negligible up to BER 1e-4;
+# at 1e-2 the exact binomial gives 5.8% of words (the approximation, 7.4%, overestimates it there). We check by storing every weight of the seed-0 ResNet-20 in FP32 behind SECDED:
 
 # %%
 if SCALE == "small":   # what the paragraph above says

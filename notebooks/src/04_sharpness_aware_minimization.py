@@ -230,8 +230,8 @@ layers.round(3)
 # %% [markdown]
 # **Intensity.** FP32 storage breaks after a few dozen random flips: its mean accuracy halves at about k = 67
 # flips (mean over seeds), and the single draws show why: most draws keep the clean accuracy and a few drop to
-# chance, so the *mean* loses 2 points after one or two flips already (a *lottery*: one flip in about thirty
-# lands on a catastrophic bit). 8-bit storage degrades gradually, every draw a little: a 2-point drop takes
+# chance, so the *mean* loses 2 points after one or two flips already (a *lottery*: about one flip in sixty
+# lands on a damaging bit, RAD > 10% in the census below). 8-bit storage degrades gradually, every draw a little: a 2-point drop takes
 # about 27 flips (1.4% of the weights hit) and halving about 550 flips, 8× more than FP32.
 #
 # **Occurrence by bit.** In FP32 the critical flips (RAD > 10%) are almost all exponent-MSB flips (bit 30:
@@ -243,8 +243,8 @@ layers.round(3)
 # FP32).
 #
 # **Occurrence by layer.** Per flip, the first convolution (its weights and biases: 4% of the weights) is
-# damaged far more often (9-10% of its flips) than the large second convolution (1-2%), in both formats;
-# the classifier lies between (3-5%).
+# damaged far more often (9-10% of its flips in FP32, 7.5-10% in 8 bits) than the large second convolution
+# (0-2%); the classifier lies between (0-5%).
 #
 # The checks below hold what this paragraph says, on every seed (at the small scale).
 
@@ -434,13 +434,13 @@ if SMALL:   # SAR's top-k lands on the first convolution more than its size and 
 layers_vs.round(3)
 
 # %% [markdown]
-# SAM and ASAM move every weight that has a gradient, most of them by about 1% of their size (SAM's
+# SAM and ASAM move every weight that has a gradient, most of them by about 0.2% of their size (median; SAM's
 # largest *relative* moves hit weights close to zero); SAR moves 1% of them by ρ = 0.25 times their own
 # size. A real bit flip is the extreme version of SAR's shape: one weight out of thousands, changed by a
 # factor of 2, 2¹⁶ or 2¹²⁸.
 #
 # Where it lands: SAR puts about 28% of its perturbed weights on the first convolution (4% of the weights),
-# where the census finds damaging flips most often; SAM's ε, proportional to the gradient, puts only 6% of
+# where the census finds damaging flips most often; SAM's ε, proportional to the gradient, puts only about 6.5% of
 # its squared norm there and the rest on the second convolution and the classifier. (ASAM, whose
 # neighbourhood also scales with |w|, concentrates there even more.)
 #
@@ -509,7 +509,8 @@ cost = pd.concat([per_epoch.add_prefix("s/epoch (fit), "), step_ratio.add_prefix
 cost.reindex(ORDER).round(2)
 
 # %% [markdown]
-# Sharpness-aware training roughly **doubles the time per step** (two forward/backward passes per step;
+# Sharpness-aware training roughly **doubles the time per step**, a little more on the ResNet-20 (two
+# forward/backward passes per step;
 # `benchmarks/sam.py` measures SAM/SGD ≈ 2.0-2.1 per step), and SAR's top-k selection adds a little. (The
 # per-epoch seconds from `fit` were measured one run after another on a shared machine, so they mostly
 # show how busy it was; the step-time ratios time the recipes in turn on the same batch and are the fair
@@ -721,9 +722,9 @@ bl.report.claims_table(claims)
 # - **Clean accuracy.** On the small CNN every recipe's mean is within a point of SGD's, but only ASAM's
 #   interval excludes a 1-point loss (*reproduced*); SAM's and SAR's intervals reach about ±2 points (*not
 #   reproduced*: three seeds cannot tell). On the ResNet-20, SAM's interval is ±12 points (not reproduced),
-#   and our SAR loses half the accuracy (*opposite*): our reading of SAR does not keep clean accuracy there.
-# - **Random bit flips, FP32.** No recipe gains on either model (*not reproduced*): exponent-MSB flips
-#   decide the outcome.
+#   and our SAR loses 52 points (0.885 → 0.367: *opposite*): our reading of SAR does not keep clean accuracy there.
+# - **Random bit flips, FP32.** No recipe's gain is resolved on either model (*not reproduced*; the small
+#   CNN's means move by at most about a point): exponent-MSB flips decide the outcome.
 # - **Random bit flips, 8-bit storage** (our extension). ASAM gains about 5 points on the small CNN with an
 #   interval clear of zero (*reproduced*). SAR gains on every seed (0.4 to 5.5 points, mean 3.1), but the
 #   interval still includes zero (*not reproduced* at three seeds); plain SAM neither. On the ResNet-20, SAR
