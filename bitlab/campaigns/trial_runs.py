@@ -25,6 +25,9 @@ from .pbs import LossFn, flipped_values, trial_values
 
 __all__ = ["ChainRun", "chain_run", "refresh", "trial_run", "tried_values"]
 
+#: layers that never write into their input
+_READ_ONLY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
 
 @dataclass
 class ChainRun:
@@ -103,11 +106,14 @@ def tried_values(
     if isinstance(run, GraphRun):
         return trial_values(run, p, flips, y, output, loss_fn)
     k = run.owner[id(p)]
-    tail = run.children[k:]
+    first, rest = run.children[k], run.children[k + 1 :]
+    # the kept input goes to the flipped layer only: a copy where that layer might write into it (a stock
+    # Linear / Conv never does, and without hooks nothing else runs on it; every later layer reads fresh outputs)
+    pure = type(first) in _READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks)
 
     def forward() -> Tensor:
-        h = run.inputs[k].clone()
-        for child in tail:
+        h = first(run.inputs[k] if pure else run.inputs[k].clone())
+        for child in rest:
             h = child(h)
         return h
 
