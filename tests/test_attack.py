@@ -320,3 +320,32 @@ def test_chains_the_trial_runner_does_not_take():
 
     for model in (nn.Sequential(a, nn.ReLU(), b), hooked, Chain(nn.Linear(6, 6))):
         assert isinstance(trial_run(model.eval(), x), GraphRun), model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_tried_flips_equal_the_weight_written_by_hand_and_leave_it_bit_for_bit(dtype, transposed):
+    """The attack's tried flips (written through a NumPy view on the CPU for float32/64, as tensor writes
+    otherwise) score what the layer scores with the weight changed by hand, and put the weight back."""
+    import copy
+
+    from bitlab.campaigns.pbs import attack_loss, finite_or_inf, flipped_values
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4).to(dtype)
+    if transposed:  # non-contiguous: logical order is not memory order
+        lin.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())
+    x, y = torch.randn(5, 6, dtype=dtype), torch.tensor([0, 1, 2, 3, 0])
+    ints = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    before = lin.weight.detach().clone()
+    flips = [(0, 1e30), (7, float("nan")), (23, -0.5), (13, float("-inf"))]
+    with torch.no_grad():
+        got = flipped_values(lin.weight, flips, lambda: lin(x), y, None, attack_loss)
+        want = []
+        for i, new in flips:
+            m = copy.deepcopy(lin)
+            m.weight.data[divmod(i, 6)] = new
+            want.append(finite_or_inf(attack_loss(m(x), y)))
+    assert got == want
+    assert lin.weight.stride() == before.stride()
+    assert torch.equal(lin.weight.detach().view(ints), before.view(ints))
