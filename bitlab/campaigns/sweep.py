@@ -37,11 +37,22 @@ from ..metrics import (
 from ..params import ParamSelection, select_tensors, store_format
 from ..validate import check_int, check_number
 from .journal import Journal, campaign_key, configuration, describe
+from .prefix import ChainPrefix, chain_prefix
 from .runner import Item, Row, Rows, Turns
 from .runner import run as run_items
 from .seeds import trial_generator
 
-__all__ = ["ber_sweep", "summarize", "tolerable_ber", "BerTrials", "ber_trials", "check_sweep", "FORMAT", "VERSION"]
+__all__ = [
+    "ber_sweep",
+    "summarize",
+    "tolerable_ber",
+    "BerTrials",
+    "ber_trials",
+    "check_sweep",
+    "trial_path",
+    "FORMAT",
+    "VERSION",
+]
 
 #: the checkpoint format of the trial campaigns (BER sweeps, ``sweep_t``, activation sweeps)
 FORMAT = "bitlab-campaign-checkpoint"
@@ -71,28 +82,41 @@ class BerTrials:
     clean: dict[str, float]
     extra: dict[str, dict[str, object]] = field(default_factory=dict)
     stores: dict[str, Store] = field(default_factory=dict, repr=False)
+    prefixes: dict[str, ChainPrefix | str] = field(default_factory=dict, repr=False)
     turns: Turns = field(default_factory=Turns, repr=False)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "stores"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("stores", "prefixes")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, stores={})
+        self.__dict__.update(state, stores={}, prefixes={})
 
     def store(self, variant: str) -> Store:
         if variant not in self.stores:
             self.stores[variant] = Store(self.model, self.fmt, self.codecs[variant], self.params)
         return self.stores[variant]
 
+    def prefix(self, variant: str) -> ChainPrefix | str:
+        """The chain's cached clean inputs in the store of ``variant`` (:mod:`.prefix`), built where the
+        items run, or why a trial runs the whole forward."""
+        if variant not in self.prefixes:
+            self.prefixes[variant] = chain_prefix(self.model, self.batches, self.store(variant))
+        return self.prefixes[variant]
+
     def __call__(self, item: Item) -> Row:
         variant, ber, t = item
         assert isinstance(variant, str) and isinstance(ber, float) and isinstance(t, int)
         m = self.metric
         with self.turns.lock:
-            store = self.store(variant)
+            store, chain = self.store(variant), self.prefix(variant)
             with store.corrupted(self.faults[ber], generator=trial_generator(self.seed, "ber", ber, t)) as r:
                 # no flip: the weights are the fault-free store's, bit for bit, so the value is the clean one
-                value = self.clean[variant] if r.flips == 0 else score(self.model, self.batches, m, self.output)
+                if r.flips == 0:
+                    value = self.clean[variant]
+                elif isinstance(chain, ChainPrefix):  # the children from the first hit one, from its clean input
+                    value = chain.score(self.model, self.batches, m, self.output, chain.first_hit(r))
+                else:
+                    value = score(self.model, self.batches, m, self.output)
         row = {
             "ber": ber,
             "trial": t,
@@ -244,7 +268,17 @@ def ber_sweep(
         df["model"] = label
     df.attrs.update(frame_attrs(m, work.clean[""]))
     df.attrs["from_checkpoint"] = reused
+    df.attrs["trial path"] = trial_path(work, "")
     return df
+
+
+def trial_path(work: BerTrials, variant: str) -> str:
+    """How the trials of ``variant`` in this process ran: from the first hit child of a chain, or the whole
+    forward and why (:mod:`.prefix`); "not run here" where every trial ran elsewhere or came from a checkpoint."""
+    chain = work.prefixes.get(variant)
+    if chain is None:
+        return "not run here"
+    return "chain from the first hit child" if isinstance(chain, ChainPrefix) else f"whole forward: {chain}"
 
 
 def summarize(
