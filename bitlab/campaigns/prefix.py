@@ -27,13 +27,13 @@ from ..faults import BitErrorRate
 from ..inject import InjectionReport, Store
 from ..metrics import Metric
 
-__all__ = ["PREFIX_BYTES", "ChainPrefix", "chain_prefix"]
+__all__ = ["PREFIX_BYTES", "READ_ONLY", "ChainPrefix", "chain_prefix"]
 
 #: the most bytes the cached inputs of one store may take (read when a campaign builds its cache)
 PREFIX_BYTES = 1 << 30
 
 #: layers that never write into their input (their kept input is passed without a copy)
-_READ_ONLY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+READ_ONLY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ChainPrefix:
         """``metric``'s mean over ``batches`` with the children from ``start`` on run from their cached
         input: :func:`bitlab.evaluate.score`'s value, float for float."""
         first, rest = self.children[start], self.children[start + 1 :]
-        copy = not (type(first) in _READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks))
+        copy = not (type(first) in READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks))
         parts = []
         with eval_mode(model):
             for b, (_, y) in enumerate(batches):

@@ -22,11 +22,9 @@ from torch import Tensor, nn
 from ..evaluate import Output
 from .census.graph import GraphRun, traced
 from .pbs import LossFn, flipped_values, trial_values
+from .prefix import READ_ONLY
 
 __all__ = ["ChainRun", "chain_run", "refresh", "trial_run", "tried_values"]
-
-#: layers that never write into their input
-_READ_ONLY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 @dataclass
@@ -109,7 +107,7 @@ def tried_values(
     first, rest = run.children[k], run.children[k + 1 :]
     # the kept input goes to the flipped layer only: a copy where that layer might write into it (a stock
     # Linear / Conv never does, and without hooks nothing else runs on it; every later layer reads fresh outputs)
-    pure = type(first) in _READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks)
+    pure = type(first) in READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks)
 
     def forward() -> Tensor:
         h = first(run.inputs[k] if pure else run.inputs[k].clone())
