@@ -46,6 +46,8 @@ __all__ = [
     "resolve_bits",
     "to_unsigned",
     "to_signed",
+    "bit_view",
+    "same_bits",
 ]
 
 
@@ -335,3 +337,24 @@ def check_storable(fmt: Format, dtype: torch.dtype, name: str = "tensor") -> Non
             f"bits do not exist in storage; allowed: fmt=None (the native format, {native}) or a format of at "
             f"most {stored} bits (FP16, BF16, Q(m, n) with 1 + m + n <= {stored}, Int(bits <= {stored}))"
         )
+
+
+def bit_view(t: Tensor) -> Tensor:
+    """A float tensor as integers of its width (its bit patterns); any other tensor as it is."""
+    if t.is_floating_point() and t.element_size() in (2, 4, 8):
+        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t
+
+
+def same_bits(a: object, b: object) -> bool:
+    """Bit for bit the same value (NaN payloads and signs of zero included)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and a.device == b.device
+        return same and torch.equal(bit_view(a), bit_view(b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_bits(u, v) for u, v in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same_bits(a[k], b[k]) for k in a)
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return False
+    return bool(a == b) if type(a) is type(b) else False

@@ -40,6 +40,7 @@ from .formats import (
     is_native,
     native_format,
     resolve_bits,
+    same_bits,
     to_signed,
     to_unsigned,
 )
@@ -131,12 +132,6 @@ class _Slot:
         if self.tensor.data_ptr() != self.data.data_ptr():
             self.tensor.data = self.data
         self.version = self.tensor._version
-
-
-def _same_bits(a: Tensor, b: Tensor) -> bool:
-    """Whether two flat float tensors of one dtype hold the same bits (NaN payloads and signed zeros too)."""
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return bool(torch.equal(a.contiguous().view(ints), b.contiguous().view(ints)))
 
 
 #: models inside a ``corrupted`` context now (any thread): a second context on the same model is refused,
@@ -231,7 +226,7 @@ class Store:
                         slot.stored = stored
                         # a fault-free read that gives the weights back bit for bit: only what a hit changes
                         # is written (the codec's read_changed), and tensors without a hit are left alone
-                        slot.sparse = _same_bits(slot.clean, slot.orig)
+                        slot.sparse = same_bits(slot.clean, slot.orig)
                 self.slots.append(slot)
 
     def _fit(self, name: str, data: Tensor, fmt: Format) -> dict:

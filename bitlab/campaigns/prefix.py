@@ -27,13 +27,19 @@ from ..faults import BitErrorRate
 from ..inject import InjectionReport, Store
 from ..metrics import Metric
 
-__all__ = ["PREFIX_BYTES", "READ_ONLY", "ChainPrefix", "chain_prefix"]
+__all__ = ["PREFIX_BYTES", "READ_ONLY", "ChainPrefix", "chain_prefix", "reads_only"]
 
 #: the most bytes the cached inputs of one store may take (read when a campaign builds its cache)
 PREFIX_BYTES = 1 << 30
 
 #: layers that never write into their input (their kept input is passed without a copy)
 READ_ONLY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def reads_only(m: nn.Module) -> bool:
+    """Whether calling ``m`` leaves its input as it was: a stock layer of :data:`READ_ONLY` without hooks
+    (a hook may write into the input)."""
+    return type(m) in READ_ONLY and not (m._forward_pre_hooks or m._forward_hooks)
 
 
 @dataclass
@@ -53,7 +59,7 @@ class ChainPrefix:
         """``metric``'s mean over ``batches`` with the children from ``start`` on run from their cached
         input: :func:`bitlab.evaluate.score`'s value, float for float."""
         first, rest = self.children[start], self.children[start + 1 :]
-        copy = not (type(first) in READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks))
+        copy = not reads_only(first)
         parts = []
         with eval_mode(model):
             for b, (_, y) in enumerate(batches):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..evaluate import Output
 from .census.graph import GraphRun, traced
 from .pbs import LossFn, flipped_values, trial_values
-from .prefix import READ_ONLY
+from .prefix import reads_only
 
 __all__ = ["ChainRun", "chain_run", "refresh", "trial_run", "tried_values"]
 
@@ -107,7 +107,7 @@ def tried_values(
     first, rest = run.children[k], run.children[k + 1 :]
     # the kept input goes to the flipped layer only: a copy where that layer might write into it (a stock
     # Linear / Conv never does, and without hooks nothing else runs on it; every later layer reads fresh outputs)
-    pure = type(first) in READ_ONLY and not (first._forward_pre_hooks or first._forward_hooks)
+    pure = reads_only(first)
 
     def forward() -> Tensor:
         h = first(run.inputs[k] if pure else run.inputs[k].clone())

@@ -39,8 +39,17 @@ def group_ids(n: int, group: int, interleave: bool = False, device: torch.device
     """The group of each of ``n`` words: runs of ``group`` consecutive words (``i // group``), or,
     interleaved, every ``ceil(n / group)``-th word (``i % ceil(n / group)``), so that neighbours
     (e.g. the weights of one output unit) fall in different groups."""
-    i = torch.arange(n, dtype=torch.int64, device=device)
-    return i % max(1, -(-n // group)) if interleave else i // group
+    return _group_of(torch.arange(n, dtype=torch.int64, device=device), n, group, interleave)
+
+
+def _stride(n: int, group: int) -> int:
+    """How far apart the words of one interleaved group are: ``ceil(n / group)`` (at least 1)."""
+    return max(1, -(-n // group))
+
+
+def _group_of(index: Tensor, n: int, group: int, interleave: bool) -> Tensor:
+    """The group of each word position in ``index`` among ``n`` words (see :func:`group_ids`)."""
+    return index % _stride(n, group) if interleave else index // group
 
 
 def _fold(words: Tensor, width: int, bits: int) -> Tensor:
@@ -79,7 +88,7 @@ def group_checksums(words: Tensor, width: int, group: int, bits: int, interleave
 def _members(groups: Tensor, n: int, group: int, interleave: bool) -> tuple[Tensor, Tensor]:
     """The words of ``groups`` (distinct group ids) among ``n`` words, and the position in ``groups`` of
     each word's group (see :func:`group_ids`)."""
-    stride = max(1, -(-n // group))
+    stride = _stride(n, group)
     if interleave:  # group g holds words g, g + stride, g + 2 * stride, ...
         k = torch.arange(-(-n // stride), dtype=torch.int64, device=groups.device)
         words = groups[:, None] + k[None, :] * stride
@@ -152,8 +161,7 @@ class GroupChecksum(Codec):
         """Only the groups holding a changed word are checked again and read back (every other group's
         words and checksum are the clean ones): the same values as decoding the whole tensor."""
         n = state["n"]
-        stride = max(1, -(-n // self.group))
-        hit = torch.unique(index % stride if self.interleave else index // self.group)
+        hit = torch.unique(_group_of(index, n, self.group, self.interleave))
         elems, owner = _members(hit, n, self.group, self.interleave)
         order = torch.argsort(elems)
         elems, owner = elems[order], owner[order]

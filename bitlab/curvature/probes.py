@@ -1,20 +1,12 @@
-"""Random probe vectors of the stochastic estimators: Rademacher vectors (Hutchinson 1989) drawn from a
-checked CPU ``torch.Generator``, and the integer-argument check the estimators share."""
+"""Random probe vectors of the stochastic estimators: Rademacher vectors (Hutchinson 1989) drawn on the CPU
+(their generators checked by :func:`bitlab.validate.check_cpu_generator`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..validate import check_cpu_generator
-
-__all__ = ["check_generator", "rademacher"]
-
-
-def check_generator(generator: object) -> torch.Generator | None:
-    """``generator`` itself if it is a CPU ``torch.Generator`` or None (torch's global generator): TypeError
-    for another object, ValueError for a CUDA (non-CPU) generator, as the probes are drawn on the CPU."""
-    return check_cpu_generator("generator", generator)
+__all__ = ["rademacher"]
 
 
 def rademacher(n: int, generator: torch.Generator | None, cols: int | None = None) -> Tensor:

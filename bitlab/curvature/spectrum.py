@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..params import ParamSelection
-from ..validate import check_int
-from .probes import check_generator, rademacher
+from ..validate import check_cpu_generator, check_int
+from .probes import rademacher
 from .products import Data, HessianOperator, LossFn, Vec, eval_mode
 
 __all__ = ["METHODS", "slq_density", "slq_nodes", "top_eigenvalues"]
@@ -156,7 +156,7 @@ def top_eigenvalues(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     with eval_mode(model, mode):
         op = HessianOperator(model, loss_fn, data, params)
         if k > op.n:
@@ -195,7 +195,7 @@ def slq_nodes(
     weights)``, flat, with weights summing to 1: ``sum tau_j f(theta_j) ~ Tr(f(H)) / n``."""
     check_int("n_v", n_v, 1)
     check_int("m", m, 1)
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     with eval_mode(model, mode):
         op = HessianOperator(model, loss_fn, data, params)
         nodes, weights = [], []

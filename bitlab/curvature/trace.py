@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from ..evaluate import to_device
 from ..params import ParamSelection
-from ..validate import check_int
+from ..validate import check_cpu_generator, check_int
 from .kernels import double_backward, explain, is_double_backward_error
 from .losses import as_batch_loss
-from .probes import check_generator, rademacher
+from .probes import rademacher
 from .products import LOW_PRECISION, Data, HessianOperator, LossFn, eval_mode, hessian_params
 
 __all__ = [
@@ -73,7 +73,7 @@ def hutchinson_trace(
     check_int("max_probes", max_probes, 1)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     with eval_mode(model, mode):
         op = HessianOperator(model, loss_fn, data, params)
         if n_probes is not None:
@@ -113,7 +113,7 @@ def hutchpp_trace(
     ``n_hvp - 2s`` probes. ``samples`` are ``Tr(Q^T H Q) + g_i^T H g_i`` per residual probe ``g_i``, so
     ``stderr`` is the residual part's standard error (NaN with a single residual probe)."""
     check_int("n_hvp", n_hvp, 3)
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     with eval_mode(model, mode):
         op = HessianOperator(model, loss_fn, data, params)
         s = min(n_hvp // 3, op.n)
@@ -178,7 +178,7 @@ def xtrace(
     (:func:`xtrace_estimates`), ``samples`` holds them and ``stderr`` is their standard deviation over
     ``sqrt(m)`` (the paper's error estimate). Exact when ``H`` has rank below ``m``."""
     check_int("n_hvp", n_hvp, 4)
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     with eval_mode(model, mode):
         op = HessianOperator(model, loss_fn, data, params)
         m = min(n_hvp // 2, op.n)
@@ -231,7 +231,7 @@ def trace_penalty(
     kernels have no double backward, and the RuntimeError then says so). Its expectation over the probes is
     ``Tr(H)``. Float16/bfloat16 parameters are refused by name (train in float32, e.g. under autocast)."""
     check_int("n_probes", n_probes, 1)
-    generator = check_generator(generator)
+    generator = check_cpu_generator("generator", generator)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
         raise ValueError(
             f"loss must be a scalar tensor, got {type(loss).__name__} "

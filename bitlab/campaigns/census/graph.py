@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.fx.proxy import Attribute
 
 from ...evaluate import correct
+from ...formats import bit_view, same_bits
 
 #: a node's value: a tensor, a tuple of them, or any Python value the graph passes along
 Value = Any
@@ -300,27 +301,6 @@ def storage_key(t: Tensor) -> int | None:
         return t.untyped_storage().data_ptr() or None
     except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested and other tensors
         return None
-
-
-def bit_view(t: Tensor) -> Tensor:
-    """A float tensor as integers of its width (its bit patterns); any other tensor as it is."""
-    if t.is_floating_point() and t.element_size() in (2, 4, 8):
-        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-    return t
-
-
-def same_bits(a: object, b: object) -> bool:
-    """Bit for bit the same value (NaN payloads and signs of zero included)."""
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        same = a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and a.device == b.device
-        return same and torch.equal(bit_view(a), bit_view(b))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_bits(u, v) for u, v in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return list(a) == list(b) and all(same_bits(a[k], b[k]) for k in a)
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return False
-    return bool(a == b) if type(a) is type(b) else False
 
 
 def _tensors(v: object) -> list[Tensor]:
