@@ -51,8 +51,9 @@ def _both(model, data, **kw):
         lambda: bl.models.mlp(),
         _mlp_bn,
         lambda: bl.models.mlp().to(torch.bfloat16),
+        lambda: bl.models.mlp().to(torch.float16),
     ],
-    ids=["mlp", "batchnorm+inplace relu", "bfloat16"],
+    ids=["mlp", "batchnorm+inplace relu", "bfloat16", "float16"],
 )
 @pytest.mark.parametrize(
     "store",
