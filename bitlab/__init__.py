@@ -3,7 +3,7 @@
 A small, readable library behind a notebook series that reproduces five papers on bit-flip faults in
 DNN parameters and activations. The layout follows the pipeline::
 
-    formats -> codecs -> faults (params) -> inject -> evaluate (metrics) -> campaigns
+    formats -> codecs -> faults (draws, params) -> inject -> evaluate (metrics) -> campaigns
                                                       training, curvature, zoo on the side
 
 The pipeline's own names (formats, fault models, codecs, ``corrupted``) load with ``import bitlab``;
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from . import activation_faults, codecs, faults, formats, inject, params
+from . import activation_faults, codecs, draws, faults, formats, inject, params
 from ._version import __version__
 from .codecs import SECDED, Codec, GroupChecksum, Identity, ParityNulling, RangeNulling, Unary, WeightScaling
 from .faults import BitErrorRate, BitFlips, FlipList, SingleBitFlip, StuckAt
@@ -96,6 +96,7 @@ __all__ = [
     "__version__",
     "activation_faults",
     "codecs",
+    "draws",
     "faults",
     "formats",
     "inject",

@@ -61,12 +61,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     back its own previous mode, so a model with some submodules in train mode and others in eval mode
     comes back exactly as it was (restoring with the root's flag alone would reset them all to it)."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(mode for _, mode in flags):  # a model already in eval mode (every trial of a campaign) is left be
+        model.eval()
     try:
         yield model
     finally:
         for m, mode in flags:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -14,12 +14,15 @@ the bit space is then the union of each tensor's own words times its own bits.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .draws import SHUFFLE_TOTAL, sample_distinct, shuffle_prefix
 from .formats import BitSelection
 from .validate import check_int
 
@@ -33,7 +36,11 @@ __all__ = [
     "SingleBitFlip",
     "StuckAt",
     "sample_distinct",
+    "shuffle_prefix",
+    "SHUFFLE_TOTAL",
     "fault_words",
+    "check_mode",
+    "MODES",
     "read_at",
     "write_at",
     "FlipList",
@@ -81,28 +88,23 @@ class Sites:
         """The tensors some site hits."""
         return set(self.tensor.unique().tolist()) if len(self) else set()
 
+    def by_tensor(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{i: self.of(i)}`` for every tensor ``i`` some site hits, from one stable sort (each tensor's
+        sites in their order here)."""
+        if not len(self):
+            return {}
+        t = self.tensor.cpu().numpy()
+        order = np.argsort(t, kind="stable")
+        ts, word, bit = t[order], self.word.cpu().numpy()[order], self.bit.cpu().numpy()[order]
+        cuts = [0, *(np.flatnonzero(ts[1:] != ts[:-1]) + 1).tolist(), len(ts)]
+        return {
+            int(ts[a]): (torch.from_numpy(word[a:b]), torch.from_numpy(bit[a:b])) for a, b in itertools.pairwise(cuts)
+        }
+
 
 def _empty_sites() -> Sites:
     e = torch.empty(0, dtype=torch.int64)
     return Sites(e, e, e)
-
-
-def sample_distinct(total: int, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """``k`` distinct integers drawn uniformly from ``[0, total)``, in O(k) time and memory
-    (rejection of repeats), falling back to a permutation when ``k`` is a large share of ``total``."""
-    if k < 0 or k > total:
-        raise ValueError(f"k: cannot draw {k} distinct positions from {total}; allowed 0..{total}")
-    if k == 0:
-        return torch.empty(0, dtype=torch.int64)
-    if 4 * k > total or total <= 1 << 16:
-        return torch.randperm(total, generator=generator)[:k]
-    picked = torch.empty(0, dtype=torch.int64)
-    while picked.numel() < k:
-        need = k - picked.numel()
-        draw = torch.randint(0, total, (need + need // 8 + 16,), generator=generator)
-        picked = torch.unique(torch.cat([picked, draw]))
-    # unique() sorts; a random subset of a uniform distinct set is still uniform
-    return picked[torch.randperm(picked.numel(), generator=generator)[:k]]
 
 
 def _n_bits(sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> int:
@@ -111,25 +113,28 @@ def _n_bits(sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _tables(sizes: tuple[int, ...], per: tuple[tuple[int, ...], ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _tables(sizes: tuple[int, ...], per: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, ...]:
     """The lookup tables of :func:`_locate` for one store layout, built once (a campaign reuses them for
     every trial): bits per tensor, position bounds, bit offsets and the flat bit table."""
-    nb = torch.tensor([len(b) for b in per], dtype=torch.int64)
-    bounds = torch.cat([torch.zeros(1, dtype=torch.int64), (torch.tensor(sizes, dtype=torch.int64) * nb).cumsum(0)])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), nb.cumsum(0)])
-    bit_table = torch.tensor([b for bits in per for b in bits], dtype=torch.int64)
+    nb = np.array([len(b) for b in per], dtype=np.int64)
+    bounds = np.concatenate([[0], (np.array(sizes, dtype=np.int64) * nb).cumsum()]).astype(np.int64)
+    offsets = np.concatenate([[0], nb.cumsum()]).astype(np.int64)
+    bit_table = np.array([b for bits in per for b in bits], dtype=np.int64)
     return nb, bounds, offsets, bit_table
 
 
 def _locate(flat: Tensor, sizes: Sequence[int], per: Sequence[tuple[int, ...]]) -> Sites:
     """Map positions in the concatenated (tensor, word, selected bit) space to sites; tensor ``i``
-    spans ``sizes[i] * len(per[i])`` positions, word-major."""
+    spans ``sizes[i] * len(per[i])`` positions, word-major (in NumPy: a trial's few sites in a few calls)."""
     if flat.numel() == 0:
         return _empty_sites()
     nb, bounds, offsets, bit_table = _tables(tuple(sizes), tuple(per))
-    t = torch.searchsorted(bounds, flat, right=True) - 1
-    local = flat - bounds[t]
-    return Sites(t, local // nb[t], bit_table[offsets[t] + local % nb[t]])
+    pos = flat.numpy()
+    t = np.searchsorted(bounds, pos, side="right") - 1
+    local = pos - bounds[t]
+    per_word = nb[t]
+    word, k = np.divmod(local, per_word)
+    return Sites(torch.from_numpy(t), torch.from_numpy(word), torch.from_numpy(bit_table[offsets[t] + k]))
 
 
 def _sizes(shapes: Sequence[Sequence[int]]) -> list[int]:
@@ -337,9 +342,20 @@ class FlipList(Fault):
         return f"{len(self.flips)} listed flips"
 
 
+#: how a fault site changes its bit
+MODES = ("flip", "stuck0", "stuck1")
+
+
+def check_mode(mode: object) -> None:
+    """Refuse a fault mode other than :data:`MODES`, by name."""
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
+
+
 def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "flip") -> Tensor:
     """Faulty copies of ``words`` (one per unique word) given the sites: ``word_of_site[j]``
     indexes into ``words`` and ``bits[j]`` is the bit hit. Distinct sites in one word combine."""
+    check_mode(mode)
     masks = torch.zeros_like(words).index_add_(0, word_of_site, torch.ones_like(bits).bitwise_left_shift(bits))
     if mode == "flip":
         return words ^ masks
@@ -347,7 +363,7 @@ def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "
         return words | masks
     if mode == "stuck0":
         return words & ~masks
-    raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
+    raise AssertionError(mode)
 
 
 def read_at(t: Tensor, idx: Tensor) -> Tensor:
@@ -356,9 +372,24 @@ def read_at(t: Tensor, idx: Tensor) -> Tensor:
     return t.view(-1)[idx] if t.is_contiguous() else t[torch.unravel_index(idx, t.shape)]
 
 
+#: the dtypes :func:`write_at` writes through NumPy on the CPU (the integer views of stored words, floats)
+_NUMPY_WORDS = (
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+)
+
+
 def write_at(t: Tensor, idx: Tensor, values: Tensor) -> None:
     """Write ``values`` into ``t`` at logical flat indices ``idx``, in place, whatever its strides."""
-    if t.is_contiguous():
+    if t.device.type == "cpu" and t.dtype == values.dtype and t.dtype in _NUMPY_WORDS and t.is_contiguous():
+        t.detach().numpy().reshape(-1)[idx.numpy()] = values.detach().numpy()  # a few elements: NumPy's call is cheaper
+    elif t.is_contiguous():
         t.view(-1)[idx] = values
     else:
         t[torch.unravel_index(idx, t.shape)] = values

@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .activation_faults import ActivationReport, corrupted_activations
 from .codecs.base import Codec, Identity, subset_state
 from .coverage import CoverageWarning
-from .faults import Fault, FlipList, SingleBitFlip, Sites, fault_words, read_at, write_at
+from .faults import Fault, FlipList, SingleBitFlip, Sites, check_mode, fault_words, read_at, write_at
 from .formats import (
     FloatFormat,
     Format,
@@ -157,6 +158,29 @@ _TRAINING_HINT = (
 )
 
 
+_NO_SITES = torch.empty(0, dtype=torch.int64)
+
+
+def _write_words_numpy(ints: Tensor, word: Tensor, bit: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The native write of :meth:`Store._write` on the CPU, through a NumPy view of the words (a
+    trial's handful of flips in a few calls instead of a dozen tensor ops): the hit words' bits change as
+    :func:`~bitlab.faults.fault_words` changes them (distinct sites of one word combine). Returns what the
+    store restores on exit: the words, the hit indices and their old values."""
+    check_mode(mode)
+    arr = ints.numpy().reshape(-1)  # the parameter's own memory
+    at = word.numpy()
+    hit = np.unique(at)
+    old = arr[hit].copy()
+    masks = np.left_shift(np.ones(len(at), dtype=arr.dtype), bit.numpy().astype(arr.dtype))  # wraps at the sign bit
+    if mode == "flip":
+        np.bitwise_xor.at(arr, at, masks)
+    elif mode == "stuck1":
+        np.bitwise_or.at(arr, at, masks)
+    else:
+        np.bitwise_and.at(arr, at, ~masks)
+    return ints, torch.from_numpy(hit), torch.from_numpy(old)
+
+
 class Store:
     """A model's tensors as kept in a faulty store: number format ``fmt`` plus protection ``codec``.
 
@@ -258,6 +282,9 @@ class Store:
                 return
             assert isinstance(f, FloatFormat)
             ints = data.view(f.int_dtype)
+            if ints.device.type == "cpu" and ints.is_contiguous():
+                saved.append(_write_words_numpy(ints, word, bit, mode))
+                return
             uidx, inv = torch.unique(word, return_inverse=True)
             old = read_at(ints, uidx).clone()
             saved.append((ints, uidx, old))
@@ -339,13 +366,13 @@ class Store:
             with torch.no_grad():
                 sites = fault.sample(self.names, self.shapes, bits, generator)
                 report = InjectionReport(fault.label(), self.fmt_name, self.codec.name, self.names, sites)
-                hit = sites.hit()
+                hit = sites.by_tensor()
                 for i, slot in enumerate(self.slots):
                     report.formats[slot.name] = slot.fmt.name
                     if i not in hit and (slot.words or slot.sparse):  # nothing to write, nothing to save
                         report.per_param[slot.name] = 0
                         continue
-                    word, bit = sites.of(i)
+                    word, bit = hit[i] if i in hit else (_NO_SITES, _NO_SITES)
                     report.per_param[slot.name] = int(word.numel())
                     self._write(slot, word, bit, fault.mode, saved)
                     slot.version = slot.tensor._version

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import bitlab as bl
 from bitlab.codecs.checksum import group_checksums, missed
+from bitlab.formats import same_bits
 
 FORMATS = [bl.FP32, bl.FP16, bl.Q(2, 5), bl.Int(8), bl.Int(4, per_channel=True)]
 
@@ -211,7 +212,7 @@ def test_read_changed_equals_decoding_the_whole_tensor(fmt, group, bits, interle
     idx, vals = c.read_changed(stored, fmt, state, index, faulty[index])
     got = c.decode(stored, fmt, state).clone()
     got[idx] = vals
-    assert torch.equal(got, want)
+    assert same_bits(got, want)  # bit for bit: a hit can read back as NaN, which torch.equal never equals
     assert idx.numel() <= min(n, len(index) * group)  # the groups hit, not the tensor
 
 

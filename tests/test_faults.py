@@ -4,9 +4,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bitlab as bl
-from bitlab.faults import fault_words, sample_distinct
+from bitlab.faults import SHUFFLE_TOTAL, fault_words, sample_distinct, shuffle_prefix
 
 SHAPES = [torch.Size([1000, 100]), torch.Size([50]), torch.Size([3, 3, 7])]
 NAMES = ["a", "b", "c"]
@@ -58,6 +60,37 @@ def test_sample_distinct_is_uniform():
     expected = 40 * 500 / 100
     chi2 = ((hits - expected) ** 2 / expected).sum().item()
     assert chi2 < 160  # 99 dof: the 0.9999 quantile is about 155
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(1, SHUFFLE_TOTAL),
+    share=st.floats(0, 1),
+    seed=st.integers(0, 2**63 - 1),
+    before=st.integers(0, 700),  # draws taken before, so the Mersenne twister's refill falls anywhere
+)
+def test_shuffle_prefix_is_randperms_prefix(total, share, seed, before):
+    """The O(k) prefix takes exactly the positions of torch.randperm's own shuffle: the rows of a small
+    store's sweeps do not depend on which path sample_distinct took."""
+    k = int(share * total)
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    torch.randint(0, 10, (before,), generator=g1), torch.randint(0, 10, (before,), generator=g2)
+    assert torch.equal(shuffle_prefix(total, k, g1), torch.randperm(total, generator=g2)[:k])
+
+
+@pytest.mark.parametrize("total,k", [(60_736, 6), (60_736, 5_000), (4_096, 1), (65_536, 64)])
+def test_sample_distinct_small_space_is_randperms_prefix(total, k):
+    """Both paths of a small space (the prefix for a few flips, the permutation for many) give randperm's
+    first k positions from a fresh generator."""
+    got = sample_distinct(total, k, torch.Generator().manual_seed(11))
+    assert torch.equal(got, torch.randperm(total, generator=torch.Generator().manual_seed(11))[:k])
+
+
+def test_shuffle_prefix_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="k, total"):
+        shuffle_prefix(10, 11)
+    with pytest.raises(ValueError, match="k, total"):
+        shuffle_prefix(SHUFFLE_TOTAL + 1, 1)
 
 
 def test_bitflips_exact_count():

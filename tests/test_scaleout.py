@@ -373,3 +373,29 @@ def test_a_class_the_pool_workers_cannot_import_is_named(tmp_path, executors):
     _, data = _mlp()
     with pytest.raises(TypeError, match="importable module"):
         ber_sweep(net, data, [1e-2], trials=2, progress=False, executor=executors["pool"])
+
+
+def _worker_settings() -> tuple[object, object, object]:
+    import os
+
+    import dask
+
+    return (
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.tick.interval"),
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+    )
+
+
+def test_local_cluster_starts_its_workers_quiet():
+    """local_cluster's workers run without the 10-ms stack sampler, with its calmer tick (or the one
+    ``config`` asks for) and without Dask's malloc trimming."""
+    from bitlab.campaigns.runner import QUIET, local_cluster
+
+    assert QUIET["distributed.worker.profile.enabled"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = local_cluster(1, 1, config={"distributed.admin.tick.interval": "2s"}, silence_logs=50)
+    with cluster, distributed.Client(cluster) as client:
+        got = list(client.run(_worker_settings).values())
+    assert got == [(False, "2s", None)]
