@@ -30,7 +30,10 @@ activations, and a trial of the digits CNN took 1.6x as long on such a worker (6
 in process, measured here). :func:`local_cluster` starts a LocalCluster without it; on a real
 cluster, start the workers with ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` unset
 in the Dask configuration (or a large value, e.g. the environment variable
-``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=4294967296``).
+``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=4294967296``). Where the workers
+share a few cores with the scheduler and the client, the rest of :data:`QUIET` (no 10-ms stack
+sampling, a calmer event-loop tick and monitors) gives back a few percent more; put it in the workers'
+Dask configuration (a YAML file or ``DASK_...`` variables) to the same effect.
 
 A failing item raises :class:`ItemError` naming the item, the error and the worker's traceback; the
 items finished before it are in the checkpoint. The caller's model is only read (pickled) by the

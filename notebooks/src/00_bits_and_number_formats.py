@@ -77,6 +77,7 @@ pd.DataFrame(rows).set_index("format")
 
 # %%
 data = bl.data.digits(seed=0)
+torch.manual_seed(SEEDS[0])   # the initial weights too: torch seeds its generator afresh in every process
 mlp = bl.models.mlp()
 history = bl.train.fit(mlp, data.train, epochs=30, seed=SEEDS[0])
 clean_acc = bl.train.accuracy(mlp, data.test)
@@ -205,6 +206,7 @@ assert abs(t[30]) > 1e30 and abs(t[30] / typical) == 2.0 ** 128
 # %%
 censuses = []
 for seed in SEEDS:
+    torch.manual_seed(seed)
     model = bl.models.mlp()
     bl.train.fit(model, data.train, epochs=30, seed=seed)
     c = bl.campaign.naive_bit_census(model, data.test, bits="all", n_weights=N_WEIGHTS, seed=seed)

@@ -45,6 +45,7 @@ _ = torch.manual_seed(SEED)
 
 # %%
 data = bl.data.digits(seed=0)
+torch.manual_seed(SEED)   # the initial weights: torch seeds its global generator afresh in every process
 model = bl.models.small_cnn()
 bl.train.fit(model, data.train, epochs=15, seed=SEED)
 model.eval()
