@@ -4,8 +4,9 @@ single-threaded worker processes, and the cost of one trial against a plain forw
 Three numbers, each against a baseline measured in the same run:
 
 * ``dask ratio``: trials per second of the sweep on the cluster over trials per second in process
-  (target on a 2-core machine: >= 1.7). The cluster is started before the clock starts; scattering
-  the model and data is inside it.
+  (target on a 2-core machine: >= 1.7), medians of ``--sweeps`` runs of each, interleaved (one sweep
+  takes about a second here, and a single one varies by 20-30% from run to run on this shared
+  machine). The cluster is started before the clock starts; scattering the model and data is inside it.
   The cluster comes from :func:`bitlab.campaigns.runner.local_cluster` (Dask's default workers trim
   malloc so aggressively that a torch trial costs 1.6x as much; see the runner's notes).
 * the per-task overhead of the Dask path: a round trip of no-op tasks, and what the sweep on the
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=200, help="trials per rate")
     ap.add_argument("--rates", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=300, help="timings of the trial-cost ratio")
+    ap.add_argument("--sweeps", type=int, default=5, help="timed sweeps of each kind (medians)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -142,15 +144,18 @@ def main() -> None:
 
     # -- the sweep in process and on the cluster ---------------------------------------------
     kw = dict(bers=bers, trials=args.trials, seed=0, progress=False, fmt=FP32)
-    t0 = time.perf_counter()
-    serial = ber_sweep(model, data, **kw)
-    t_serial = time.perf_counter() - t0
+    serial_s, dask_s = [], []
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         client.run(torch.set_num_threads, 1)
         ber_sweep(model, data, **{**kw, "bers": bers[:1], "trials": 2}, executor=client)  # warm the workers
-        t0 = time.perf_counter()
-        on_dask = ber_sweep(model, data, **kw, executor=client)
-        t_dask = time.perf_counter() - t0
+        for _ in range(args.sweeps):  # interleaved, the cluster idle during the serial runs
+            t0 = time.perf_counter()
+            serial = ber_sweep(model, data, **kw)
+            serial_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            on_dask = ber_sweep(model, data, **kw, executor=client)
+            dask_s.append(time.perf_counter() - t0)
+        t_serial, t_dask = statistics.median(serial_s), statistics.median(dask_s)
         tasks = 200
         t0 = time.perf_counter()
         client.gather(client.map(_noop, range(tasks), pure=False))
@@ -159,8 +164,11 @@ def main() -> None:
     if not same:
         print(serial.compare(on_dask).head(10))
     chunks = 4 * 2  # the runner's default: 4 chunks per worker (one stage: no stop_at)
-    print(f"in process: {n / t_serial:.1f} trials/s ({t_serial:.2f} s)")
-    print(f"dask, 2 workers x 1 thread: {n / t_dask:.1f} trials/s ({t_dask:.2f} s); frames equal: {same}")
+    print(f"in process: {n / t_serial:.1f} trials/s ({t_serial:.2f} s, median of {args.sweeps})")
+    print(
+        f"dask, 2 workers x 1 thread: {n / t_dask:.1f} trials/s ({t_dask:.2f} s, median of {args.sweeps}); "
+        f"frames equal: {same}"
+    )
     print(
         f"dask per-task overhead: no-op round trip {t_noop * 1e3:.2f} ms; sweep beyond its serial share "
         f"{(2 * t_dask - t_serial) / chunks * 1e3:.1f} ms per task ({chunks} tasks)"
