@@ -40,7 +40,7 @@ __all__ = [
     "SHUFFLE_TOTAL",
     "fault_words",
     "check_mode",
-    "MODES",
+    "FAULT_MODES",
     "read_at",
     "write_at",
     "FlipList",
@@ -343,12 +343,12 @@ class FlipList(Fault):
 
 
 #: how a fault site changes its bit
-MODES = ("flip", "stuck0", "stuck1")
+FAULT_MODES = ("flip", "stuck0", "stuck1")
 
 
 def check_mode(mode: object) -> None:
-    """Refuse a fault mode other than :data:`MODES`, by name."""
-    if mode not in MODES:
+    """Refuse a fault mode other than :data:`FAULT_MODES`, by name."""
+    if mode not in FAULT_MODES:
         raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
 
 
@@ -361,9 +361,7 @@ def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "
         return words ^ masks
     if mode == "stuck1":
         return words | masks
-    if mode == "stuck0":
-        return words & ~masks
-    raise AssertionError(mode)
+    return words & ~masks  # stuck0
 
 
 def read_at(t: Tensor, idx: Tensor) -> Tensor:
@@ -372,24 +370,9 @@ def read_at(t: Tensor, idx: Tensor) -> Tensor:
     return t.view(-1)[idx] if t.is_contiguous() else t[torch.unravel_index(idx, t.shape)]
 
 
-#: the dtypes :func:`write_at` writes through NumPy on the CPU (the integer views of stored words, floats)
-_NUMPY_WORDS = (
-    torch.int8,
-    torch.uint8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.float16,
-    torch.float32,
-    torch.float64,
-)
-
-
 def write_at(t: Tensor, idx: Tensor, values: Tensor) -> None:
     """Write ``values`` into ``t`` at logical flat indices ``idx``, in place, whatever its strides."""
-    if t.device.type == "cpu" and t.dtype == values.dtype and t.dtype in _NUMPY_WORDS and t.is_contiguous():
-        t.detach().numpy().reshape(-1)[idx.numpy()] = values.detach().numpy()  # a few elements: NumPy's call is cheaper
-    elif t.is_contiguous():
+    if t.is_contiguous():
         t.view(-1)[idx] = values
     else:
         t[torch.unravel_index(idx, t.shape)] = values

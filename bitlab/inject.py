@@ -160,6 +160,24 @@ _TRAINING_HINT = (
 
 _NO_SITES = torch.empty(0, dtype=torch.int64)
 
+#: dtypes of the stored tensors (``p.data`` or its integer view) a Store restores through NumPy on the CPU
+_NUMPY_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
+
+
+def _restore(data: Tensor, idx: Tensor, values: Tensor) -> None:
+    """Put a Store's saved elements back into ``data`` (a parameter's ``.data`` or an integer view of it,
+    which autograd does not track): through NumPy for a few elements of a contiguous CPU tensor (one call
+    instead of a tensor op), else :func:`~bitlab.faults.write_at`."""
+    if (
+        data.device.type == "cpu"
+        and data.dtype == values.dtype
+        and data.dtype in _NUMPY_DTYPES
+        and data.is_contiguous()
+    ):
+        data.numpy().reshape(-1)[idx.numpy()] = values.numpy()
+    else:
+        write_at(data, idx, values)
+
 
 def _write_words_numpy(ints: Tensor, word: Tensor, bit: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
     """The native write of :meth:`Store._write` on the CPU, through a NumPy view of the words (a
@@ -387,7 +405,7 @@ class Store:
                     if uidx is None:
                         data.copy_(values.view(data.shape))
                     else:
-                        write_at(data, uidx, values)
+                        _restore(data, uidx, values)
                 for b, value in buffers:  # e.g. BatchNorm statistics updated by a train-mode forward inside
                     b.copy_(value)
                 for s in self.slots:

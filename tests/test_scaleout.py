@@ -375,27 +375,32 @@ def test_a_class_the_pool_workers_cannot_import_is_named(tmp_path, executors):
         ber_sweep(net, data, [1e-2], trials=2, progress=False, executor=executors["pool"])
 
 
-def _worker_settings() -> tuple[object, object, object]:
-    import os
-
-    import dask
-
-    return (
-        dask.config.get("distributed.worker.profile.enabled"),
-        dask.config.get("distributed.admin.tick.interval"),
-        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-    )
-
-
 def test_local_cluster_starts_its_workers_quiet():
     """local_cluster's workers run without the 10-ms stack sampler, with its calmer tick (or the one
-    ``config`` asks for) and without Dask's malloc trimming."""
+    ``config`` asks for) and without Dask's malloc trimming, also after a restart and when added by
+    scale(); run after the module's default LocalCluster, whose nannies left Dask's trim value in
+    os.environ."""
     from bitlab.campaigns.runner import QUIET, local_cluster
+
+    def _worker_settings() -> tuple[object, object, object]:  # shipped by value, run on the worker
+        import os
+
+        import dask
+
+        return (
+            dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"),
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        )
 
     assert QUIET["distributed.worker.profile.enabled"] is False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = local_cluster(1, 1, config={"distributed.admin.tick.interval": "2s"}, silence_logs=50)
     with cluster, distributed.Client(cluster) as client:
-        got = list(client.run(_worker_settings).values())
-    assert got == [(False, "2s", None)]
+        assert list(client.run(_worker_settings).values()) == [(False, "2s", None)]
+        client.restart()  # a restarted worker keeps them
+        assert list(client.run(_worker_settings).values()) == [(False, "2s", None)]
+        cluster.scale(2)  # and so does one added later
+        client.wait_for_workers(2, timeout=60)
+        assert list(client.run(_worker_settings).values()) == [(False, "2s", None)] * 2

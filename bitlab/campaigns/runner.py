@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..progress import bar as progress_bar
+from .cluster import QUIET, local_cluster
 from .journal import NON_FINITE, Journal
 from .seeds import Key
 
@@ -135,49 +136,6 @@ def _start_method(pool: cf.ProcessPoolExecutor) -> str:
 
         return multiprocessing.get_start_method()
     return str(context.get_start_method())
-
-
-#: the Dask settings :func:`local_cluster` starts its scheduler and workers with: no aggressive malloc
-#: trimming (see the module notes); no sampling of the running task's stack every 10 ms (the dashboard's
-#: profile page); the event-loop tick, memory monitor and system monitor at a calmer pace; no work stealing
-#: (a campaign's chunks are equal by construction). On a 2-core machine, where the scheduler, the client
-#: and the workers share the cores, a sweep's chunks took about 8% less worker time with them (compute
-#: 1.01-1.09 s against 1.09-1.18 s for the same 1,200 trials, four runs each).
-#: the MALLOC_TRIM_THRESHOLD_ Dask's nannies set by default (and leave in the environment of their process)
-DASK_TRIM = "65536"
-
-QUIET: dict[str, object] = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.tick.interval": "1s",
-    "distributed.worker.memory.monitor-interval": "1s",
-    "distributed.admin.system-monitor.interval": "5s",
-    "distributed.scheduler.work-stealing": False,
-}
-
-
-def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, config: dict | None = None, **kwargs: Any) -> Any:
-    """A ``dask.distributed.LocalCluster`` of ``n_workers`` processes with ``threads_per_worker`` threads
-    each, set up for torch campaigns with the settings :data:`QUIET` (updated by ``config``, e.g.
-    ``{"distributed.worker.profile.enabled": True}`` to see the dashboard's profile), one OpenMP thread
-    per worker thread (Dask's default), no dashboard unless ``dashboard_address`` is given. Use it as
-    ``Client(local_cluster(2))``; close it (or use it in a ``with`` block) when done."""
-    import dask
-    from distributed import LocalCluster  # an optional extra: pip install bitlab[dask]
-
-    kwargs.setdefault("dashboard_address", None)
-    # a Nanny copies its pre-spawn variables into this process's os.environ for good, and a variable already
-    # there wins over the configuration: after a default Dask cluster in this process, Dask's own trim value
-    # would reach these workers too
-    left = os.environ.get("MALLOC_TRIM_THRESHOLD_") == DASK_TRIM
-    if left:
-        del os.environ["MALLOC_TRIM_THRESHOLD_"]
-    try:
-        with dask.config.set({**QUIET, **(config or {})}):
-            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, **kwargs)
-    finally:
-        if left:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = DASK_TRIM
 
 
 def _one(work: Work, item: Item) -> Row:
