@@ -120,6 +120,8 @@ def _tables(sizes: tuple[int, ...], per: tuple[tuple[int, ...], ...]) -> tuple[n
     bounds = np.concatenate([[0], (np.array(sizes, dtype=np.int64) * nb).cumsum()]).astype(np.int64)
     offsets = np.concatenate([[0], nb.cumsum()]).astype(np.int64)
     bit_table = np.array([b for bits in per for b in bits], dtype=np.int64)
+    for table in (nb, bounds, offsets, bit_table):
+        table.flags.writeable = False  # shared by every trial of the layout (cached)
     return nb, bounds, offsets, bit_table
 
 

@@ -86,6 +86,19 @@ def test_sample_distinct_small_space_is_randperms_prefix(total, k):
     assert torch.equal(got, torch.randperm(total, generator=torch.Generator().manual_seed(11))[:k])
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 99), st.integers(0, 31)), max_size=40, unique=True))
+def test_by_tensor_groups_like_of(sites):
+    """One sort groups the sites per tensor as a mask per tensor (``of``) does, in the same order."""
+    t, w, b = (torch.tensor([s[k] for s in sites], dtype=torch.int64) for k in range(3))
+    s = bl.faults.Sites(t, w, b)
+    groups = s.by_tensor()
+    assert set(groups) == s.hit()
+    for i, (word, bit) in groups.items():
+        want_word, want_bit = s.of(i)
+        assert torch.equal(word, want_word) and torch.equal(bit, want_bit)
+
+
 def test_shuffle_prefix_rejects_bad_sizes():
     with pytest.raises(ValueError, match="k, total"):
         shuffle_prefix(10, 11)
