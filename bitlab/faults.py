@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .draws import SHUFFLE_TOTAL, sample_distinct, shuffle_prefix
+from .draws import sample_distinct
 from .formats import BitSelection
 from .validate import check_int
 
@@ -36,11 +36,7 @@ __all__ = [
     "SingleBitFlip",
     "StuckAt",
     "sample_distinct",
-    "shuffle_prefix",
-    "SHUFFLE_TOTAL",
     "fault_words",
-    "check_mode",
-    "FAULT_MODES",
     "read_at",
     "write_at",
     "FlipList",
@@ -344,26 +340,17 @@ class FlipList(Fault):
         return f"{len(self.flips)} listed flips"
 
 
-#: how a fault site changes its bit
-FAULT_MODES = ("flip", "stuck0", "stuck1")
-
-
-def check_mode(mode: object) -> None:
-    """Refuse a fault mode other than :data:`FAULT_MODES`, by name."""
-    if mode not in FAULT_MODES:
-        raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
-
-
 def fault_words(words: Tensor, word_of_site: Tensor, bits: Tensor, mode: str = "flip") -> Tensor:
     """Faulty copies of ``words`` (one per unique word) given the sites: ``word_of_site[j]``
     indexes into ``words`` and ``bits[j]`` is the bit hit. Distinct sites in one word combine."""
-    check_mode(mode)
     masks = torch.zeros_like(words).index_add_(0, word_of_site, torch.ones_like(bits).bitwise_left_shift(bits))
     if mode == "flip":
         return words ^ masks
     if mode == "stuck1":
         return words | masks
-    return words & ~masks  # stuck0
+    if mode == "stuck0":
+        return words & ~masks
+    raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
 
 
 def read_at(t: Tensor, idx: Tensor) -> Tensor:

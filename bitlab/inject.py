@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .activation_faults import ActivationReport, corrupted_activations
 from .codecs.base import Codec, Identity, subset_state
 from .coverage import CoverageWarning
-from .faults import Fault, FlipList, SingleBitFlip, Sites, check_mode, fault_words, read_at, write_at
+from .faults import Fault, FlipList, SingleBitFlip, Sites, fault_words, read_at, write_at
 from .formats import (
     FloatFormat,
     Format,
@@ -181,21 +181,19 @@ def _restore(data: Tensor, idx: Tensor, values: Tensor) -> None:
 
 def _write_words_numpy(ints: Tensor, word: Tensor, bit: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
     """The native write of :meth:`Store._write` on the CPU, through a NumPy view of the words (a
-    trial's handful of flips in a few calls instead of a dozen tensor ops): the hit words' bits change as
-    :func:`~bitlab.faults.fault_words` changes them (distinct sites of one word combine). Returns what the
-    store restores on exit: the words, the hit indices and their old values."""
-    check_mode(mode)
+    trial's handful of flips in a few calls instead of a dozen tensor ops), with the arithmetic of
+    :func:`~bitlab.faults.fault_words` (the masks of a word's sites summed, then XOR/OR/AND-NOT) on the
+    unsigned words. Returns what the store restores on exit: the words, the hit indices, their old values."""
+    if mode not in ("flip", "stuck0", "stuck1"):
+        raise ValueError(f"mode: {mode!r}; allowed 'flip', 'stuck0', 'stuck1'")
     arr = ints.numpy().reshape(-1)  # the parameter's own memory
-    at = word.numpy()
-    hit = np.unique(at)
+    hit, inv = np.unique(word.numpy(), return_inverse=True)
     old = arr[hit].copy()
-    masks = np.left_shift(np.ones(len(at), dtype=arr.dtype), bit.numpy().astype(arr.dtype))  # wraps at the sign bit
-    if mode == "flip":
-        np.bitwise_xor.at(arr, at, masks)
-    elif mode == "stuck1":
-        np.bitwise_or.at(arr, at, masks)
-    else:
-        np.bitwise_and.at(arr, at, ~masks)
+    words = old.astype(np.int64) & ((1 << 8 * arr.itemsize) - 1)  # unsigned, as to_unsigned gives them
+    masks = np.zeros(len(hit), dtype=np.int64)
+    np.add.at(masks, inv, np.left_shift(1, bit.numpy().astype(np.int64)))
+    new = words ^ masks if mode == "flip" else words | masks if mode == "stuck1" else words & ~masks
+    arr[hit] = new.astype(arr.dtype)  # back to the signed word (two's complement wrap, as to_signed)
     return ints, torch.from_numpy(hit), torch.from_numpy(old)
 
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bitlab as bl
-from bitlab.faults import SHUFFLE_TOTAL, fault_words, sample_distinct, shuffle_prefix
+from bitlab.draws import SHUFFLE_TOTAL, shuffle_prefix
+from bitlab.faults import fault_words, sample_distinct
 
 SHAPES = [torch.Size([1000, 100]), torch.Size([50]), torch.Size([3, 3, 7])]
 NAMES = ["a", "b", "c"]

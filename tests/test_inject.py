@@ -1,13 +1,17 @@
 """Injection: faults land where sampled, and every weight is restored bit for bit."""
 
 import struct
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
 import bitlab as bl
+from bitlab.faults import fault_words
+from bitlab.formats import to_signed, to_unsigned
 
 FORMATS = [bl.FP32, bl.FP16, bl.BF16, bl.Q(2, 5), bl.Int(8), bl.Int(4, per_channel=True)]
 CODECS = [None, bl.RangeNulling(), bl.ParityNulling("extra"), bl.Unary(12)]
@@ -191,3 +195,37 @@ def test_unknown_module_name(tiny_model):
     with pytest.raises(ValueError, match="modules.*valid names: 0, 1, 2"):
         with bl.corrupted_activations(tiny_model, bl.BitErrorRate(0.1), modules="fc"):
             pass
+
+
+@dataclass(frozen=True)
+class _Repeated(bl.faults.Fault):
+    """A custom fault that lists each of its sites twice (bitlab's own samplers never repeat one)."""
+
+    sites: tuple[tuple[int, int], ...]
+    mode: str = "flip"
+
+    def sample(self, names, shapes, bits, generator=None):
+        word = torch.tensor([w for w, _ in self.sites] * 2, dtype=torch.int64)
+        bit = torch.tensor([b for _, b in self.sites] * 2, dtype=torch.int64)
+        return bl.faults.Sites(torch.zeros_like(word), word, bit)
+
+
+@pytest.mark.parametrize("mode", ["flip", "stuck0", "stuck1"])
+def test_native_write_is_the_same_on_contiguous_and_strided_weights(mode):
+    """A contiguous CPU weight (written through NumPy) and a column-major one (tensor ops) read back the words
+    fault_words makes of the same sites, repeated sites included, and both come back bit for bit."""
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    fault = _Repeated(((0, 3), (7, 30), (7, 2), (29, 31)), mode)
+    sites = fault.sample(["weight"], [w.shape], tuple(range(32)))
+    hit, inv = torch.unique(sites.word, return_inverse=True)
+    ints = w.reshape(-1).view(torch.int32)
+    want = ints.clone()
+    want[hit] = to_signed(fault_words(to_unsigned(ints[hit], 32), inv, sites.bit, mode), 32).to(torch.int32)
+    for weight in (w.clone(), w.t().clone().t()):  # same values, the second one column-major
+        m = nn.Linear(5, 6, bias=False)
+        m.weight.data = weight
+        assert m.weight.is_contiguous() == (weight.stride() == (5, 1))
+        with bl.corrupted(m, fault):
+            got = m.weight.detach().contiguous().reshape(-1).view(torch.int32).clone()
+        assert torch.equal(got, want), (mode, weight.stride())
+        assert torch.equal(m.weight.detach().contiguous().view(torch.int32), w.view(torch.int32))

@@ -16,12 +16,6 @@ __all__ = ["DASK_TRIM", "QUIET", "local_cluster"]
 #: (a campaign's chunks are equal by construction). On a 2-core machine, where the scheduler, the client
 #: and the workers share the cores, a sweep's chunks took about 8% less worker time with them (compute
 #: 1.01-1.09 s against 1.09-1.18 s for the same 1,200 trials, four runs each).
-#: the Dask settings :func:`local_cluster` starts its scheduler and workers with: no aggressive malloc
-#: trimming (see the module notes); no sampling of the running task's stack every 10 ms (the dashboard's
-#: profile page); the event-loop tick, memory monitor and system monitor at a calmer pace; no work stealing
-#: (a campaign's chunks are equal by construction). On a 2-core machine, where the scheduler, the client
-#: and the workers share the cores, a sweep's chunks took about 8% less worker time with them (compute
-#: 1.01-1.09 s against 1.09-1.18 s for the same 1,200 trials, four runs each).
 QUIET: dict[str, object] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
