@@ -1,24 +1,29 @@
-"""Benchmark: a BER sweep in process (one torch thread) against a Dask LocalCluster with two
+"""Benchmark: BER sweeps in process (one torch thread) against a Dask LocalCluster with two
 single-threaded worker processes, and the cost of one trial against a plain forward pass.
 
 Three numbers, each against a baseline measured in the same run:
 
-* ``dask ratio``: trials per second of the sweep on the cluster over trials per second in process
-  (target on a 2-core machine: >= 1.7), medians of ``--sweeps`` runs of each, interleaved (one sweep
-  takes about a second here, and a single one varies by 20-30% from run to run on this shared
-  machine). The cluster is started before the clock starts; scattering the model and data is inside it.
-  The cluster comes from :func:`bitlab.campaigns.runner.local_cluster` (Dask's default workers trim
+* ``dask ratio``: trials per second of a sweep on the cluster over trials per second in process
+  (target on a 2-core machine: >= 1.7), medians of ``--sweeps`` runs of each, interleaved (a single
+  sweep varies by 20-30% from run to run on this shared machine). Two sweeps: ResNet-20 on digits
+  (a 25-ms trial, the shape of a paper-scale campaign, where the trials' compute dominates), printed
+  as ``dask ratio: X``; and the small CNN (a 0.7-ms trial: 1,200 trials take under a second, so
+  Dask's fixed cost of a sweep, about 20 ms before the first task and 10 ms after the last, and the
+  other Dask processes sharing the two cores show), printed as ``dask ratio (small_cnn): X``. The
+  cluster is started before the clock starts; scattering the model and data is inside it. The
+  cluster comes from :func:`bitlab.campaigns.runner.local_cluster` (Dask's default workers trim
   malloc so aggressively that a torch trial costs 1.6x as much; see the runner's notes).
-* the per-task overhead of the Dask path: a round trip of no-op tasks, and what the sweep on the
+* the per-task overhead of the Dask path: a round trip of no-op tasks, and what a sweep on the
   cluster costs beyond its share of the serial time (``2 * t_dask - t_serial``, per task);
-* ``trial cost ratio``: one in-process trial (draw the faults, write them into the stored weights,
-  evaluate, restore) over one plain forward pass over the same test tensors (``model(x)`` under
-  ``torch.no_grad``); the limit is 1.0, the target <= 1.1. Timed interleaved, medians. Also printed: the
-  same ratio for a minimal trial written out here (:func:`minimal_trial`), a forward over the corrupted
-  weights of a trial (held inside the store's context: it costs what a clean forward costs, so the gap is
-  the trial's own work), and that work by part: drawing the faults, writing and restoring them, scoring.
+* ``trial cost ratio``: one in-process trial of the small CNN (draw the faults, write them into the
+  stored weights, evaluate, restore) over one plain forward pass over the same test tensors
+  (``model(x)`` under ``torch.no_grad``); the limit is 1.0, the target <= 1.1. Timed interleaved,
+  medians. Also printed: the same ratio for a minimal trial written out here (:func:`minimal_trial`), a
+  forward over the corrupted weights of a trial (held inside the store's context: it costs what a clean
+  forward costs, so the gap is the trial's own work), and that work by part: drawing the faults, writing
+  and restoring them, scoring.
 
-    python benchmarks/scaleout.py [--model small_cnn|resnet20] [--trials 100] [--rates 6]
+    python benchmarks/scaleout.py [--trials 200] [--resnet-trials 30] [--rates 6] [--sweeps 5]
 """
 
 from __future__ import annotations
@@ -85,10 +90,35 @@ def trial_parts(work, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> 
     return {k: statistics.median(v[10:]) for k, v in times.items()}
 
 
+def timed_sweeps(
+    client, model, data, bers: list[float], trials: int, sweeps: int
+) -> tuple[float, float, list[float], bool]:
+    """Median seconds of ``sweeps`` BER sweeps in process and on ``client``'s cluster, interleaved (the
+    cluster idle during the serial runs), the ratio of each pair, and whether the frames are equal."""
+    from bitlab.campaigns import ber_sweep
+    from bitlab.formats import FP32
+
+    kw = dict(bers=bers, trials=trials, seed=0, progress=False, fmt=FP32)
+    ber_sweep(model, data, **{**kw, "bers": bers[:1], "trials": 2}, executor=client)  # warm the workers
+    serial_s, dask_s = [], []
+    for _ in range(sweeps):
+        t0 = time.perf_counter()
+        serial = ber_sweep(model, data, **kw)
+        serial_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        on_dask = ber_sweep(model, data, **kw, executor=client)
+        dask_s.append(time.perf_counter() - t0)
+    same = serial.equals(on_dask)
+    if not same:
+        print(serial.compare(on_dask).head(10))
+    pairs = [a / b for a, b in zip(serial_s, dask_s)]
+    return statistics.median(serial_s), statistics.median(dask_s), pairs, same
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["small_cnn", "resnet20"], default="small_cnn")
-    ap.add_argument("--trials", type=int, default=200, help="trials per rate")
+    ap.add_argument("--trials", type=int, default=200, help="trials per rate of the small CNN's sweep")
+    ap.add_argument("--resnet-trials", type=int, default=30, help="trials per rate of ResNet-20's sweep")
     ap.add_argument("--rates", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=300, help="timings of the trial-cost ratio")
     ap.add_argument("--sweeps", type=int, default=5, help="timed sweeps of each kind (medians)")
@@ -97,7 +127,6 @@ def main() -> None:
 
     from distributed import Client
 
-    from bitlab.campaigns import ber_sweep
     from bitlab.campaigns.runner import local_cluster
     from bitlab.campaigns.sweep import ber_trials
     from bitlab.formats import FP32
@@ -106,14 +135,13 @@ def main() -> None:
     from bitlab.zoo.models import resnet20, small_cnn
 
     torch.manual_seed(0)
-    model = (small_cnn() if args.model == "small_cnn" else resnet20()).eval()
+    cnn, resnet = small_cnn().eval(), resnet20().eval()
     x, y = digits().test.tensors
     data = [(x, y)]
     bers = [10.0 ** (-6 + 0.5 * i) for i in range(args.rates)]
-    n = args.trials * len(bers)
-    print(f"{args.model} on digits ({len(x)} test images), {len(bers)} rates x {args.trials} trials = {n} trials")
 
-    # -- one trial against one plain forward, interleaved ------------------------------------
+    # -- one trial of the small CNN against one plain forward, interleaved ------------------------
+    model = cnn
     work = ber_trials(model, data, [1e-4], FP32, {"": None}, None, 0, None, resolve_metric("accuracy"), None)
 
     def forward() -> None:
@@ -131,6 +159,7 @@ def main() -> None:
             fn()
             out.append(time.perf_counter() - t0)
     fwd, trial, floor = (statistics.median(v[10:]) for v in (t_fwd, t_trial, t_min))
+    print(f"small_cnn on digits ({len(x)} test images)")
     print(
         f"plain forward: {fwd * 1e3:.3f} ms   one bitlab trial (BER 1e-4): {trial * 1e3:.3f} ms   "
         f"a minimal hand-written trial: {floor * 1e3:.3f} ms (floor ratio {floor / fwd:.2f})"
@@ -142,39 +171,35 @@ def main() -> None:
         + f" (forward over the trial's corrupted weights / clean forward: {parts['corrupted forward'] / fwd:.2f})"
     )
 
-    # -- the sweep in process and on the cluster ---------------------------------------------
-    kw = dict(bers=bers, trials=args.trials, seed=0, progress=False, fmt=FP32)
-    serial_s, dask_s = [], []
+    # -- sweeps in process and on the cluster: the small CNN (0.7-ms trials, where Dask's fixed cost of a
+    # sweep shows) and ResNet-20 (25-ms trials, a paper-scale trial's shape) ------------------------
+    ratios = {}
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         client.run(torch.set_num_threads, 1)
-        ber_sweep(model, data, **{**kw, "bers": bers[:1], "trials": 2}, executor=client)  # warm the workers
-        for _ in range(args.sweeps):  # interleaved, the cluster idle during the serial runs
-            t0 = time.perf_counter()
-            serial = ber_sweep(model, data, **kw)
-            serial_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            on_dask = ber_sweep(model, data, **kw, executor=client)
-            dask_s.append(time.perf_counter() - t0)
-        t_serial, t_dask = statistics.median(serial_s), statistics.median(dask_s)
+        for name, net, trials in (("small_cnn", cnn, args.trials), ("resnet20", resnet, args.resnet_trials)):
+            n = trials * len(bers)
+            t_serial, t_dask, pairs, same = timed_sweeps(client, net, data, bers, trials, args.sweeps)
+            print(f"{name}: {len(bers)} rates x {trials} trials = {n} trials")
+            print(f"  in process: {n / t_serial:.1f} trials/s ({t_serial:.2f} s, median of {args.sweeps})")
+            print(
+                f"  dask, 2 workers x 1 thread: {n / t_dask:.1f} trials/s ({t_dask:.2f} s, median of {args.sweeps}); "
+                f"frames equal: {same}"
+            )
+            print(f"  ratio of each interleaved pair: {min(pairs):.2f} to {max(pairs):.2f}")
+            chunks = 4 * 2  # the runner's default: 4 chunks per worker (one stage: no stop_at)
+            print(
+                f"  sweep beyond its serial share: {(2 * t_dask - t_serial) / chunks * 1e3:.1f} ms per task "
+                f"({chunks} tasks)"
+            )
+            ratios[name] = t_serial / t_dask
         tasks = 200
         t0 = time.perf_counter()
         client.gather(client.map(_noop, range(tasks), pure=False))
         t_noop = (time.perf_counter() - t0) / tasks
-    same = serial.equals(on_dask)
-    if not same:
-        print(serial.compare(on_dask).head(10))
-    chunks = 4 * 2  # the runner's default: 4 chunks per worker (one stage: no stop_at)
-    print(f"in process: {n / t_serial:.1f} trials/s ({t_serial:.2f} s, median of {args.sweeps})")
-    print(
-        f"dask, 2 workers x 1 thread: {n / t_dask:.1f} trials/s ({t_dask:.2f} s, median of {args.sweeps}); "
-        f"frames equal: {same}"
-    )
-    print(
-        f"dask per-task overhead: no-op round trip {t_noop * 1e3:.2f} ms; sweep beyond its serial share "
-        f"{(2 * t_dask - t_serial) / chunks * 1e3:.1f} ms per task ({chunks} tasks)"
-    )
+    print(f"dask per-task overhead: no-op round trip {t_noop * 1e3:.2f} ms")
     print(f"trial cost ratio: {trial / fwd:.2f}")
-    print(f"dask ratio: {t_serial / t_dask:.2f}")
+    print(f"dask ratio (small_cnn): {ratios['small_cnn']:.2f}")
+    print(f"dask ratio: {ratios['resnet20']:.2f}")
 
 
 if __name__ == "__main__":
