@@ -304,13 +304,12 @@ class HessianOperator:
         once and the products joined once (the same products as ``b`` calls of the operator, cheaper)."""
         b = flat.shape[1]
         self.n_hvp += b
-        batched = unflatten_batched(flat.T, self.params)
+        # the columns as contiguous rows (one copy): each column's pieces contiguous, as one call of the
+        # operator makes them (the strides of a vector can change the order of a backward's sums)
+        batched = unflatten_batched(flat.T.contiguous(), self.params)
         vecs = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(batched, self.params)]
-        # each column contiguous, as one call of the operator makes it (the strides of a vector can change
-        # the order of a backward's sums)
-        cols = [self._apply([v[j].contiguous() for v in vecs]) for j in range(b)]
-        parts = [torch.stack([c[k] for c in cols]).reshape(b, -1) for k in range(len(self.params))]
-        return torch.cat(parts, dim=1).T.to(device="cpu", dtype=torch.float64)
+        cols = [flatten(self._apply([v[j] for v in vecs])) for j in range(b)]
+        return torch.stack(cols, dim=1).to(device="cpu", dtype=torch.float64)
 
     def matmat_vmap(self, flat: Tensor, block: int = 32) -> Tensor:
         """``H V`` in vmapped blocks of ``block`` columns (counts ``b`` products); raises the RuntimeError
