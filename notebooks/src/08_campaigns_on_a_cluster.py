@@ -116,8 +116,9 @@ ax.set_title("the same sweep, three executors: the curves coincide"); ax.legend(
 # %% [markdown]
 # On this 2-core machine the sweep above is too short for the workers to pay off: their first campaign
 # also pays for starting the pool's processes, importing torch and bitlab on the workers and shipping the
-# model. `benchmarks/scaleout.py` measures longer sweeps (1,200 trials
-# of this CNN): about 1.7× the in-process trials per second with two single-threaded Dask workers.
+# model. `benchmarks/scaleout.py` measures longer sweeps (1,200 trials of this CNN, 180 of ResNet-20):
+# two single-threaded Dask workers give 1.6-1.9× the in-process trials per second, a ratio that moves
+# by that much from run to run on this shared machine.
 #
 # **On a real cluster** the only change is where the client points:
 #
