@@ -141,19 +141,18 @@ def main() -> None:
     bers = [10.0 ** (-6 + 0.5 * i) for i in range(args.rates)]
 
     # -- one trial of the small CNN against one plain forward, interleaved ------------------------
-    model = cnn
-    work = ber_trials(model, data, [1e-4], FP32, {"": None}, None, 0, None, resolve_metric("accuracy"), None)
+    work = ber_trials(cnn, data, [1e-4], FP32, {"": None}, None, 0, None, resolve_metric("accuracy"), None)
 
     def forward() -> None:
         with torch.no_grad():
-            model(x)
+            cnn(x)
 
     t_fwd, t_trial, t_min = [], [], []
     for t in range(args.repeats):
         for fn, out in (
             (forward, t_fwd),
             (lambda t=t: work(("", 1e-4, t)), t_trial),
-            (lambda t=t: minimal_trial(model, x, y, 1e-4, t), t_min),
+            (lambda t=t: minimal_trial(cnn, x, y, 1e-4, t), t_min),
         ):
             t0 = time.perf_counter()
             fn()
@@ -164,7 +163,7 @@ def main() -> None:
         f"plain forward: {fwd * 1e3:.3f} ms   one bitlab trial (BER 1e-4): {trial * 1e3:.3f} ms   "
         f"a minimal hand-written trial: {floor * 1e3:.3f} ms (floor ratio {floor / fwd:.2f})"
     )
-    parts = trial_parts(work, model, x, args.repeats)
+    parts = trial_parts(work, cnn, x, args.repeats)
     print(
         "the trial by part: "
         + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in parts.items())
