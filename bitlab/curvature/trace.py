@@ -149,7 +149,8 @@ def xtrace_estimates(omega: Tensor, y: Tensor, matmat: Callable[[Tensor], Tensor
         w = q.T @ omega
         p = w - sv * (sv * w).sum(0)  # column i: (I - s_i s_i^T) q^T omega_i
         low = torch.trace(h) - (sv * (h @ sv)).sum(0)
-        return low + ((omega - q @ p) * (y - z @ p)).sum(0)
+        # column i: w_i^T A w_i with w_i = omega_i - q p_i and A w_i = y_i - z p_i (fused products and dots)
+        return low + torch.linalg.vecdot(torch.addmm(omega, q, p, alpha=-1), torch.addmm(y, z, p, alpha=-1), dim=0)
     out = torch.empty(m, dtype=y.dtype)  # y rank-deficient (H of rank below m): the other columns' span directly
     for i in range(m):
         keep = [j for j in range(m) if j != i]
